@@ -1,0 +1,3 @@
+from flowctrl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The ``flowctrl`` command line: one dispatcher, one module per subcommand in flowctrl/commands/.
+
+Each command module defines ``register(subparsers) -> None`` which adds its parser and sets
+``func=run`` where ``run(args) -> int``. User errors (:class:`FlowCtrlError`) become one line on
+stderr and exit status 2; nothing else is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import List, Optional
+
+from flowctrl.errors import FlowCtrlError
+
+# Order = order in `flowctrl --help`.
+COMMAND_MODULES = [
+    "generate",
+    "flow",
+    "train",
+    "prepare_data",
+    "bench",
+]
+
+DESCRIPTION = """\
+flowctrl: animate one image with any mix of motion controls (arrows, drags, camera, reference
+video, pose keypoints, masks, motion strength). Every control becomes one dense optical-flow
+field, and a video is rendered from the image and that flow.
+
+example:
+  flowctrl generate --image examples/astronaut.png --camera configs/camera/orbit.json \\
+      --arrows examples/a.json -o out.mp4
+"""
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage already; keep its message to the usage line + error."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(
+        prog="flowctrl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from flowctrl import __version__
+
+    parser.add_argument("--version", action="version", version=f"flowctrl {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"flowctrl.commands.{name}") is None:
+            continue  # a command whose module is not part of this install
+        importlib.import_module(f"flowctrl.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except FlowCtrlError as error:
+        print(f"flowctrl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flowctrl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

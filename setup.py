@@ -1,0 +1,49 @@
+"""flowctrl packaging. ``pip install -e .`` works on any machine with a recent torch; no CUDA needed.
+
+The CUDA kernels in flowctrl_cuda/ are built just in time on first use on a CUDA machine, or at
+install with ``FLOWCTRL_BUILD_CUDA=1`` (see flowctrl_cuda/README.md).
+"""
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch>=2.1",
+    "numpy>=1.24",
+    "pillow>=9.0",
+    "diffusers>=0.32",
+    "transformers>=4.46",
+    "accelerate>=1.0",
+    "safetensors>=0.4",
+    "einops>=0.7",
+    "kornia>=0.7",
+    "opencv-python-headless>=4.8",
+    "av>=12.0",
+    "pyyaml>=6.0",
+    "tqdm>=4.66",
+    "ninja>=1.11",
+    "matplotlib>=3.7",
+    "scikit-image>=0.22",
+]
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "scipy>=1.10", "pycolmap>=0.6", "peft>=0.12"],
+    "bench": ["pycolmap>=0.6", "scipy>=1.10"],
+    "raft": ["torchvision>=0.16"],
+    "lora": ["peft>=0.12"],
+    "text": ["sentencepiece>=0.2"],
+    "app": ["gradio>=4.0"],
+}
+
+setup(
+    name="flowctrl",
+    version="0.1.0",
+    description="Controllable image-to-video: every motion control becomes one dense optical flow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["flowctrl", "flowctrl.*", "flowctrl_cuda", "flowctrl_cuda.*"]),
+    package_data={"flowctrl_cuda": ["csrc/*.cu", "csrc/*.cpp", "csrc/*.h", "csrc/*.cuh"]},
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["flowctrl=flowctrl.cli:main"]},
+)
