@@ -1,0 +1,142 @@
+"""flowctrl_cuda: flow warping, softmax splatting and the FFT adaptor, with exact references.
+
+The three public ops dispatch on their inputs:
+
+* CUDA tensors → the CUDA kernels (``csrc/*.cu``), built just in time on first use (or at install
+  with ``FLOWCTRL_BUILD_CUDA=1``); if the build fails, the reference runs after one warning.
+* CPU tensors when no gradient is needed → the compiled C++/OpenMP CPU path (``csrc/cpu_ops.cpp``,
+  built with the system C++ compiler on first use into a cache folder).
+* otherwise → the pure-PyTorch reference (:mod:`flowctrl_cuda.reference`), which defines the
+  semantics of every op.
+
+One log line (logger ``"flowctrl"``) says which implementation an op runs, the first time it does.
+Set ``FLOWCTRL_KERNELS=reference`` to force the reference everywhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Tuple, Union
+
+import torch
+
+from flowctrl_cuda import reference
+from flowctrl_cuda.reference import PADDING_MODES, SPLAT_MODES, freq_adaptor_matrix
+
+__all__ = [
+    "backward_warp",
+    "splat",
+    "freq_adaptor",
+    "freq_adaptor_matrix",
+    "implementation",
+    "SPLAT_MODES",
+    "PADDING_MODES",
+]
+
+logger = logging.getLogger("flowctrl")
+_announced: set = set()
+
+
+def _announce(op: str, impl: str) -> None:
+    key = (op, impl)
+    if key not in _announced:
+        _announced.add(key)
+        logger.info("flowctrl_cuda: %s runs on %s", op, impl)
+
+
+def _forced_reference() -> bool:
+    return os.environ.get("FLOWCTRL_KERNELS", "").strip().lower() == "reference"
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def implementation(op: str, *tensors: Optional[torch.Tensor]) -> str:
+    """Name of the implementation ``op`` would run for these inputs: "cuda", "cpu" or "reference"."""
+    if _forced_reference():
+        return "reference"
+    first = tensors[0]
+    try:
+        if first.is_cuda:
+            from flowctrl_cuda import _cuda
+
+            return "cuda" if _cuda.available() else "reference"
+        if first.device.type == "cpu" and not _needs_grad(*tensors):
+            from flowctrl_cuda import _cpu
+
+            if _cpu.supports(op, *tensors) and _cpu.available():
+                return "cpu"
+    except ImportError:  # a partial install without the compiled-path modules
+        pass
+    return "reference"
+
+
+def backward_warp(
+    x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding: str = "zeros"
+) -> torch.Tensor:
+    """``out(p) = x(p + flow(p))``, bilinear; see :func:`flowctrl_cuda.reference.backward_warp`.
+
+    Args:
+        x: (N, C, H, W); flow: (N, 2, H, W) pixels; padding: "zeros" | "border".
+    Returns:
+        (N, C, H, W) in x's dtype.
+    """
+    reference._check_warp_args(x, flow, mode, padding)
+    impl = implementation("backward_warp", x, flow)
+    _announce("backward_warp", impl)
+    if impl == "cuda":
+        from flowctrl_cuda import _cuda
+
+        return _cuda.backward_warp(x, flow, padding)
+    if impl == "cpu":
+        from flowctrl_cuda import _cpu
+
+        return _cpu.backward_warp(x, flow, padding)
+    return reference.backward_warp(x, flow, mode, padding)
+
+
+def splat(
+    x: torch.Tensor,
+    flow: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    mode: str = "sum",
+    return_norm: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Forward splatting (sum / avg / softmax); see :func:`flowctrl_cuda.reference.splat`.
+
+    Args:
+        x: (N, C, H, W); flow: (N, 2, H, W) pixels; weight: (N, 1, H, W) importance Z or None.
+    Returns:
+        out (N, C, H, W) [, norm (N, 1, H, W), 0 = hole].
+    """
+    reference._check_splat_args(x, flow, weight, mode)
+    impl = implementation("splat", x, flow, weight)
+    _announce("splat", impl)
+    if impl == "cuda":
+        from flowctrl_cuda import _cuda
+
+        return _cuda.splat(x, flow, weight, mode, return_norm)
+    if impl == "cpu":
+        from flowctrl_cuda import _cpu
+
+        return _cpu.splat(x, flow, weight, mode, return_norm)
+    return reference.splat(x, flow, weight, mode, return_norm)
+
+
+def freq_adaptor(x: torch.Tensor, weight: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``irfft(rfft(x, dim) * complex(weight), n=T, dim)``; see :func:`flowctrl_cuda.reference.freq_adaptor`.
+
+    Args:
+        x: (B, T, N, C); weight: (T//2+1, C, 2) (real, imag); dim: time axis.
+    Returns:
+        same shape and dtype as x.
+    """
+    reference._check_freq_args(x, weight, dim)
+    impl = implementation("freq_adaptor", x, weight)
+    _announce("freq_adaptor", impl)
+    if impl == "cuda":
+        from flowctrl_cuda import _cuda
+
+        return _cuda.freq_adaptor(x, weight, dim)
+    return reference.freq_adaptor(x, weight, dim)

@@ -1,0 +1,283 @@
+"""Pure-PyTorch reference implementations: they *define* the semantics of every flowctrl_cuda op.
+
+Everything here is differentiable with autograd (w.r.t. the image/features, the flow and the
+importance / weights), works on any device and dtype (half precision is computed in float32 and
+cast back), and is what runs wherever no compiled kernel is available. The CUDA kernels and the
+compiled CPU path are tested against these functions.
+
+Conventions (DESIGN.md): flow is in **pixels**, channel 0 = dx (right), channel 1 = dy (down);
+pixel ``(x, y)`` has its centre at integer coordinates, so ``x = 0 .. W-1`` (``align_corners=True``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from flowctrl.errors import InputError
+
+__all__ = [
+    "backward_warp",
+    "splat",
+    "freq_adaptor",
+    "freq_adaptor_matrix",
+    "SPLAT_MODES",
+    "PADDING_MODES",
+]
+
+SPLAT_MODES = ("sum", "avg", "softmax")
+PADDING_MODES = ("zeros", "border")
+
+
+# --------------------------------------------------------------------------------------------
+# validation shared with the dispatchers
+
+
+def _check_image_flow(op: str, x: torch.Tensor, flow: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise InputError.at(op, "x", f"has shape {tuple(x.shape)}", "pass a 4-D tensor (N, C, H, W)")
+    n, _, h, w = x.shape
+    if flow.dim() != 4 or flow.shape[0] != n or flow.shape[1] != 2 or flow.shape[2:] != (h, w):
+        raise InputError.at(
+            op, "flow", f"has shape {tuple(flow.shape)} for x of shape {tuple(x.shape)}",
+            f"pass flow of shape ({n}, 2, {h}, {w}) in pixels",
+        )
+    if flow.device != x.device:
+        raise InputError.at(op, "flow", f"is on {flow.device} but x is on {x.device}", "move both to one device")
+
+
+def _check_splat_args(x: torch.Tensor, flow: torch.Tensor, weight: Optional[torch.Tensor], mode: str) -> None:
+    _check_image_flow("splat", x, flow)
+    if mode not in SPLAT_MODES:
+        raise InputError.at("splat", "mode", f"is {mode!r}", f"use one of {', '.join(SPLAT_MODES)}")
+    if weight is not None:
+        n, _, h, w = x.shape
+        if tuple(weight.shape) != (n, 1, h, w):
+            raise InputError.at(
+                "splat", "weight", f"has shape {tuple(weight.shape)}", f"pass importance of shape ({n}, 1, {h}, {w})"
+            )
+        if weight.device != x.device:
+            raise InputError.at("splat", "weight", f"is on {weight.device} but x is on {x.device}", "move both to one device")
+
+
+def _check_warp_args(x: torch.Tensor, flow: torch.Tensor, mode: str, padding: str) -> None:
+    _check_image_flow("backward_warp", x, flow)
+    if mode != "bilinear":
+        raise InputError.at("backward_warp", "mode", f"is {mode!r}", "use 'bilinear'")
+    if padding not in PADDING_MODES:
+        raise InputError.at("backward_warp", "padding", f"is {padding!r}", f"use one of {', '.join(PADDING_MODES)}")
+
+
+def _check_freq_args(x: torch.Tensor, weight: torch.Tensor, dim: int) -> int:
+    if x.dim() < 2:
+        raise InputError.at("freq_adaptor", "x", f"has shape {tuple(x.shape)}", "pass (B, T, N, C) features")
+    d = dim % x.dim()
+    if d == x.dim() - 1:
+        raise InputError.at("freq_adaptor", "dim", f"is {dim}, the channel axis", "pass the time axis (e.g. dim=1)")
+    t, c = x.shape[d], x.shape[-1]
+    if tuple(weight.shape) != (t // 2 + 1, c, 2):
+        raise InputError.at(
+            "freq_adaptor", "weight", f"has shape {tuple(weight.shape)} for T={t}, C={c}",
+            f"pass (T//2+1, C, 2) = ({t // 2 + 1}, {c}, 2) holding (real, imag)",
+        )
+    return d
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# bilinear footprint
+
+
+def _footprint(flow: torch.Tensor, clamp_border: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 4 bilinear taps of every pixel's target position ``p + flow(p)``.
+
+    Args:
+        flow: (N, 2, H, W) pixels.
+        clamp_border: clamp the position into the image first (``padding="border"``).
+    Returns:
+        index (N, 4, H*W) int64 flat pixel index of each tap (0 where the tap is invalid) and
+        tap weight (N, 4, H*W) in flow's dtype, 0 for taps outside the image or non-finite flow.
+    """
+    n, _, h, w = flow.shape
+    gy = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1)
+    gx = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w)
+    qx = gx + flow[:, 0]
+    qy = gy + flow[:, 1]
+    finite = torch.isfinite(qx) & torch.isfinite(qy)
+    # Positions beyond [-2, size+1] touch no pixel; clamping there keeps floor() in int range.
+    qx = torch.where(finite, qx, torch.full_like(qx, -4.0))
+    qy = torch.where(finite, qy, torch.full_like(qy, -4.0))
+    if clamp_border:
+        qx = qx.clamp(0, w - 1)
+        qy = qy.clamp(0, h - 1)
+    else:
+        qx = qx.clamp(-2, w + 1)
+        qy = qy.clamp(-2, h + 1)
+    x0 = torch.floor(qx).detach()
+    y0 = torch.floor(qy).detach()
+    ax = qx - x0
+    ay = qy - y0
+    x0i = x0.long()
+    y0i = y0.long()
+    idx, wts = [], []
+    for dx, dy, wt in (
+        (0, 0, (1 - ax) * (1 - ay)),
+        (1, 0, ax * (1 - ay)),
+        (0, 1, (1 - ax) * ay),
+        (1, 1, ax * ay),
+    ):
+        cx = x0i + dx
+        cy = y0i + dy
+        valid = finite & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+        idx.append(torch.where(valid, cy * w + cx, torch.zeros_like(cx)))
+        wts.append(torch.where(valid, wt, torch.zeros_like(wt)))
+    return torch.stack(idx, 1).view(n, 4, h * w), torch.stack(wts, 1).view(n, 4, h * w)
+
+
+# --------------------------------------------------------------------------------------------
+# ops
+
+
+def backward_warp(
+    x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding: str = "zeros"
+) -> torch.Tensor:
+    """Sample ``x`` at ``p + flow(p)`` (bilinear): ``out(p) = x(p + flow(p))``.
+
+    Equals ``grid_sample(x, grid, align_corners=True)`` with ``grid`` the normalized ``p + flow``,
+    without materializing the normalized grid.
+
+    Args:
+        x: (N, C, H, W) image or features.
+        flow: (N, 2, H, W) displacement in pixels (ch0 = dx right, ch1 = dy down).
+        mode: "bilinear".
+        padding: "zeros" (taps outside the image read 0) or "border" (position clamped to the image).
+    Returns:
+        (N, C, H, W) in x's dtype.
+    """
+    _check_warp_args(x, flow, mode, padding)
+    n, c, h, w = x.shape
+    cdt = _compute_dtype(x.dtype)
+    idx, wts = _footprint(flow.to(cdt), clamp_border=padding == "border")
+    xf = x.to(cdt).reshape(n, c, h * w)
+    out = None
+    for k in range(4):
+        taps = torch.gather(xf, 2, idx[:, k : k + 1].expand(n, c, h * w))
+        term = taps * wts[:, k : k + 1]
+        out = term if out is None else out + term
+    return out.view(n, c, h, w).to(x.dtype)
+
+
+def splat(
+    x: torch.Tensor,
+    flow: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    mode: str = "sum",
+    return_norm: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Forward-splat ``x`` along ``flow`` with a bilinear footprint (Niklaus & Liu 2020).
+
+    Every source pixel ``p`` lands at ``q = p + flow(p)`` and adds to the 4 pixels around ``q``
+    with bilinear weights ``b``. With per-source weight ``e(p)``:
+
+    * ``sum``:     out = Σ b·e·x                      (e = weight, or 1)
+    * ``avg``:     out = Σ b·e·x / Σ b·e              (e = weight, or 1)
+    * ``softmax``: out = Σ b·e·x / Σ b·e with e = exp(Z - max Z), Z = weight (importance, log
+      scale; the max is over each image and cancels in the ratio; sources more than ~87 below
+      the max underflow to e = 0 in float32).
+
+    Args:
+        x: (N, C, H, W) image or features.
+        flow: (N, 2, H, W) displacement in pixels.
+        weight: (N, 1, H, W) or None. For "softmax" the importance Z; otherwise a linear weight.
+        mode: "sum" | "avg" | "softmax".
+        return_norm: also return the accumulated weight Σ b·e.
+    Returns:
+        out (N, C, H, W) in x's dtype; pixels no source reaches are 0. With ``return_norm`` also
+        norm (N, 1, H, W) (0 = hole).
+    """
+    _check_splat_args(x, flow, weight, mode)
+    n, c, h, w = x.shape
+    cdt = _compute_dtype(x.dtype)
+    idx, wts = _footprint(flow.to(cdt), clamp_border=False)  # (N, 4, HW)
+    if weight is not None:
+        e = weight.to(cdt).reshape(n, 1, h * w)
+        if mode == "softmax":
+            zmax = e.detach().amax(dim=2, keepdim=True)
+            e = torch.exp(e - zmax)
+        wts = wts * e
+    xf = x.to(cdt).reshape(n, c, h * w)
+    contrib = (xf.unsqueeze(2) * wts.unsqueeze(1)).reshape(n, c, 4 * h * w)  # (N, C, 4HW)
+    flat_idx = idx.reshape(n, 1, 4 * h * w)
+    num = torch.zeros(n, c, h * w, device=x.device, dtype=cdt).scatter_add(2, flat_idx.expand(n, c, 4 * h * w), contrib)
+    norm = torch.zeros(n, 1, h * w, device=x.device, dtype=cdt).scatter_add(2, flat_idx, wts.reshape(n, 1, 4 * h * w))
+    if mode == "sum":
+        out = num
+    else:
+        reached = norm > 0
+        out = torch.where(reached, num / torch.where(reached, norm, torch.ones_like(norm)), torch.zeros_like(num))
+    out = out.view(n, c, h, w).to(x.dtype)
+    if return_norm:
+        return out, norm.view(n, 1, h, w).to(x.dtype)
+    return out
+
+
+def freq_adaptor_matrix(weight: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The per-channel real T×T matrix equal to ``irfft(rfft(·) * complex(weight), n=T)``.
+
+    Args:
+        weight: (T//2+1, C, 2) (real, imag) per frequency and channel.
+        num_frames: T.
+    Returns:
+        M (C, T, T) in float32 (float64 if weight is float64) with ``y[t] = Σ_s M[c, t, s] x[s]``.
+        Differentiable w.r.t. ``weight``.
+    """
+    t = int(num_frames)
+    if tuple(weight.shape[::2]) != (t // 2 + 1, 2) or weight.dim() != 3:
+        raise InputError.at(
+            "freq_adaptor", "weight", f"has shape {tuple(weight.shape)} for T={t}", "pass (T//2+1, C, 2)"
+        )
+    cdt = _compute_dtype(weight.dtype)
+    wc = torch.complex(weight[..., 0].to(cdt), weight[..., 1].to(cdt))  # (F, C)
+    basis = torch.fft.rfft(torch.eye(t, device=weight.device, dtype=cdt), dim=0)  # (F, S): rfft of e_s
+    spec = wc.unsqueeze(2) * basis.unsqueeze(1)  # (F, C, S)
+    cols = torch.fft.irfft(spec, n=t, dim=0)  # (T, C, S)
+    return cols.permute(1, 0, 2).contiguous()  # (C, T, S)
+
+
+def freq_adaptor(x: torch.Tensor, weight: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Frequency adaptor along time: ``irfft(rfft(x, dim) * complex(weight)[freq, channel], n=T, dim)``.
+
+    The core of the stage-2 frequency stabilizer (AnimateAnything Fig. 4). The channel axis is the
+    last axis of ``x``. All-ones real part with zero imaginary part is the identity. Computed in
+    float32 (float64 for float64 input) and returned in x's dtype.
+
+    Args:
+        x: (B, T, N, C) features (any shape whose last axis is channels).
+        weight: (T//2+1, C, 2) float (real, imag) per frequency and channel.
+        dim: the time axis of x.
+    Returns:
+        same shape and dtype as x.
+    """
+    d = _check_freq_args(x, weight, dim)
+    t = x.shape[d]
+    cdt = _compute_dtype(x.dtype if x.dtype == torch.float64 else weight.dtype)
+    wc = torch.complex(weight[..., 0].to(cdt), weight[..., 1].to(cdt))  # (F, C)
+    shape = [1] * x.dim()
+    shape[d] = wc.shape[0]
+    shape[-1] = wc.shape[1]
+    spec = torch.fft.rfft(x.to(cdt), dim=d) * wc.view(shape)
+    return torch.fft.irfft(spec, n=t, dim=d).to(x.dtype)
+
+
+def freq_adaptor_via_matrix(x: torch.Tensor, weight: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Same map as :func:`freq_adaptor`, applied as the per-channel T×T matrix (the fused form)."""
+    d = _check_freq_args(x, weight, dim)
+    t = x.shape[d]
+    cdt = _compute_dtype(x.dtype if x.dtype == torch.float64 else weight.dtype)
+    m = freq_adaptor_matrix(weight.to(cdt), t)  # (C, T, S)
+    xm = x.to(cdt).movedim(d, -2)  # (..., S, C)
+    y = torch.einsum("cts,...sc->...tc", m, xm)
+    return y.movedim(-2, d).to(x.dtype)
