@@ -1,0 +1,146 @@
+"""Stage-2 render backends: the protocol, a name registry, and the default warp backend.
+
+A backend turns the reference image and the unified flow into a video::
+
+    class MyBackend:
+        def render(self, image, unified, *, num_frames, generator=None, callback=None, **kw):
+            ...  # -> (1, T, 3, H, W) float in [0, 1]
+
+    register_backend("mine", MyBackend)
+    FlowCtrlPipeline(backend="mine")          # or FlowCtrlPipeline(backend=MyBackend())
+
+``"warp"`` (this module) needs no weights. ``"diffusion"`` is resolved lazily from
+``flowctrl.pipelines.diffusion.DiffusionBackend`` so that importing flowctrl never loads it.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Callable, Dict, List, Optional, Protocol, Union, runtime_checkable
+
+import torch
+
+from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.render.fill import normalize_fill_mode
+from flowctrl.render.warp_renderer import DEFAULT_ALPHA, WarpRender, render_warp
+
+logger = logging.getLogger("flowctrl")
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@runtime_checkable
+class RenderBackend(Protocol):
+    """What :class:`~flowctrl.pipelines.FlowCtrlPipeline` needs from a stage-2 renderer."""
+
+    def render(self, image: torch.Tensor, unified: Any, *, num_frames: int,
+               generator: Optional[torch.Generator] = None, callback: Optional[ProgressCallback] = None,
+               **kw: Any) -> torch.Tensor:
+        """Render ``(1, T, 3, H, W)`` float in [0, 1] from ``image`` ``(1,3,H,W)`` and a ``UnifiedFlow``."""
+        ...
+
+
+# name -> factory (a callable returning a backend) or "module:attribute" resolved on first use
+_REGISTRY: Dict[str, Union[Callable[..., RenderBackend], str]] = {
+    "diffusion": "flowctrl.pipelines.diffusion:DiffusionBackend",
+}
+
+
+def register_backend(name: str, factory: Union[Callable[..., RenderBackend], str]) -> None:
+    """Register a backend factory (class or callable, or a lazy ``"module:attr"`` string) under ``name``."""
+    _REGISTRY[name] = factory
+
+
+def available_backends() -> List[str]:
+    """Registered backend names (resolvable or not)."""
+    return sorted(_REGISTRY)
+
+
+def resolve_backend_factory(name: str) -> Callable[..., RenderBackend]:
+    """The factory registered under ``name``, importing lazy entries.
+
+    Raises:
+        InputError: unknown name.
+        MissingWeightsError: the module implementing the backend is not part of this install.
+    """
+    if name not in _REGISTRY:
+        raise InputError.at(None, "backend", f"unknown backend '{name}'",
+                            f"use one of {', '.join(available_backends())} or pass a RenderBackend object")
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        module_name, attr = factory.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module_name.startswith(error.name):
+                raise MissingWeightsError.at(
+                    None, "backend", f"the '{name}' backend is not available in this install ({module_name} is missing)",
+                    "use --backend warp (no weights needed) or install a flowctrl build with the diffusion backend",
+                ) from None
+            raise
+        factory = getattr(module, attr)
+    return factory
+
+
+def get_backend(backend: Union[str, RenderBackend], **kwargs: Any) -> RenderBackend:
+    """An instantiated backend: pass-through for objects, registry lookup + construction for names."""
+    if not isinstance(backend, str):
+        if not callable(getattr(backend, "render", None)):
+            raise InputError.at(None, "backend", f"{type(backend).__name__} has no render() method",
+                                "pass 'warp', 'diffusion' or an object implementing RenderBackend.render")
+        if kwargs:
+            raise InputError.at(None, "backend", "options were given with a backend object",
+                                "configure the backend object itself")
+        return backend
+    return resolve_backend_factory(backend)(**kwargs)
+
+
+# Options that only a learned backend uses; the warp backend accepts and ignores them.
+_LEARNED_ONLY = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength_schedule")
+
+
+class WarpBackend:
+    """Default stage-2 backend: softmax splatting along the unified flow + hole filling (no weights).
+
+    Args:
+        fill: ``"push-pull"`` (default) | ``"inpaint"`` | ``"none"``.
+        alpha: importance range of the softmax weights (larger = harder z-test).
+    """
+
+    def __init__(self, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA) -> None:
+        self.fill = normalize_fill_mode(fill)
+        self.alpha = float(alpha)
+
+    def __repr__(self) -> str:
+        return f"WarpBackend(fill={self.fill!r}, alpha={self.alpha})"
+
+    def render_full(self, image: torch.Tensor, unified: Any, *, num_frames: Optional[int] = None,
+                    callback: Optional[ProgressCallback] = None, fill: Optional[str] = None) -> WarpRender:
+        """Render and also return the hole masks and stage timings (:class:`WarpRender`)."""
+        flow = unified.flow
+        if num_frames is not None and flow.shape[1] != num_frames:
+            raise InputError.at(None, "num_frames", f"is {num_frames} but the flow has {flow.shape[1]} frames",
+                                "compute the flow for the same number of frames")
+        depth = getattr(unified, "depth", None)
+        return render_warp(
+            image, flow, depth=depth, valid=getattr(unified, "valid", None), K=getattr(unified, "K", None),
+            w2c=getattr(unified, "w2c", None) if depth is not None else None,
+            fill=self.fill if fill is None else fill, alpha=self.alpha, callback=callback,
+        )
+
+    def render(self, image: torch.Tensor, unified: Any, *, num_frames: int,
+               generator: Optional[torch.Generator] = None, callback: Optional[ProgressCallback] = None,
+               **kw: Any) -> torch.Tensor:
+        """``(1, T, 3, H, W)`` float video; deterministic (``generator`` is unused)."""
+        fill = kw.pop("fill", None)
+        ignored = [k for k in kw if k in _LEARNED_ONLY and kw[k] is not None]
+        unknown = [k for k in kw if k not in _LEARNED_ONLY]
+        if unknown:
+            raise InputError.at(None, "backend options", f"the warp backend has no option(s) {', '.join(unknown)}",
+                                "remove them or use the diffusion backend")
+        if ignored:
+            logger.info("warp backend ignores %s (used by the diffusion backend only)", ", ".join(ignored))
+        return self.render_full(image, unified, num_frames=num_frames, callback=callback, fill=fill).video
+
+
+register_backend("warp", WarpBackend)

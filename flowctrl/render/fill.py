@@ -1,0 +1,109 @@
+"""Hole filling for warped frames: multi-scale push-pull (default), OpenCV inpainting, or none.
+
+Holes are pixels that no source pixel reached during splatting (disocclusions, content entering the
+view). All fills keep known pixels bit-exact and only write into holes.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flowctrl.errors import InputError
+
+FILL_MODES = ("push-pull", "inpaint", "none")
+
+
+def push_pull_fill(video: torch.Tensor, known: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Fill holes by multi-scale push-pull (Gortler et al. 1996, "The Lumigraph", pull/push).
+
+    Pull: halve the resolution repeatedly, each level the weight-normalized 2x2 sum of the finer one,
+    with weights clamped to 1, until a level has no holes. Push: from coarse to fine, each hole takes
+    the bilinearly upsampled coarser colour in proportion to its missing weight.
+
+    Args:
+        video: ``(N, C, H, W)`` float frames; values in holes are ignored.
+        known: ``(N, 1, H, W)`` coverage in [0, 1] (1 = known pixel, 0 = hole; fractions blend).
+    Returns:
+        ``(N, C, H, W)``: equal to ``video`` where ``known == 1``. A frame with no known pixel at all
+        comes back as zeros.
+    """
+    if video.ndim != 4 or known.ndim != 4 or known.shape[1] != 1 or known.shape[0] != video.shape[0]:
+        raise ValueError(f"push_pull_fill: video {tuple(video.shape)} / known {tuple(known.shape)} mismatch")
+    w = known.to(video.dtype).clamp(0, 1)
+    c = video * w
+    levels = []
+    while True:
+        levels.append((c, w))
+        h, wd = c.shape[-2:]
+        if (h == 1 and wd == 1) or bool((w > 0).all()):
+            break
+        pad = (0, wd % 2, 0, h % 2)  # zero-weight padding so odd sizes pool correctly
+        sum_c = F.avg_pool2d(F.pad(c, pad), 2) * 4.0
+        sum_w = F.avg_pool2d(F.pad(w, pad), 2) * 4.0
+        w_next = sum_w.clamp(max=1.0)
+        c = sum_c / sum_w.clamp(min=eps) * w_next
+        w = w_next
+    c_top, w_top = levels[-1]
+    color = c_top / w_top.clamp(min=eps)
+    for c_l, w_l in reversed(levels[:-1]):
+        up = F.interpolate(color, size=c_l.shape[-2:], mode="bilinear", align_corners=False)
+        color = c_l + (1.0 - w_l) * up
+    # Known pixels exactly as given (c = video * 1 + 0 * up, but keep bit-exactness explicit).
+    return torch.where(known >= 1, video, color)
+
+
+def inpaint_fill(video: torch.Tensor, holes: torch.Tensor, radius: float = 3.0, method: str = "telea") -> torch.Tensor:
+    """Fill holes with OpenCV inpainting (``cv2.inpaint``), frame by frame.
+
+    Args:
+        video: ``(N, 3, H, W)`` float in [0, 1].
+        holes: ``(N, 1, H, W)`` bool, True where a pixel is missing.
+        radius: inpainting neighbourhood radius in pixels.
+        method: ``"telea"`` (Telea 2004) or ``"ns"`` (Navier-Stokes).
+    Returns:
+        ``(N, 3, H, W)`` float; known pixels unchanged, holes quantized to 1/255 steps.
+    """
+    import cv2
+
+    flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
+    out = video.clone()
+    frames = (video.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    masks = holes[:, 0].cpu().numpy().astype(np.uint8)
+    for i in range(frames.shape[0]):
+        if not masks[i].any():
+            continue
+        filled = cv2.inpaint(np.ascontiguousarray(frames[i]), masks[i], radius, flag)
+        filled_t = torch.from_numpy(filled).to(video.device, video.dtype).permute(2, 0, 1) / 255.0
+        out[i] = torch.where(holes[i], filled_t, video[i])
+    return out
+
+
+def fill_holes(video: torch.Tensor, holes: torch.Tensor, mode: str = "push-pull",
+               known: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fill ``holes`` in ``video`` with the chosen ``mode``.
+
+    Args:
+        video: ``(N, 3, H, W)`` float in [0, 1].
+        holes: ``(N, 1, H, W)`` bool.
+        mode: ``"push-pull"`` (default, fast, smooth), ``"inpaint"`` (OpenCV Telea, slower, sharper
+            near edges), or ``"none"`` (holes stay black, for debugging).
+        known: optional soft coverage ``(N,1,H,W)`` for push-pull; defaults to ``~holes``.
+    """
+    mode = normalize_fill_mode(mode)
+    if mode == "none" or not bool(holes.any()):
+        return torch.where(holes, torch.zeros((), dtype=video.dtype, device=video.device), video)
+    if mode == "push-pull":
+        return push_pull_fill(video, (~holes).to(video.dtype) if known is None else known)
+    return inpaint_fill(video, holes)
+
+
+def normalize_fill_mode(mode: str) -> str:
+    """Canonical fill mode name; accepts ``push_pull``/``pushpull`` and ``opencv`` aliases."""
+    key = str(mode).lower().replace("_", "-")
+    key = {"pushpull": "push-pull", "opencv": "inpaint"}.get(key, key)
+    if key not in FILL_MODES:
+        raise InputError.at(None, "fill", f"unknown mode '{mode}'", f"use one of {', '.join(FILL_MODES)}")
+    return key

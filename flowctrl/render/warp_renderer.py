@@ -1,0 +1,218 @@
+"""The warp renderer: stage 2's default backend, CPU-friendly and weight-free.
+
+Every output frame t is the reference image forward-splatted along the unified flow ``F[:, t]`` with
+softmax splatting (Niklaus & Liu, CVPR 2020): each source pixel lands on its four bilinear neighbours
+at ``p + F[:, t](p)`` and overlapping contributions are averaged with weights ``exp(Z)``, so the
+source with the larger importance ``Z`` wins. Pixels no source reaches are holes, filled afterwards
+(:mod:`flowctrl.render.fill`).
+
+Importance ``Z`` (in [-alpha, 0], 0 = wins):
+
+* depth known (``z``, optionally re-expressed in frame t's camera when ``K`` and ``w2c`` are given):
+  ``Z = -alpha * (1 - z_min / z)``, i.e. normalized inverse depth, nearer wins. Inverse depth keeps
+  near layers apart even when far values (sky) stretch the depth range.
+* no depth: flow-magnitude consistency, ``Z = -alpha * clip(1 - |F| / max|F| + |F - box(F)| / max|F|, 0, 1)``:
+  what moves more (dragged objects over a still background, near parallax under camera motion) wins,
+  and pixels whose flow disagrees with their neighbourhood (blended motion boundaries) lose.
+
+The splat itself is :func:`flowctrl.flow.warp.splat`, so a compiled CPU path or the CUDA kernel
+replaces it transparently.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from flowctrl.errors import InputError
+from flowctrl.render.fill import fill_holes, normalize_fill_mode
+
+# Size limits (documented in docs/render.md). Larger inputs are refused with an InputError.
+MIN_SIDE = 8
+MAX_SIDE = 2048
+MAX_FRAMES = 1024
+MAX_VOXELS = 2048 * 2048 * 49  # T*H*W: the output video alone is 12 bytes per voxel (float32 RGB)
+# Frames splatted per call: bounds the temporary memory to ~CHUNK_PIXELS * 40 bytes.
+CHUNK_PIXELS = 1 << 24
+
+DEFAULT_ALPHA = 20.0
+# A pixel counts as covered when its accumulated softmax weight exceeds this fraction of the weakest
+# possible single full contribution (exp(-alpha)); below, it is a hole and gets filled.
+COVERAGE_EPS = 1e-3
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def check_render_size(height: int, width: int, num_frames: int, source: Optional[str] = None) -> None:
+    """Refuse sizes the renderer does not support (one-line :class:`InputError`).
+
+    Limits: ``MIN_SIDE <= H, W <= MAX_SIDE`` (8..2048 px), ``2 <= T <= MAX_FRAMES`` (1024) and
+    ``T*H*W <= MAX_VOXELS`` (49 frames at 2048x2048).
+    """
+    if num_frames < 2:
+        raise InputError.at(source, "frames", f"is {num_frames}", "give at least 2 frames (default 49)")
+    if num_frames > MAX_FRAMES:
+        raise InputError.at(source, "frames", f"is {num_frames}, above the limit of {MAX_FRAMES}",
+                            f"give at most {MAX_FRAMES} frames")
+    for name, value in (("height", height), ("width", width)):
+        if value < MIN_SIDE or value > MAX_SIDE:
+            raise InputError.at(source, "size", f"{name} {value} px is outside {MIN_SIDE}..{MAX_SIDE}",
+                                f"choose a size between {MIN_SIDE} and {MAX_SIDE} px per side, e.g. 512x512")
+    if num_frames * height * width > MAX_VOXELS:
+        raise InputError.at(source, "size", f"{num_frames} frames of {width}x{height} exceed the limit of "
+                            f"{MAX_VOXELS} frame-pixels", "lower --size or --frames")
+
+
+def importance_from_depth(depth: torch.Tensor, alpha: float = DEFAULT_ALPHA, K: Optional[torch.Tensor] = None,
+                          w2c: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax-splatting importance from z-depth (nearer wins).
+
+    Args:
+        depth: ``(B, 1, H, W)`` positive z-depth of the reference frame.
+        alpha: importance range; ``Z`` lies in ``[-alpha, 0]``.
+        K: optional ``(B, 3, 3)`` intrinsics in pixels, and
+        w2c: optional ``(B, T, 4, 4)`` world(=frame 0)-to-camera; with both, the depth of every
+            reference pixel is taken in frame t's camera.
+    Returns:
+        ``(B, T, 1, H, W)`` when ``w2c`` is given, else ``(B, 1, 1, H, W)`` (broadcast over frames).
+    """
+    z = depth.float().clamp(min=1e-6).unsqueeze(1)  # (B,1,1,H,W)
+    if K is not None and w2c is not None:
+        B, _, H, W = depth.shape
+        ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=depth.device),
+                                torch.arange(W, dtype=torch.float32, device=depth.device), indexing="ij")
+        pix = torch.stack([xs, ys, torch.ones_like(xs)], 0).reshape(1, 3, H * W)  # (1,3,HW)
+        rays = torch.linalg.solve(K.float(), pix.expand(B, 3, H * W))  # (B,3,HW), z-component 1
+        points = rays * depth.float().reshape(B, 1, H * W)  # frame-0 camera coordinates
+        R = w2c[..., :3, :3].float()  # (B,T,3,3)
+        t = w2c[..., 2:3, 3].float()  # (B,T,1) z translation
+        z = torch.einsum("btk,bkn->btn", R[:, :, 2, :], points) + t  # (B,T,HW): z in frame t
+        z = z.reshape(B, -1, 1, H, W)
+    # Points behind the camera (z <= 0) get the lowest importance; their flow is invalid anyway.
+    behind = z <= 0
+    z = z.clamp(min=1e-6)
+    zmin = z.masked_fill(behind, float("inf")).flatten(2).amin(-1).clamp(max=1e30)[..., None, None, None]
+    Z = -alpha * (1.0 - (zmin / z).clamp(0, 1))
+    return Z.masked_fill(behind, -alpha)
+
+
+def importance_from_flow(flow: torch.Tensor, alpha: float = DEFAULT_ALPHA, kernel: int = 5) -> torch.Tensor:
+    """Softmax-splatting importance without depth, from flow magnitude and local flow consistency.
+
+    Args:
+        flow: ``(N, 2, H, W)`` displacement in pixels.
+        alpha: importance range; ``Z`` lies in ``[-alpha, 0]``.
+        kernel: box size (px) of the neighbourhood the consistency term compares against.
+    Returns:
+        ``(N, 1, H, W)``; all zeros for a frame without motion.
+    """
+    mag = flow.norm(dim=1, keepdim=True)
+    scale = mag.flatten(1).amax(-1).clamp(min=1e-6)[:, None, None, None]
+    smooth = F.avg_pool2d(F.pad(flow, [kernel // 2] * 4, mode="replicate"), kernel, stride=1)
+    inconsistency = (flow - smooth).norm(dim=1, keepdim=True)
+    score = (1.0 - mag / scale + inconsistency / scale).clamp(0, 1)
+    moving = (mag.flatten(1).amax(-1) > 1e-6)[:, None, None, None]
+    return torch.where(moving, -alpha * score, torch.zeros_like(score))
+
+
+@dataclass
+class WarpRender:
+    """Result of :func:`render_warp`.
+
+    video: ``(1, T, 3, H, W)`` float in [0, 1]; holes: ``(1, T, 1, H, W)`` bool (before filling);
+    timings: seconds per stage (``"splat"``, ``"fill"``).
+    """
+
+    video: torch.Tensor
+    holes: torch.Tensor
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torch.Tensor] = None,
+                valid: Optional[torch.Tensor] = None, K: Optional[torch.Tensor] = None,
+                w2c: Optional[torch.Tensor] = None, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA,
+                importance: Optional[torch.Tensor] = None,
+                callback: Optional[ProgressCallback] = None) -> WarpRender:
+    """Render a video by softmax-splatting ``image`` along every frame of ``flow``.
+
+    Args:
+        image: ``(1, 3, H, W)`` float in [0, 1], the reference frame.
+        flow: ``(1, T, 2, H, W)`` pixels, ``F[:, t]`` maps reference pixels to frame t (T >= 2).
+        depth: optional ``(1, 1, H, W)`` z-depth; selects depth importance (nearer wins).
+        valid: optional ``(1, T, 1, H, W)`` bool; reference pixels marked False are not splatted
+            (behind the camera, out of view).
+        K, w2c: optional ``(1,3,3)`` / ``(1,T,4,4)`` camera; with depth, importance uses frame-t depth.
+        fill: ``"push-pull"`` | ``"inpaint"`` | ``"none"``.
+        alpha: importance range of the softmax weights.
+        importance: optional explicit ``Z`` ``(1, T|1, 1, H, W)`` overriding depth/flow importance.
+        callback: ``callback(stage, done, total)`` progress over frames for stages ``"splat"``, ``"fill"``.
+    Returns:
+        :class:`WarpRender` with the filled video and the hole masks.
+    """
+    from flowctrl.flow.warp import splat
+
+    if image.ndim != 4 or image.shape[:2] != (1, 3):
+        raise InputError.at(None, "image", f"has shape {tuple(image.shape)}", "give (1, 3, H, W)")
+    if flow.ndim != 5 or flow.shape[0] != 1 or flow.shape[2] != 2 or flow.shape[-2:] != image.shape[-2:]:
+        raise InputError.at(None, "flow", f"has shape {tuple(flow.shape)} for an image of {tuple(image.shape)}",
+                            "give (1, T, 2, H, W) at the image's size")
+    fill = normalize_fill_mode(fill)
+    T = flow.shape[1]
+    H, W = image.shape[-2:]
+    check_render_size(H, W, T)
+    image = image.float()
+    flow = flow.float()
+    if importance is None:
+        if depth is not None:
+            importance = importance_from_depth(depth, alpha, K, w2c)  # (1,T|1,1,H,W)
+    far = 4.0 * max(H, W)  # a displacement that lands every pixel outside the frame
+
+    video = torch.empty(1, T, 3, H, W, dtype=image.dtype, device=image.device)
+    holes = torch.zeros(1, T, 1, H, W, dtype=torch.bool, device=image.device)
+    chunk = max(1, CHUNK_PIXELS // (H * W))
+    timings = {"splat": 0.0, "fill": 0.0}
+    hole_eps = COVERAGE_EPS * math.exp(-alpha)
+    for start in range(0, T, chunk):
+        stop = min(T, start + chunk)
+        t0 = time.perf_counter()
+        f = flow[0, start:stop]  # (n,2,H,W)
+        n = f.shape[0]
+        # Frames without motion (always frame 0) are the image itself, exactly.
+        still = f.flatten(1).abs().amax(-1) == 0
+        moving_idx = torch.nonzero(~still).flatten()
+        video[0, start:stop][still] = image[0]
+        if moving_idx.numel():
+            fm = f[moving_idx]
+            if valid is not None:
+                v = valid[0, start:stop][moving_idx].bool()
+                fm = torch.where(v, fm, torch.full_like(fm, -far))
+            if importance is not None:
+                Z = importance[0, start:stop] if importance.shape[1] > 1 else importance[0].expand(n, -1, -1, -1)
+                Z = Z[moving_idx]
+            else:
+                Z = importance_from_flow(fm, alpha)
+            # Max importance exactly 0 per frame, so hole_eps is relative to the weakest contribution.
+            Z = Z - Z.flatten(1).amax(-1)[:, None, None, None]
+            src = image.expand(moving_idx.numel(), -1, -1, -1)
+            out, norm = splat(src, fm, weight=Z.contiguous(), mode="softmax", return_norm=True)
+            video[0, start:stop][moving_idx] = out.clamp(0, 1)
+            holes[0, start:stop][moving_idx] = norm <= hole_eps
+        t1 = time.perf_counter()
+        timings["splat"] += t1 - t0
+        if callback is not None:
+            callback("splat", stop, T)
+    t1 = time.perf_counter()
+    if fill != "none" or bool(holes.any()):
+        for start in range(0, T, chunk):
+            stop = min(T, start + chunk)
+            h = holes[0, start:stop]
+            if bool(h.any()) or fill == "none":
+                video[0, start:stop] = fill_holes(video[0, start:stop], h, fill)
+            if callback is not None:
+                callback("fill", stop, T)
+    timings["fill"] = time.perf_counter() - t1
+    return WarpRender(video=video, holes=holes, timings=timings)
