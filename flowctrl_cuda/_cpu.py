@@ -1,0 +1,183 @@
+"""The compiled CPU path: ``csrc/cpu_ops.cpp`` built with the system C++ compiler, loaded by ctypes.
+
+Built on first use into ``$FLOWCTRL_CACHE_DIR`` (default ``~/.cache/flowctrl/kernels``) under a
+name keyed by the hash of the source, the flags and the compiler, so an edited source rebuilds and
+a cached build is reused across processes. A file lock keeps parallel test workers from racing.
+No torch headers are involved, so the build takes about a second. If no compiler is found or the
+build fails, :func:`available` is False and the dispatchers fall back to the reference after one
+warning.
+
+Only float32 tensors in inference (no autograd) take this path; it calls into C with raw data
+pointers of contiguous tensors and releases the GIL while the kernel runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import torch
+
+logger = logging.getLogger("flowctrl")
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_ops.cpp"
+# -ffp-contract=off keeps a*b+c as two roundings like PyTorch's elementwise ops, so the results
+# track the reference bit for bit in most pixels.
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-math-errno"]
+_MODES = {"sum": 0, "avg": 1, "softmax": 2}
+
+_lib: Optional[ctypes.CDLL] = None
+_failed: Optional[str] = None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FLOWCTRL_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flowctrl" / "kernels"
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _compiler_id(cxx: str) -> str:
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return cxx
+
+
+def build(force: bool = False) -> Path:
+    """Compile ``cpu_ops.cpp`` into the cache (if not cached) and return the shared library path.
+
+    Raises:
+        RuntimeError: no C++ compiler, or the compiler failed (its stderr is in the message).
+    """
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (tried $CXX, g++, c++, clang++)")
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _compiler_id(cxx).encode()).hexdigest()[:16]
+    out_dir = cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"flowctrl_cpu_ops_{key}.so"
+    if target.exists() and not force:
+        return target
+    import fcntl
+
+    with open(out_dir / f"flowctrl_cpu_ops_{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if target.exists() and not force:  # another process built it while we waited
+                return target
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+            os.close(fd)
+            try:
+                proc = subprocess.run(
+                    [cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{Path(cxx).name} failed on {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    global _lib, _failed
+    if _lib is not None or _failed is not None:
+        return _lib
+    try:
+        lib = ctypes.CDLL(str(build()))
+        i64, f32p, i32 = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int
+        lib.fc_splat_f32.argtypes = [f32p, f32p, f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
+        lib.fc_splat_f32.restype = i32
+        lib.fc_backward_warp_f32.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
+        lib.fc_backward_warp_f32.restype = i32
+        lib.fc_cpu_abi_version.restype = i32
+        if lib.fc_cpu_abi_version() != 1:
+            raise RuntimeError("cached library has an unexpected ABI version")
+        _lib = lib
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        _failed = str(error)
+        warnings.warn(
+            f"flowctrl_cuda: the compiled CPU path is unavailable ({_failed.splitlines()[0][:300]}); "
+            "using the PyTorch reference (slower). Install g++ to enable it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return _lib
+
+
+def available() -> bool:
+    """True when the compiled CPU library is built (building it on the first call)."""
+    return _load() is not None
+
+
+def supports(op: str, *tensors: Optional[torch.Tensor]) -> bool:
+    """Whether the compiled path handles these inputs (float32 CPU tensors of splat / warp)."""
+    if op not in ("splat", "backward_warp"):
+        return False
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    if t is None:
+        return None
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float))
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def splat(
+    x: torch.Tensor,
+    flow: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    mode: str,
+    return_norm: bool,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Compiled splat; same contract as :func:`flowctrl_cuda.reference.splat` (float32 CPU, no grad)."""
+    lib = _load()
+    assert lib is not None, "call available() first"
+    n, c, h, w = x.shape
+    x = x.detach().contiguous()
+    flow = flow.detach().contiguous()
+    weight = weight.detach().contiguous() if weight is not None else None
+    out = torch.zeros(n, c, h, w, dtype=torch.float32)
+    norm = torch.zeros(n, 1, h, w, dtype=torch.float32) if (return_norm or mode != "sum") else None
+    rc = lib.fc_splat_f32(_ptr(x), _ptr(flow), _ptr(weight), _ptr(out), _ptr(norm), n, c, h, w, _MODES[mode], _threads())
+    if rc != 0:
+        raise RuntimeError(f"fc_splat_f32 returned {rc}")
+    return (out, norm) if return_norm else out
+
+
+def backward_warp(x: torch.Tensor, flow: torch.Tensor, padding: str) -> torch.Tensor:
+    """Compiled bilinear backward warp (float32 CPU, no grad)."""
+    lib = _load()
+    assert lib is not None, "call available() first"
+    n, c, h, w = x.shape
+    x = x.detach().contiguous()
+    flow = flow.detach().contiguous()
+    out = torch.empty(n, c, h, w, dtype=torch.float32)
+    rc = lib.fc_backward_warp_f32(_ptr(x), _ptr(flow), _ptr(out), n, c, h, w, int(padding == "border"), _threads())
+    if rc != 0:
+        raise RuntimeError(f"fc_backward_warp_f32 returned {rc}")
+    return out

@@ -1,0 +1,281 @@
+// flowctrl_cuda fast CPU path: bilinear backward warp and forward splatting (sum / avg / softmax)
+// for contiguous float32 NCHW tensors. Plain C++17 + std::thread, C ABI, no torch headers, so it
+// compiles in about a second and is loaded with ctypes (flowctrl_cuda/_cpu.py).
+//
+// Semantics are those of flowctrl_cuda/reference.py; keep the floating-point steps in the same
+// order (and build with -ffp-contract=off) so results agree with the reference to ~1e-6.
+//
+// Threading without atomics: when there are at least as many images as threads, each thread owns
+// whole images. Otherwise every image's source rows are split between threads, each thread splats
+// into its own accumulation planes, and the planes are summed afterwards.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+enum SplatMode : int { kSum = 0, kAvg = 1, kSoftmax = 2 };
+
+template <typename F>
+void parallel_for(int64_t n, int threads, F&& body) {
+  // body(begin, end, thread_index) over [0, n) split into contiguous chunks
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
+  if (threads == 1) {
+    body(int64_t(0), n, 0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  const int64_t chunk = (n + threads - 1) / threads;
+  for (int t = 1; t < threads; ++t) {
+    const int64_t b = std::min<int64_t>(n, t * chunk), e = std::min<int64_t>(n, (t + 1) * chunk);
+    pool.emplace_back([&body, b, e, t]() { body(b, e, t); });
+  }
+  body(int64_t(0), std::min<int64_t>(n, chunk), 0);
+  for (auto& th : pool) th.join();
+}
+
+inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// Splat source rows [row_begin, row_end) of one image into num (C planes) and norm (1 plane).
+// e: per-source weight plane (already exp(Z - max) for softmax) or nullptr for 1.
+// CT > 0 fixes the channel count at compile time (unrolled channel loop); CT == 0 reads C.
+template <int CT>
+void splat_rows(const float* __restrict__ x, const float* __restrict__ flow, const float* __restrict__ e,
+                float* __restrict__ num, float* __restrict__ norm, int64_t C_,
+                int64_t H, int64_t W, int64_t row_begin, int64_t row_end) {
+  const int64_t C = CT > 0 ? CT : C_;
+  const int64_t HW = H * W;
+  const float* fx = flow;
+  const float* fy = flow + HW;
+  const float wmax = static_cast<float>(W + 1), hmax = static_cast<float>(H + 1);
+  for (int64_t y = row_begin; y < row_end; ++y) {
+    for (int64_t xcol = 0; xcol < W; ++xcol) {
+      const int64_t p = y * W + xcol;
+      float qx = static_cast<float>(xcol) + fx[p];
+      float qy = static_cast<float>(y) + fy[p];
+      if (!std::isfinite(qx) || !std::isfinite(qy)) continue;
+      qx = clampf(qx, -2.0f, wmax);
+      qy = clampf(qy, -2.0f, hmax);
+      const float x0f = std::floor(qx), y0f = std::floor(qy);
+      const float ax = qx - x0f, ay = qy - y0f;
+      const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
+      float w[4] = {(1.0f - ax) * (1.0f - ay), ax * (1.0f - ay), (1.0f - ax) * ay, ax * ay};
+      if (e != nullptr) {
+        const float ep = e[p];
+        for (int k = 0; k < 4; ++k) w[k] = w[k] * ep;
+      }
+      const int64_t q00 = y0 * W + x0;
+      if (x0 >= 0 && x0 + 1 < W && y0 >= 0 && y0 + 1 < H) {  // interior: all four taps land
+        if (norm != nullptr) {
+          norm[q00] += w[0];
+          norm[q00 + 1] += w[1];
+          norm[q00 + W] += w[2];
+          norm[q00 + W + 1] += w[3];
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const float v = x[c * HW + p];
+          float* plane = num + c * HW + q00;
+          plane[0] += v * w[0];
+          plane[1] += v * w[1];
+          plane[W] += v * w[2];
+          plane[W + 1] += v * w[3];
+        }
+        continue;
+      }
+      const bool vx0 = x0 >= 0 && x0 < W, vx1 = x0 + 1 >= 0 && x0 + 1 < W;
+      const bool vy0 = y0 >= 0 && y0 < H, vy1 = y0 + 1 >= 0 && y0 + 1 < H;
+      const bool valid[4] = {vx0 && vy0, vx1 && vy0, vx0 && vy1, vx1 && vy1};
+      const int64_t q[4] = {q00, q00 + 1, q00 + W, q00 + W + 1};
+      for (int k = 0; k < 4; ++k) {
+        if (!valid[k]) continue;
+        const float wk = w[k];
+        const int64_t qk = q[k];
+        if (norm != nullptr) norm[qk] += wk;
+        for (int64_t c = 0; c < C; ++c) num[c * HW + qk] += x[c * HW + p] * wk;
+      }
+    }
+  }
+}
+
+void splat_rows_any(const float* x, const float* flow, const float* e, float* num, float* norm, int64_t C,
+                    int64_t H, int64_t W, int64_t row_begin, int64_t row_end) {
+  switch (C) {
+    case 1: splat_rows<1>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
+    case 2: splat_rows<2>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
+    case 3: splat_rows<3>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
+    case 4: splat_rows<4>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
+    default: splat_rows<0>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
+  }
+}
+
+// out = num / norm where norm > 0, else 0 (in place on num), pixels [begin, end).
+void normalize_range(float* num, const float* norm, int64_t C, int64_t HW, int64_t begin, int64_t end) {
+  for (int64_t c = 0; c < C; ++c) {
+    float* plane = num + c * HW;
+    for (int64_t p = begin; p < end; ++p) plane[p] = norm[p] > 0.0f ? plane[p] / norm[p] : 0.0f;
+  }
+}
+
+// Per-source weight plane for one image: weight (linear) or exp(Z - max Z) (softmax).
+void prepare_weight(const float* weight, float* e, int64_t HW, int mode) {
+  if (mode != kSoftmax) {
+    std::memcpy(e, weight, sizeof(float) * HW);
+    return;
+  }
+  float zmax = -INFINITY;
+  for (int64_t p = 0; p < HW; ++p) zmax = std::max(zmax, weight[p]);
+  for (int64_t p = 0; p < HW; ++p) e[p] = std::exp(weight[p] - zmax);
+}
+
+// Backward-warp global rows [rb, re) of the (N*H) output rows.
+template <int CT>
+void warp_rows(const float* __restrict__ x, const float* __restrict__ flow, float* __restrict__ out, int64_t C_,
+               int64_t H, int64_t W, bool border, int64_t rb, int64_t re) {
+  const int64_t C = CT > 0 ? CT : C_;
+  const int64_t HW = H * W;
+  const float wmax = border ? static_cast<float>(W - 1) : static_cast<float>(W + 1);
+  const float hmax = border ? static_cast<float>(H - 1) : static_cast<float>(H + 1);
+  const float lo = border ? 0.0f : -2.0f;
+  for (int64_t r = rb; r < re; ++r) {
+    const int64_t n = r / H, y = r % H;
+    const float* xn = x + n * C * HW;
+    const float* fx = flow + n * 2 * HW;
+    const float* fy = fx + HW;
+    float* on = out + n * C * HW;
+    for (int64_t xcol = 0; xcol < W; ++xcol) {
+      const int64_t p = y * W + xcol;
+      float qx = static_cast<float>(xcol) + fx[p];
+      float qy = static_cast<float>(y) + fy[p];
+      if (!std::isfinite(qx) || !std::isfinite(qy)) {
+        qx = -4.0f;
+        qy = -4.0f;
+      }
+      qx = clampf(qx, lo, wmax);
+      qy = clampf(qy, lo, hmax);
+      const float x0f = std::floor(qx), y0f = std::floor(qy);
+      const float ax = qx - x0f, ay = qy - y0f;
+      const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
+      float w[4] = {(1.0f - ax) * (1.0f - ay), ax * (1.0f - ay), (1.0f - ax) * ay, ax * ay};
+      int64_t q00 = y0 * W + x0, q[4];
+      if (x0 >= 0 && x0 + 1 < W && y0 >= 0 && y0 + 1 < H) {
+        q[0] = q00;
+        q[1] = q00 + 1;
+        q[2] = q00 + W;
+        q[3] = q00 + W + 1;
+      } else {  // edge: a tap outside the image reads pixel 0 with weight 0, as in the reference
+        const bool vx0 = x0 >= 0 && x0 < W, vx1 = x0 + 1 >= 0 && x0 + 1 < W;
+        const bool vy0 = y0 >= 0 && y0 < H, vy1 = y0 + 1 >= 0 && y0 + 1 < H;
+        const bool valid[4] = {vx0 && vy0, vx1 && vy0, vx0 && vy1, vx1 && vy1};
+        const int64_t qq[4] = {q00, q00 + 1, q00 + W, q00 + W + 1};
+        for (int k = 0; k < 4; ++k) {
+          q[k] = valid[k] ? qq[k] : 0;
+          w[k] = valid[k] ? w[k] : 0.0f;
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const float* plane = xn + c * HW;
+        on[c * HW + p] = plane[q[0]] * w[0] + plane[q[1]] * w[1] + plane[q[2]] * w[2] + plane[q[3]] * w[3];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+
+extern "C" {
+
+int fc_cpu_abi_version() { return 1; }
+
+// x (N,C,H,W), flow (N,2,H,W), weight (N,1,H,W) or null; out (N,C,H,W) and norm (N,1,H,W) must be
+// zero-filled by the caller; norm may be null only for mode "sum". Returns 0 on success.
+int fc_splat_f32(const float* x, const float* flow, const float* weight, float* out, float* norm, int64_t N,
+                 int64_t C, int64_t H, int64_t W, int mode, int threads) {
+  if (mode < kSum || mode > kSoftmax) return 1;
+  if (mode != kSum && norm == nullptr) return 2;
+  const int64_t HW = H * W;
+  if (N <= 0 || HW <= 0) return 0;
+  threads = std::max(1, threads);
+  if (HW * N * (C + 1) < (int64_t(1) << 15)) threads = 1;  // thread start-up dominates tiny inputs
+
+  if (N >= threads) {
+    parallel_for(N, threads, [&](int64_t b, int64_t e_, int) {
+      std::vector<float> ebuf(weight != nullptr ? HW : 0);
+      for (int64_t n = b; n < e_; ++n) {
+        const float* en = nullptr;
+        if (weight != nullptr) {
+          prepare_weight(weight + n * HW, ebuf.data(), HW, mode);
+          en = ebuf.data();
+        }
+        float* num = out + n * C * HW;
+        float* nrm = norm != nullptr ? norm + n * HW : nullptr;
+        splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, num, nrm, C, H, W, 0, H);
+        if (mode != kSum) normalize_range(num, nrm, C, HW, 0, HW);
+      }
+    });
+    return 0;
+  }
+
+  // Few images: split rows between threads with private accumulation planes, then reduce.
+  const int T = static_cast<int>(std::min<int64_t>(threads, H));
+  const int64_t planes = C + (norm != nullptr ? 1 : 0);
+  std::vector<float> priv(static_cast<size_t>(std::max(0, T - 1)) * planes * HW);
+  std::vector<float> ebuf(weight != nullptr ? HW : 0);
+  for (int64_t n = 0; n < N; ++n) {
+    const float* en = nullptr;
+    if (weight != nullptr) {
+      prepare_weight(weight + n * HW, ebuf.data(), HW, mode);
+      en = ebuf.data();
+    }
+    float* num = out + n * C * HW;
+    float* nrm = norm != nullptr ? norm + n * HW : nullptr;
+    std::fill(priv.begin(), priv.end(), 0.0f);
+    parallel_for(H, T, [&](int64_t rb, int64_t re, int t) {
+      if (t == 0) {
+        splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, num, nrm, C, H, W, rb, re);
+      } else {
+        float* base = priv.data() + static_cast<size_t>(t - 1) * planes * HW;
+        splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, base, nrm != nullptr ? base + C * HW : nullptr, C, H, W,
+                   rb, re);
+      }
+    });
+    parallel_for(HW, T, [&](int64_t pb, int64_t pe, int) {
+      for (int t = 1; t < T; ++t) {
+        const float* base = priv.data() + static_cast<size_t>(t - 1) * planes * HW;
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t p = pb; p < pe; ++p) num[c * HW + p] += base[c * HW + p];
+        if (nrm != nullptr)
+          for (int64_t p = pb; p < pe; ++p) nrm[p] += base[C * HW + p];
+      }
+      if (mode != kSum) normalize_range(num, nrm, C, HW, pb, pe);
+    });
+  }
+  return 0;
+}
+
+// out(p) = x(p + flow(p)) bilinear; border != 0 clamps the position into the image, else taps
+// outside read 0. x (N,C,H,W), flow (N,2,H,W), out (N,C,H,W). Returns 0 on success.
+int fc_backward_warp_f32(const float* x, const float* flow, float* out, int64_t N, int64_t C, int64_t H, int64_t W,
+                         int border, int threads) {
+  const int64_t HW = H * W;
+  if (N <= 0 || HW <= 0) return 0;
+  threads = std::max(1, threads);
+  if (HW * N * (C + 1) < (int64_t(1) << 15)) threads = 1;
+  parallel_for(N * H, threads, [&](int64_t rb, int64_t re, int) {
+    switch (C) {
+      case 1: warp_rows<1>(x, flow, out, C, H, W, border != 0, rb, re); break;
+      case 2: warp_rows<2>(x, flow, out, C, H, W, border != 0, rb, re); break;
+      case 3: warp_rows<3>(x, flow, out, C, H, W, border != 0, rb, re); break;
+      case 4: warp_rows<4>(x, flow, out, C, H, W, border != 0, rb, re); break;
+      default: warp_rows<0>(x, flow, out, C, H, W, border != 0, rb, re); break;
+    }
+  });
+  return 0;
+}
+
+}  // extern "C"
