@@ -1,0 +1,153 @@
+"""Camera flow: depth + intrinsics + relative poses → reprojection flow, visibility, Plücker rays.
+
+Conventions: OpenCV camera axes (x right, y down, z forward); ``w2c`` world-to-camera 4×4 relative
+to frame 0 (``w2c[:, 0] == I``, so "world" is the frame-0 camera); intrinsics ``K`` in pixels of the
+working resolution, either one ``(B, 3, 3)`` for the clip or per frame ``(B, T, 3, 3)`` (zoom);
+depth is z-depth ``(B, 1, H, W)`` in the units of the camera translation.
+
+A reference pixel ``p`` with depth ``z`` back-projects (with ``K_0``) to ``X = z K_0⁻¹ [p, 1]``,
+moves to camera ``t`` as ``X_t = R_t X + t_t`` and projects (with ``K_t``) to ``p_t``; the flow is
+``p_t − p``.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from kornia.geometry.depth import depth_to_3d_v2
+from kornia.geometry.linalg import transform_points
+
+# A reference pixel is hidden at frame t when some other reference pixel lands on the same target
+# pixel more than this fraction closer to the camera.
+ZBUFFER_TOLERANCE = 0.02
+MIN_DEPTH = 1e-6
+
+
+def _per_frame_K(K: torch.Tensor, t: int) -> torch.Tensor:
+    if K.dim() == 3:
+        return K[:, None].expand(-1, t, 3, 3)
+    if K.dim() == 4 and K.shape[1] == t:
+        return K
+    raise ValueError(f"K must be (B, 3, 3) or (B, T={t}, 3, 3), got {tuple(K.shape)}")
+
+
+def camera_points(depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> torch.Tensor:
+    """Reference pixels in each frame's camera coordinates.
+
+    Args:
+        depth: ``(B, 1, H, W)`` z-depth of the reference frame.
+        K: ``(B, 3, 3)`` or ``(B, T, 3, 3)`` pixels (the reference frame uses ``K[:, 0]``).
+        w2c: ``(B, T, 4, 4)`` relative to frame 0.
+
+    Returns:
+        ``(B, T, H, W, 3)`` points ``X_t`` (same units as the depth).
+    """
+    b, _, h, w = depth.shape
+    t = w2c.shape[1]
+    Kt = _per_frame_K(K, t)
+    dtype = torch.promote_types(depth.dtype, torch.float32)
+    pts0 = depth_to_3d_v2(depth[:, 0].to(dtype), Kt[:, 0].to(dtype))  # (B, H, W, 3)
+    flat = pts0.reshape(b, 1, h * w, 3).expand(b, t, h * w, 3).reshape(b * t, h * w, 3)
+    moved = transform_points(w2c.to(dtype).reshape(b * t, 4, 4), flat)
+    return moved.reshape(b, t, h, w, 3)
+
+
+def camera_flow(
+    depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, occlusion: bool = True
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reprojection flow of the reference frame under a camera trajectory.
+
+    Args:
+        depth: ``(B, 1, H, W)`` z-depth > 0.
+        K: ``(B, 3, 3)`` or ``(B, T, 3, 3)`` intrinsics in pixels.
+        w2c: ``(B, T, 4, 4)`` world-to-camera relative to frame 0.
+        occlusion: also mark pixels hidden by nearer reference pixels (a z-buffer test).
+
+    Returns:
+        ``flow (B, T, 2, H, W)`` pixels and ``valid (B, T, 1, H, W)`` bool: false where the point is
+        behind the camera, projects outside the frame, or (with ``occlusion``) is occluded at frame
+        ``t`` by another reference pixel. Flow is differentiable in depth, K and w2c.
+    """
+    b, _, h, w = depth.shape
+    t = w2c.shape[1]
+    Kt = _per_frame_K(K, t)
+    pts = camera_points(depth, K, w2c)  # (B, T, H, W, 3)
+    z = pts[..., 2]
+    safe = torch.where((z > MIN_DEPTH)[..., None], pts, torch.ones_like(pts))  # avoid dividing by ~0 behind camera
+    hom = Kt.to(pts.dtype).reshape(b * t, 3, 3) @ safe.reshape(b * t, h * w, 3).transpose(1, 2)
+    proj = (hom[:, :2] / hom[:, 2:]).transpose(1, 2).reshape(b, t, h, w, 2)
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=pts.dtype, device=pts.device),
+        torch.arange(w, dtype=pts.dtype, device=pts.device),
+        indexing="ij",
+    )
+    flow = proj - torch.stack([xs, ys], dim=-1)
+    valid = (z > MIN_DEPTH) & (proj[..., 0] > -0.5) & (proj[..., 0] < w - 0.5)
+    valid = valid & (proj[..., 1] > -0.5) & (proj[..., 1] < h - 0.5)
+    if occlusion:
+        valid = valid & ~_occluded(proj.detach(), z.detach(), valid)
+    flow = flow.permute(0, 1, 4, 2, 3).to(torch.float32)
+    return flow, valid[:, :, None]
+
+
+def _occluded(proj: torch.Tensor, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Z-buffer test: ``(B, T, H, W)`` true where a nearer reference pixel lands on the same target pixel."""
+    b, t, h, w = z.shape
+    col = torch.round(proj[..., 0]).long().clamp(0, w - 1)
+    row = torch.round(proj[..., 1]).long().clamp(0, h - 1)
+    target = (row * w + col).reshape(b * t, h * w)
+    depth = torch.where(valid, z, torch.full_like(z, float("inf"))).reshape(b * t, h * w)
+    zbuf = torch.full((b * t, h * w), float("inf"), dtype=z.dtype, device=z.device)
+    zbuf = zbuf.scatter_reduce(1, target, depth, reduce="amin", include_self=True)
+    nearest = torch.gather(zbuf, 1, target)
+    return (depth > nearest * (1.0 + ZBUFFER_TOLERANCE)).reshape(b, t, h, w)
+
+
+def homography_flow(K: torch.Tensor, R: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Flow of the homography ``K R K⁻¹`` (a pure rotation ``R`` of the camera): ``(B, 2, H, W)``.
+
+    Args:
+        K: ``(B, 3, 3)`` pixels; R: ``(B, 3, 3)`` rotation part of w2c.
+    """
+    Hm = K @ R @ torch.linalg.inv(K)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=K.dtype, device=K.device),
+        torch.arange(width, dtype=K.dtype, device=K.device),
+        indexing="ij",
+    )
+    p = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).reshape(3, -1)
+    q = Hm @ p  # (B, 3, HW)
+    q = q[:, :2] / q[:, 2:]
+    return (q - p[:2]).reshape(-1, 2, height, width)
+
+
+def plucker_rays(K: torch.Tensor, w2c: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Plücker embedding of every pixel's viewing ray in every frame.
+
+    The ray of pixel ``p`` in camera ``t`` has origin ``o_t`` (camera centre) and unit direction
+    ``d = R_tᵀ K_t⁻¹ [p, 1] / ‖·‖`` in world (= frame-0 camera) coordinates; the embedding is
+    ``(o × d, d)``.
+
+    Args:
+        K: ``(B, 3, 3)`` or ``(B, T, 3, 3)`` pixels; w2c: ``(B, T, 4, 4)``.
+
+    Returns:
+        ``(B, T, 6, H, W)`` float32.
+    """
+    b, t = w2c.shape[:2]
+    Kt = _per_frame_K(K, t).to(torch.float64)
+    w2c = w2c.to(torch.float64)
+    R = w2c[..., :3, :3]
+    trans = w2c[..., :3, 3:]
+    origin = -(R.transpose(-1, -2) @ trans)[..., 0]  # (B, T, 3)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64, device=w2c.device),
+        torch.arange(width, dtype=torch.float64, device=w2c.device),
+        indexing="ij",
+    )
+    p = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).reshape(3, -1)
+    dirs = R.transpose(-1, -2) @ torch.linalg.inv(Kt) @ p  # (B, T, 3, HW)
+    dirs = dirs / dirs.norm(dim=2, keepdim=True)
+    moment = torch.cross(origin[..., :, None].expand_as(dirs), dirs, dim=2)
+    rays = torch.cat([moment, dirs], dim=2).reshape(b, t, 6, height, width)
+    return rays.to(torch.float32)

@@ -1,0 +1,288 @@
+"""Stage 1 (analytic): every control becomes one unified flow field.
+
+``compute_unified_flow(image, controls, T)`` →  :class:`UnifiedFlow`:
+
+1. local motion — arrows, drags and pose keypoints become tracks → sparse flow (eq. 5) → dense flow
+   (Gaussian densification, eq. 6-7). Controls with their own region (an arrow's mask, a drag's
+   radius) are densified alone and limited to that region; the rest are densified together. A
+   reference video adds its estimated flow (DIS by default). The motion brush (``motion_mask``)
+   limits the sum.
+2. camera motion — the trajectory is resampled to ``T`` frames; depth comes from
+   :func:`flowctrl.depth.resolve_depth` (file / Depth-Anything / plane fallback); reprojection flow
+   and the visibility mask follow (:func:`flowctrl.flow.camera.camera_flow`).
+3. composition ``F(p) = F_obj(p) + F_cam(p + F_obj(p))`` with the static mask honoured, and the
+   motion-strength target (eq. 8 of the local motion, as seed 004 measures it with a static camera)
+   met by rescaling the local motion.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from flowctrl.errors import InputError
+from flowctrl.flow._sampling import backward_warp
+from flowctrl.flow.camera import camera_flow
+from flowctrl.flow.compose import compose_flows
+from flowctrl.flow.densify import THRESHOLD_R, default_sigma, gaussian_densify
+from flowctrl.flow.sparse import pose_tracks, sparse_flow_from_tracks, tracks_from_controls
+from flowctrl.flow.strength import motion_strength, rescale_to_strength
+
+logger = logging.getLogger("flowctrl")
+
+Callback = Callable[[str, int, int], None]
+DENSIFY_MODES = ("normalized", "gaussian")
+POSE_SAMPLES_PER_LIMB = 8
+
+
+@dataclass
+class UnifiedFlow:
+    """The output of stage 1 (all tensors float32 unless noted, batch 1).
+
+    flow: ``(1, T, 2, H, W)`` pixels, reference form (``flow[:, 0] == 0``).
+    depth: ``(1, 1, H, W)`` z-depth used for the camera flow, or None (no camera, no depth given).
+    local_mask: ``(1, T, 1, H, W)`` where local controls (arrows, drags, pose, video) act.
+    valid: ``(1, T, 1, H, W)`` bool; false where the reference pixel leaves the view or is occluded.
+    K: ``(1, 3, 3)`` pixel intrinsics of frame 0, or None without a camera.
+    w2c: ``(1, T, 4, 4)`` world-to-camera relative to frame 0, or None without a camera.
+    sparse_flow, sparse_mask: ``(1, T, 2, H, W)`` / ``(1, T, 1, H, W)`` the eq. 5 sparse condition.
+    K_frames: ``(1, T, 3, 3)`` per-frame intrinsics (differs from K for zooms), or None.
+    local_flow, camera_flow: the two components before composition ``(1, T, 2, H, W)``.
+    strength_scale: factor applied to the local flow to meet ``controls.strength`` (1 if none).
+    """
+
+    flow: torch.Tensor
+    depth: Optional[torch.Tensor]
+    local_mask: torch.Tensor
+    valid: torch.Tensor
+    K: Optional[torch.Tensor]
+    w2c: Optional[torch.Tensor]
+    sparse_flow: torch.Tensor
+    sparse_mask: torch.Tensor
+    K_frames: Optional[torch.Tensor] = None
+    local_flow: Optional[torch.Tensor] = None
+    camera_flow: Optional[torch.Tensor] = None
+    strength_scale: float = 1.0
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.flow.shape[1])
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        return int(self.flow.shape[-2]), int(self.flow.shape[-1])
+
+    def motion_strength(self) -> float:
+        """Eq. 8 of the unified flow, pixels per frame."""
+        return float(motion_strength(self.flow)[0])
+
+    def to(self, *args, **kwargs) -> "UnifiedFlow":
+        """A copy with every tensor moved / cast like ``Tensor.to`` (bool masks keep their dtype)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v.to(device=kwargs.get("device", args[0] if args and not isinstance(args[0], torch.dtype) else None)) \
+                    if v.dtype == torch.bool else v.to(*args, **kwargs)
+            out[f.name] = v
+        return UnifiedFlow(**out)
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        """Every tensor field by name (for saving with :func:`flowctrl.flow.io.save_flow`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+
+def _progress(callback: Optional[Callback], stage: str, done: int, total: int) -> None:
+    if callback is not None:
+        callback(stage, done, total)
+
+
+def _disc(center: Tuple[float, float], radius: float, height: int, width: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    return ((xs - center[0]) ** 2 + (ys - center[1]) ** 2 <= radius ** 2)[None]
+
+
+def _local_groups(controls, num_frames: int, height: int, width: int) -> List[dict]:
+    """Tracks grouped by the region they act in (None = densified together, unrestricted)."""
+    free_tracks, free_starts, free_valid = [], [], []
+    groups: List[dict] = []
+    for arrow in controls.arrows:
+        tr, st = tracks_from_controls([arrow], num_frames)
+        if arrow.mask is not None:
+            groups.append({"tracks": tr, "starts": st, "valid": None, "region": torch.as_tensor(arrow.mask).bool(), "sigma": None})
+        else:
+            free_tracks.append(tr), free_starts.append(st), free_valid.append(torch.ones(1, num_frames, dtype=torch.bool))
+    for drag in controls.drags:
+        tr, st = tracks_from_controls([drag], num_frames)
+        if drag.radius is not None:
+            # the drag's motion fades to R (eq. 7) at its radius: sigma = radius / sqrt(ln(1/R))
+            sigma = drag.radius / math.sqrt(math.log(1.0 / THRESHOLD_R))
+            groups.append({"tracks": tr, "starts": st, "valid": None, "sigma": sigma, "radius": drag.radius,
+                           "region": _disc(drag.start, drag.radius, height, width)})
+        else:
+            free_tracks.append(tr), free_starts.append(st), free_valid.append(torch.ones(1, num_frames, dtype=torch.bool))
+    if controls.pose is not None:
+        seq = controls.pose.resample(num_frames)
+        tr, st, va = pose_tracks(seq.keypoints, seq.confidence, seq.limbs, samples_per_limb=POSE_SAMPLES_PER_LIMB,
+                                 min_confidence=1e-6)
+        free_tracks.append(tr), free_starts.append(st), free_valid.append(va)
+    if free_tracks:
+        groups.insert(0, {"tracks": torch.cat(free_tracks), "starts": torch.cat(free_starts),
+                          "valid": torch.cat(free_valid), "region": None, "sigma": None})
+    return groups
+
+
+def _load_video(ref_video, num_frames: int, height: int, width: int) -> torch.Tensor:
+    if isinstance(ref_video, torch.Tensor):
+        video = ref_video.detach().float()
+        if video.dim() == 5:
+            video = video[0]
+        if video.dim() != 4 or video.shape[1] != 3:
+            raise InputError.at(None, "ref_video", f"tensor has shape {tuple(ref_video.shape)}", "give (T, 3, H, W) in [0, 1]")
+        if video.shape[0] != num_frames:
+            idx = torch.linspace(0, video.shape[0] - 1, num_frames).round().long()
+            video = video[idx]
+        if tuple(video.shape[-2:]) != (height, width):
+            video = torch.nn.functional.interpolate(video, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        return video.clamp(0, 1)
+    from flowctrl.controls import load_reference_video
+
+    return load_reference_video(ref_video, num_frames=num_frames, size=(height, width))
+
+
+def compute_unified_flow(
+    image: torch.Tensor,
+    controls=None,
+    num_frames: int = 16,
+    *,
+    depth: Union[None, str, Path, torch.Tensor] = None,
+    depth_model=None,
+    densify: str = "normalized",
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[Callback] = None,
+    flow_method: str = "dis",
+    depth_kind: str = "depth",
+    depth_scale: Optional[float] = None,
+) -> UnifiedFlow:
+    """Turn the controls into one unified flow (stage 1, analytic; deterministic, no weights).
+
+    Args:
+        image: ``(1, 3, H, W)`` in [0, 1]; its size is the working size.
+        controls: :class:`flowctrl.controls.Controls` (pixels of ``controls.image_size``; rescaled
+            here to ``(H, W)``) or None (static).
+        num_frames: ``T ≥ 2``.
+        depth: overrides ``controls.depth`` (path or tensor), see :func:`flowctrl.depth.resolve_depth`.
+        depth_model: Depth-Anything hub id / folder or a callable ``image -> (1,1,H,W)``.
+        densify: ``"normalized"`` (Nadaraya-Watson) or ``"gaussian"`` (eq. 6-7 as written).
+        generator: unused (the analytic stage is deterministic); accepted for a uniform API.
+        callback: ``callback(stage, done, total)`` progress.
+        flow_method: ``"dis"`` or ``"raft"`` for a reference video.
+        depth_kind, depth_scale: how to read a depth file (:mod:`flowctrl.depth.file`).
+    """
+    del generator
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
+        raise InputError.at(None, "image", f"has shape {tuple(getattr(image, 'shape', ()))}", "give a (1, 3, H, W) tensor in [0, 1]")
+    if int(num_frames) < 2:
+        raise InputError.at(None, "num_frames", f"is {num_frames}", "give at least 2 frames")
+    if densify not in DENSIFY_MODES:
+        raise InputError.at(None, "densify", f"unknown mode {densify!r}", f"use one of {DENSIFY_MODES}")
+    T = int(num_frames)
+    _, _, H, W = image.shape
+    image = image.detach().float().cpu()
+    if controls is None:
+        from flowctrl.controls import Controls
+
+        controls = Controls(image_size=(H, W))
+    if controls.image_size is not None and tuple(controls.image_size) != (H, W):
+        controls = controls.resized(H, W)
+
+    # 1. local motion --------------------------------------------------------------------------
+    _progress(callback, "local", 0, 1)
+    groups = _local_groups(controls, T, H, W)
+    local = torch.zeros(1, T, 2, H, W)
+    all_tracks = [g["tracks"] for g in groups]
+    all_starts = [g["starts"] for g in groups]
+    all_valid = [g["valid"] if g["valid"] is not None else torch.ones(g["tracks"].shape[:2], dtype=torch.bool) for g in groups]
+    for g in groups:
+        sp, sm = sparse_flow_from_tracks(g["tracks"][None], g["starts"][None], H, W,
+                                         None if g["valid"] is None else g["valid"][None])
+        dense = gaussian_densify(sp, sm, sigma=g.get("sigma") or default_sigma(H, W), radius=g.get("radius"),
+                                 normalized=(densify == "normalized"))
+        if g["region"] is not None:
+            dense = dense * g["region"].to(dense.dtype).reshape(1, 1, 1, H, W)
+        local = local + dense
+    if all_tracks:
+        sparse, smask = sparse_flow_from_tracks(torch.cat(all_tracks)[None], torch.cat(all_starts)[None], H, W,
+                                                torch.cat(all_valid)[None])
+    else:
+        sparse, smask = torch.zeros(1, T, 2, H, W), torch.zeros(1, T, 1, H, W)
+    if controls.ref_video is not None:
+        _progress(callback, "reference video", 0, 1)
+        from flowctrl.flow.estimate import estimate_flow
+
+        video_flow = estimate_flow(_load_video(controls.ref_video, T, H, W), method=flow_method)
+        local = local + video_flow
+        sparse = torch.where(smask > 0, sparse, video_flow)  # the video is a dense condition
+        smask = torch.ones_like(smask)
+        _progress(callback, "reference video", 1, 1)
+    if controls.motion_mask is not None:
+        brush = controls.motion_mask.to(local.dtype).reshape(1, 1, 1, H, W)
+        local = local * brush
+    static = None
+    if controls.static_mask is not None:
+        static = controls.static_mask.reshape(1, 1, H, W)
+        local = local * (1.0 - static.to(local.dtype)[:, None])
+    acting = (local.norm(dim=2, keepdim=True) > 1e-6).any(dim=1, keepdim=True) | (smask > 0).any(dim=1, keepdim=True)
+    if controls.motion_mask is not None:
+        acting = acting & controls.motion_mask.reshape(1, 1, 1, H, W)
+    local_mask = acting.expand(1, T, 1, H, W).float()
+    _progress(callback, "local", 1, 1)
+
+    # 2. camera ---------------------------------------------------------------------------------
+    depth_src = depth if depth is not None else controls.depth
+    depth_map, K, w2c, K_frames = None, None, None, None
+    cam = torch.zeros_like(local)
+    valid = torch.ones(1, T, 1, H, W, dtype=torch.bool)
+    if controls.camera is not None or depth_src is not None or depth_model is not None:
+        _progress(callback, "depth", 0, 1)
+        from flowctrl.depth import resolve_depth
+
+        depth_map = resolve_depth(image, depth_src, depth_model, depth_kind=depth_kind, depth_scale=depth_scale)
+        _progress(callback, "depth", 1, 1)
+    if controls.camera is not None:
+        traj = controls.camera.resample(T)
+        K_frames = traj.intrinsics_all(H, W).to(torch.float32)[None]
+        w2c = traj.w2c.to(torch.float32)[None]
+        K = K_frames[:, 0]
+        _progress(callback, "camera", 0, 1)
+        cam, valid = camera_flow(depth_map, K_frames, w2c)
+        _progress(callback, "camera", 1, 1)
+
+    # 3. strength + composition -----------------------------------------------------------------
+    _progress(callback, "compose", 0, 1)
+    scale = 1.0
+    if controls.strength is not None:
+        if float(local.abs().max()) > 0:
+            # the target is eq. 8 of the local (object) motion: seed 004 measures M_s with a static
+            # camera, and the camera's own speed is set by its trajectory
+            local, scale = rescale_to_strength(local, controls.strength)
+        else:
+            logger.warning("motion strength %.3g requested but there is no local motion to rescale", controls.strength)
+    flow = compose_flows(local, cam, static) if controls.camera is not None else local
+    if controls.camera is not None:
+        # a pixel moved by local motion is seen where the camera sees the point it moved to
+        moved = backward_warp(valid.reshape(T, 1, H, W).float(), local.reshape(T, 2, H, W), padding="zeros")
+        valid = moved.reshape(1, T, 1, H, W) > 0.5
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
+    tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
+    in_view = ((tx > -0.5) & (tx < W - 0.5) & (ty > -0.5) & (ty < H - 0.5))[:, :, None]
+    valid = valid & in_view
+    flow[:, 0] = 0.0
+    _progress(callback, "compose", 1, 1)
+    return UnifiedFlow(flow=flow.contiguous(), depth=depth_map, local_mask=local_mask, valid=valid, K=K, w2c=w2c,
+                       sparse_flow=sparse, sparse_mask=smask, K_frames=K_frames, local_flow=local,
+                       camera_flow=cam if controls.camera is not None else None, strength_scale=float(scale))
