@@ -114,8 +114,8 @@ def load_image(image: ImageInput, source: Optional[str] = None) -> torch.Tensor:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4):
             raise InputError.at(source, "image", f"array has shape {arr.shape}", "give (H, W, 3) RGB")
-        arr = arr[..., :3]
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        arr = np.array(arr[..., :3], copy=True)  # own, writable memory: the caller's array is never aliased
+        t = torch.from_numpy(arr).permute(2, 0, 1)
         t = t.float() / 255.0 if arr.dtype == np.uint8 else t.float()
         image = t.unsqueeze(0)
     if not isinstance(image, torch.Tensor):
@@ -221,6 +221,11 @@ class FlowCtrlPipeline:
         check_render_size(H, W, int(num_frames))
         img = _resize_image(img, (H, W)).to(self.device)
         controls = _controls_for(controls, (h0, w0)).resized(H, W)
+        ref = getattr(controls, "ref_video", None)
+        if ref is not None and not isinstance(ref, torch.Tensor):
+            from flowctrl.controls import load_reference_video
+
+            controls = _replace(controls, ref_video=load_reference_video(ref, num_frames=int(num_frames), size=(H, W)))
         return img, controls
 
     def compute_flow(self, image: torch.Tensor, controls: Any, num_frames: int, *,

@@ -47,7 +47,8 @@ COVERAGE_EPS = 1e-3
 ProgressCallback = Callable[[str, int, int], None]
 
 
-def check_render_size(height: int, width: int, num_frames: int, source: Optional[str] = None) -> None:
+def check_render_size(height: int, width: int, num_frames: int, source: Optional[str] = None,
+                      field: Optional[str] = "size") -> None:
     """Refuse sizes the renderer does not support (one-line :class:`InputError`).
 
     Limits: ``MIN_SIDE <= H, W <= MAX_SIDE`` (8..2048 px), ``2 <= T <= MAX_FRAMES`` (1024) and
@@ -60,10 +61,10 @@ def check_render_size(height: int, width: int, num_frames: int, source: Optional
                             f"give at most {MAX_FRAMES} frames")
     for name, value in (("height", height), ("width", width)):
         if value < MIN_SIDE or value > MAX_SIDE:
-            raise InputError.at(source, "size", f"{name} {value} px is outside {MIN_SIDE}..{MAX_SIDE}",
+            raise InputError.at(source, field, f"{name} {value} px is outside {MIN_SIDE}..{MAX_SIDE}",
                                 f"choose a size between {MIN_SIDE} and {MAX_SIDE} px per side, e.g. 512x512")
     if num_frames * height * width > MAX_VOXELS:
-        raise InputError.at(source, "size", f"{num_frames} frames of {width}x{height} exceed the limit of "
+        raise InputError.at(source, field, f"{num_frames} frames of {width}x{height} exceed the limit of "
                             f"{MAX_VOXELS} frame-pixels", "lower --size or --frames")
 
 
