@@ -33,12 +33,19 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -81,7 +88,7 @@ def save_flow(path: PathLike, flow: torch.Tensor, extras: Optional[Dict[str, tor
         for key, value in (extras or {}).items():
             if value is not None:
                 value = torch.as_tensor(value).detach().cpu()
-                tensors[key] = (value.to(torch.uint8) if value.dtype == torch.bool else value).contiguous()
+                tensors[key] = (value.to(torch.uint8) if value.dtype == torch.bool else value).contiguous().clone()
         meta = {"format": "flowctrl-flow", "layout": "B,T,2,H,W", "units": "pixels",
                 "channels": "dx right, dy down", "form": "reference (F[:,t] maps frame-0 pixels to frame t)"}
         meta.update({str(k): str(v) for k, v in (metadata or {}).items()})

@@ -257,7 +257,7 @@ def compute_unified_flow(
         traj = controls.camera.resample(T)
         K_frames = traj.intrinsics_all(H, W).to(torch.float32)[None]
         w2c = traj.w2c.to(torch.float32)[None]
-        K = K_frames[:, 0]
+        K = K_frames[:, 0].clone()
         _progress(callback, "camera", 0, 1)
         cam, valid = camera_flow(depth_map, K_frames, w2c)
         _progress(callback, "camera", 1, 1)

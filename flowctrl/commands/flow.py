@@ -1,0 +1,210 @@
+"""``flowctrl flow``: compute the unified flow of an image + controls and save it with a visualization.
+
+    flowctrl flow --image examples/astronaut.png --arrows examples/a.json --camera orbit \\
+        --frames 25 -o out/flow.safetensors
+    # -> out/flow.safetensors (flow + masks + depth + camera), out/flow_flow.mp4 (color wheel),
+    #    out/flow_controls.png (controls drawn over the image | last-frame flow)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from flowctrl.errors import InputError
+
+FLOW_SUFFIXES = (".safetensors", ".npy", ".flo")
+HELP = "compute the unified optical flow of an image and its controls (stage 1) and save it"
+EPILOG = """\
+outputs:
+  -o flow.safetensors   flow (1,T,2,H,W) pixels + valid/local_mask/sparse/depth/K/w2c tensors
+  -o flow.npy | .flo    the flow alone (.flo: one Middlebury record per frame)
+  --viz                 color-wheel video (default: <output stem>_flow.mp4; .gif or a folder also work)
+  --overlay             PNG with the controls drawn over the image and the last frame's flow
+
+example:
+  flowctrl flow --image examples/astronaut.png --arrows examples/a.json --camera orbit:degrees=20 \\
+      --frames 25 -o flow.safetensors
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("flow", help=HELP, description=HELP, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", required=True, help="input image (PNG/JPEG)")
+    p.add_argument("--bundle", help="control bundle JSON (individual flags below override its entries)")
+    p.add_argument("--arrows", help="arrows JSON")
+    p.add_argument("--drags", help="drags JSON or a Tora/MotionCtrl .txt trajectory")
+    p.add_argument("--camera", help="camera file (flowctrl JSON, RealEstate10K .txt, MotionCtrl JSON) or preset, e.g. orbit")
+    p.add_argument("--ref-video", help="reference video whose motion is transferred")
+    p.add_argument("--pose", help="pose keypoints JSON (COCO-17 / OpenPose-18)")
+    p.add_argument("--mask", help="motion-brush PNG: local motion only inside it")
+    p.add_argument("--static-mask", help="PNG of regions that stay still (they follow only the camera)")
+    p.add_argument("--depth", help="depth file: 16-bit PNG, .npy, or a disparity map (see --depth-kind)")
+    p.add_argument("--depth-kind", choices=("depth", "disparity"), default="depth",
+                   help="depth = value * scale; disparity: depth = scale / value (scale = focal px * baseline)")
+    p.add_argument("--depth-scale", type=float, default=None,
+                   help="depth file scale (default: 1/1000 for 16-bit PNG depth, else 1)")
+    p.add_argument("--depth-model", help="Depth-Anything hub id or folder (local only; no downloads)")
+    p.add_argument("--strength", type=float, help="target motion strength M_s (px/frame at the image size) of the local motion")
+    p.add_argument("--frames", type=int, default=49, help="number of frames T (default 49)")
+    p.add_argument("--size", help="working size WIDTHxHEIGHT (default: image scaled to a long side <= 512, multiple of 8)")
+    p.add_argument("--densify", choices=("normalized", "gaussian"), default="normalized",
+                   help="normalized Nadaraya-Watson (default) or eq. 6-7 as written")
+    p.add_argument("--flow-method", choices=("dis", "raft"), default="dis", help="reference-video flow estimator")
+    p.add_argument("-o", "--output", required=True, help="flow file: .safetensors, .npy or .flo")
+    p.add_argument("--viz", help="color-wheel video path (.mp4/.gif/folder); default <output stem>_flow.mp4")
+    p.add_argument("--no-viz", action="store_true", help="do not write the visualization video")
+    p.add_argument("--overlay", help="PNG of the controls drawn over the image (default <output stem>_controls.png)")
+    p.add_argument("--fps", type=float, default=8.0, help="visualization frame rate (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _check_outputs(outputs: Dict[str, Path], inputs: Dict[str, Path]) -> None:
+    seen: Dict[Path, str] = {}
+    for flag, path in outputs.items():
+        parent = path.parent
+        if not parent.is_dir():
+            raise InputError.at(path, flag, f"folder '{parent}' does not exist", "create it first or choose another path")
+        for name, src in inputs.items():
+            if _same(path, src):
+                raise InputError.at(path, flag, f"is the same file as the input {name}", "choose an output path that is not an input")
+        key = path.resolve()
+        if key in seen:
+            raise InputError.at(path, flag, f"is also the {seen[key]} output", "give different paths")
+        seen[key] = flag
+
+
+def _controls(args: argparse.Namespace, image_size) -> Any:
+    from flowctrl.controls import Controls
+
+    given = {k: getattr(args, a) for k, a in (("arrows", "arrows"), ("drags", "drags"), ("camera", "camera"),
+                                               ("ref_video", "ref_video"), ("pose", "pose"), ("mask", "mask"),
+                                               ("static_mask", "static_mask"), ("depth", "depth"))}
+    flags = Controls.from_files(**{k: v for k, v in given.items()}, strength=args.strength, image_size=image_size)
+    if not args.bundle:
+        return flags
+    bundle = Controls.from_bundle(args.bundle, image_size=image_size)
+    override = {}
+    names = {"mask": "motion_mask"}
+    for key, value in given.items():
+        if value is not None:
+            field = names.get(key, key)
+            override[field] = getattr(flags, field)
+    if args.strength is not None:
+        override["strength"] = flags.strength
+    return dataclasses.replace(bundle, **override)
+
+
+class _Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.enabled and done >= total:
+            print(f"flowctrl flow: {stage} done", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from flowctrl.depth.plane import FlatDepthWarning
+    from flowctrl.flow.io import save_flow
+    from flowctrl.flow.viz import draw_controls, flow_video
+    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image, resolve_size
+    from flowctrl.pipelines.stage1 import compute_unified_flow
+
+    out = Path(args.output)
+    if out.suffix.lower() not in FLOW_SUFFIXES:
+        raise InputError.at(out, "--output", f"suffix '{out.suffix}' is not a flow format", "use .safetensors, .npy or .flo")
+    if args.frames < 2:
+        raise InputError.at(None, "--frames", f"is {args.frames}", "give at least 2 frames")
+    outputs = {"--output": out}
+    if not args.no_viz:
+        outputs["--viz"] = Path(args.viz) if args.viz else out.with_name(out.stem + "_flow.mp4")
+        outputs["--overlay"] = Path(args.overlay) if args.overlay else out.with_name(out.stem + "_controls.png")
+    inputs = {name: Path(v) for name, v in (("--image", args.image), ("--bundle", args.bundle), ("--arrows", args.arrows),
+                                            ("--drags", args.drags), ("--camera", args.camera), ("--ref-video", args.ref_video),
+                                            ("--pose", args.pose), ("--mask", args.mask), ("--static-mask", args.static_mask),
+                                            ("--depth", args.depth)) if v}
+    _check_outputs(outputs, inputs)
+    if "--overlay" in outputs and outputs["--overlay"].suffix.lower() != ".png":
+        raise InputError.at(outputs["--overlay"], "--overlay", "is not a .png path", "give a .png file")
+
+    image = load_image(args.image)
+    image_size = tuple(image.shape[-2:])
+    size = None
+    if args.size:
+        from flowctrl.commands.generate import parse_size
+
+        size = parse_size(args.size)
+    H, W = resolve_size(image_size, *(size if size else (None, None)))
+    controls = _controls(args, image_size)
+    work = _resize_image(image, (H, W))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FlatDepthWarning)
+        uf = compute_unified_flow(work, controls, args.frames, depth_model=args.depth_model, densify=args.densify,
+                                  callback=_Progress(not args.quiet), flow_method=args.flow_method,
+                                  depth_kind=args.depth_kind, depth_scale=args.depth_scale)
+    for w in caught:
+        if issubclass(w.category, FlatDepthWarning):
+            print(f"flowctrl flow: warning: {w.message}", file=sys.stderr)
+
+    written = []
+    try:
+        if not args.no_viz:
+            from flowctrl.video_io import write_video
+
+            write_video(outputs["--viz"], flow_video(uf.flow), fps=args.fps)
+            written.append(outputs["--viz"])
+            overlay = draw_controls(work[0], controls.resized(H, W) if controls.image_size else controls, flow=uf.flow,
+                                    num_frames=args.frames)
+            _write_png(outputs["--overlay"], overlay)
+            written.append(outputs["--overlay"])
+        extras = {k: v for k, v in uf.tensors().items() if k != "flow"}
+        meta = {"frames": str(args.frames), "height": str(H), "width": str(W), "image": str(args.image),
+                "motion_strength": f"{uf.motion_strength():.6g}", "strength_scale": f"{uf.strength_scale:.6g}"}
+        save_flow(out, uf.flow, extras=extras if out.suffix.lower() == ".safetensors" else None, metadata=meta)
+    except BaseException:
+        for path in written:  # no partial result set
+            path.unlink(missing_ok=True)
+        raise
+    if not args.quiet:
+        ms = uf.motion_strength()
+        print(f"flowctrl flow: wrote {out} ({args.frames}x{H}x{W}, M_s {ms:.3g} px/frame)"
+              + (f", {outputs['--viz']}, {outputs['--overlay']}" if not args.no_viz else ""), file=sys.stderr)
+    return 0
+
+
+def _write_png(path: Path, image_chw: Any) -> None:
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    arr = (image_chw.detach().clamp(0, 1) * 255 + 0.5).to(dtype=torch.uint8).permute(1, 2, 0).cpu().numpy()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
+    os.close(fd)
+    try:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
