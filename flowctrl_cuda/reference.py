@@ -205,8 +205,8 @@ def splat(
     if weight is not None:
         e = weight.to(cdt).reshape(n, 1, h * w)
         if mode == "softmax":
-            zmax = e.detach().amax(dim=2, keepdim=True)
-            e = torch.exp(e - zmax)
+            # not detached: the shift cancels in out, but norm = Σ b·exp(Z - max Z) depends on it
+            e = torch.exp(e - e.amax(dim=2, keepdim=True))
         wts = wts * e
     xf = x.to(cdt).reshape(n, c, h * w)
     contrib = (xf.unsqueeze(2) * wts.unsqueeze(1)).reshape(n, c, 4 * h * w)  # (N, C, 4HW)

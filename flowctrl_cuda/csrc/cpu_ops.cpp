@@ -151,9 +151,9 @@ void warp_rows(const float* __restrict__ x, const float* __restrict__ flow, floa
       const int64_t p = y * W + xcol;
       float qx = static_cast<float>(xcol) + fx[p];
       float qy = static_cast<float>(y) + fy[p];
-      if (!std::isfinite(qx) || !std::isfinite(qy)) {
-        qx = -4.0f;
-        qy = -4.0f;
+      if (!std::isfinite(qx) || !std::isfinite(qy)) {  // undefined position reads 0 (either padding)
+        for (int64_t c = 0; c < C; ++c) on[c * HW + p] = 0.0f;
+        continue;
       }
       qx = clampf(qx, lo, wmax);
       qy = clampf(qy, lo, hmax);
