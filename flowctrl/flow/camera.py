@@ -40,16 +40,17 @@ def camera_points(depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> to
         w2c: ``(B, T, 4, 4)`` relative to frame 0.
 
     Returns:
-        ``(B, T, H, W, 3)`` points ``X_t`` (same units as the depth).
+        ``(B, T, H, W, 3)`` float64 points ``X_t`` (same units as the depth).
     """
-    b, _, h, w = depth.shape
     t = w2c.shape[1]
-    Kt = _per_frame_K(K, t)
-    dtype = torch.promote_types(depth.dtype, torch.float32)
-    pts0 = depth_to_3d_v2(depth[:, 0].to(dtype), Kt[:, 0].to(dtype))  # (B, H, W, 3)
-    flat = pts0.reshape(b, 1, h * w, 3).expand(b, t, h * w, 3).reshape(b * t, h * w, 3)
-    moved = transform_points(w2c.to(dtype).reshape(b * t, 4, 4), flat)
-    return moved.reshape(b, t, h, w, 3)
+    Kt = _per_frame_K(K, t).to(torch.float64)
+    pts0 = depth_to_3d_v2(depth[:, 0].to(torch.float64), Kt[:, 0])  # (B, H, W, 3)
+    return torch.stack([_move(pts0, w2c[:, i]) for i in range(t)], dim=1)
+
+
+def _move(pts0: torch.Tensor, w2c_t: torch.Tensor) -> torch.Tensor:
+    b, h, w, _ = pts0.shape
+    return transform_points(w2c_t.to(torch.float64), pts0.reshape(b, h * w, 3)).reshape(b, h, w, 3)
 
 
 def camera_flow(
@@ -64,30 +65,35 @@ def camera_flow(
         occlusion: also mark pixels hidden by nearer reference pixels (a z-buffer test).
 
     Returns:
-        ``flow (B, T, 2, H, W)`` pixels and ``valid (B, T, 1, H, W)`` bool: false where the point is
-        behind the camera, projects outside the frame, or (with ``occlusion``) is occluded at frame
-        ``t`` by another reference pixel. Flow is differentiable in depth, K and w2c.
+        ``flow (B, T, 2, H, W)`` float32 pixels and ``valid (B, T, 1, H, W)`` bool: false where the
+        point is behind the camera, projects outside the frame, or (with ``occlusion``) is occluded
+        at frame ``t`` by another reference pixel. Computed in float64 frame by frame (memory is
+        one frame of points); differentiable in depth, K and w2c.
     """
     b, _, h, w = depth.shape
     t = w2c.shape[1]
-    Kt = _per_frame_K(K, t)
-    pts = camera_points(depth, K, w2c)  # (B, T, H, W, 3)
-    z = pts[..., 2]
-    safe = torch.where((z > MIN_DEPTH)[..., None], pts, torch.ones_like(pts))  # avoid dividing by ~0 behind camera
-    hom = Kt.to(pts.dtype).reshape(b * t, 3, 3) @ safe.reshape(b * t, h * w, 3).transpose(1, 2)
-    proj = (hom[:, :2] / hom[:, 2:]).transpose(1, 2).reshape(b, t, h, w, 2)
+    Kt = _per_frame_K(K, t).to(torch.float64)
+    pts0 = depth_to_3d_v2(depth[:, 0].to(torch.float64), Kt[:, 0])  # (B, H, W, 3)
     ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=pts.dtype, device=pts.device),
-        torch.arange(w, dtype=pts.dtype, device=pts.device),
+        torch.arange(h, dtype=torch.float64, device=depth.device),
+        torch.arange(w, dtype=torch.float64, device=depth.device),
         indexing="ij",
     )
-    flow = proj - torch.stack([xs, ys], dim=-1)
-    valid = (z > MIN_DEPTH) & (proj[..., 0] > -0.5) & (proj[..., 0] < w - 0.5)
-    valid = valid & (proj[..., 1] > -0.5) & (proj[..., 1] < h - 0.5)
-    if occlusion:
-        valid = valid & ~_occluded(proj.detach(), z.detach(), valid)
-    flow = flow.permute(0, 1, 4, 2, 3).to(torch.float32)
-    return flow, valid[:, :, None]
+    grid = torch.stack([xs, ys], dim=-1)
+    flows, valids = [], []
+    for i in range(t):
+        pts = _move(pts0, w2c[:, i])
+        z = pts[..., 2]
+        safe = torch.where((z > MIN_DEPTH)[..., None], pts, torch.ones_like(pts))  # no division by ~0 behind the camera
+        hom = Kt[:, i] @ safe.reshape(b, h * w, 3).transpose(1, 2)
+        proj = (hom[:, :2] / hom[:, 2:]).transpose(1, 2).reshape(b, h, w, 2)
+        valid = (z > MIN_DEPTH) & (proj[..., 0] > -0.5) & (proj[..., 0] < w - 0.5)
+        valid = valid & (proj[..., 1] > -0.5) & (proj[..., 1] < h - 0.5)
+        if occlusion:
+            valid = valid & ~_occluded(proj.detach()[:, None], z.detach()[:, None], valid[:, None])[:, 0]
+        flows.append((proj - grid).permute(0, 3, 1, 2).to(torch.float32))
+        valids.append(valid[:, None])
+    return torch.stack(flows, dim=1), torch.stack(valids, dim=1)
 
 
 def _occluded(proj: torch.Tensor, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
