@@ -55,7 +55,7 @@ def test_color_wheel_known_colors():
     assert torch.allclose(c[:, 0], torch.ones(3))  # zero flow is white
     assert c[0, 1] == 1 and c[1, 1] == 0  # right: red
     assert c[2, 3] == 1 and c[0, 3] == 0 and abs(c[1, 3] - (1 - 2 / 11)) < 1e-6  # left: wheel index 27, cyan-blue
-    assert c[0, 2] > 0.5 and c[2, 2] == 1 and c[1, 2] == 0  # up: violet / magenta side
+    assert abs(c[0, 2] - 4.5 / 13) < 1e-5 and c[2, 2] == 1 and c[1, 2] == 0  # up: index 40.5, blue-violet
     half = flow_to_color(f * 0.5, max_norm=1.0)[:, 0, 1]
     assert torch.allclose(half, torch.tensor([1.0, 0.5, 0.5 + 0.5 * c[2, 1]]), atol=1e-5)  # saturation = magnitude
 
