@@ -1,0 +1,53 @@
+"""``flowctrl train flow|video``: train the learned stage 1 (FGM + CRM, refinement net T, flow codec) or
+the stage-2 video model (dispatched to ``flowctrl.train.video_loop.main``).
+
+Single process::          flowctrl train flow --config configs/train/fgm_tiny.yaml
+Two CPU processes (gloo): accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \\
+                              -m flowctrl train flow --config configs/train/fgm_tiny.yaml
+Continue a run:           flowctrl train flow --config ... --resume latest
+"""
+from __future__ import annotations
+
+import argparse
+
+from flowctrl.errors import ConfigError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training YAML (see configs/train/)")
+    p.add_argument("--resume", default=None, metavar="latest|PATH",
+                   help="continue from the newest checkpoint of --output-dir (latest) or a checkpoint folder")
+    p.add_argument("--output-dir", default=None, help="overrides output_dir of the config")
+    p.add_argument("--max-steps", type=int, default=None, help="overrides max_steps of the config")
+    p.add_argument("--seed", type=int, default=None, help="overrides seed of the config")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train the learned models (flow: stage 1, video: stage 2)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="train_target", metavar="TARGET")
+    flow = sub.add_parser("flow", help="FGM + CRM, refinement net T or flow codec (model: in the config)")
+    _common(flow)
+    flow.set_defaults(func=run)
+    video = sub.add_parser("video", help="the flow-conditioned video DiT (stage 2)")
+    _common(video)
+    video.set_defaults(func=run)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.train_target == "video":
+        try:
+            from flowctrl.train.video_loop import main as video_main
+        except ModuleNotFoundError as err:
+            raise ConfigError.at(None, "train video", f"the video trainer is not installed ({err.name})",
+                                 "install the complete flowctrl package") from None
+        return int(video_main(args) or 0)
+    from flowctrl.train.config import load_config
+    from flowctrl.train.flow_loop import train
+
+    cfg = load_config(args.config, {"output_dir": args.output_dir, "max_steps": args.max_steps, "seed": args.seed})
+    result = train(cfg, resume=args.resume)
+    if result.get("final"):
+        print(f"trained {cfg.model}: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
+    return 0

@@ -1,0 +1,142 @@
+"""Training configuration (YAML) for ``flowctrl train flow``: one dataclass tree, strict keys.
+
+Example (``configs/train/fgm_tiny.yaml``)::
+
+    model: fgm                 # fgm (FGM [+ CRM]) | refiner (T) | codec (flow-VAE fine-tuning)
+    max_steps: 300
+    batch_size: 2
+    learning_rate: 1.0e-3
+    data: {source: synthetic, num_scenes: 8, num_frames: 16, height: 64, width: 64}
+    fgm: {num_layers: 2, num_attention_heads: 2, attention_head_dim: 16}
+    crm: {num_layers: 2}       # null → FGM alone
+    scheduler: {prediction_type: v_prediction}
+
+Unknown keys raise :class:`~flowctrl.errors.ConfigError` naming the file and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from flowctrl.errors import ConfigError
+
+MODELS = ("fgm", "refiner", "codec")
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"          # synthetic | shards
+    shards: Optional[str] = None       # folder written by `flowctrl prepare-data`
+    num_scenes: int = 64
+    seed: int = 0
+    num_frames: int = 16
+    height: int = 64
+    width: int = 64
+    condition: Dict[str, Any] = field(default_factory=dict)   # ConditionConfig fields
+    shuffle: bool = True
+
+
+@dataclass
+class SchedulerConfig:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "v_prediction"   # epsilon | v_prediction
+    rescale_betas_zero_snr: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: str = "fgm"
+    seed: int = 0
+    output_dir: str = "runs/flow"
+    max_steps: int = 300
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_scheduler: str = "constant_with_warmup"   # any diffusers.optimization scheduler name
+    lr_warmup_steps: int = 0
+    grad_clip: float = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"                   # no | fp16 | bf16 (bf16/fp16 on GPU)
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 100
+    checkpoints_total_limit: int = 2
+    log_every: int = 10
+    cfg_dropout: float = 0.1                      # drop the sparse condition (classifier-free guidance)
+    data: DataConfig = field(default_factory=DataConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    fgm: Dict[str, Any] = field(default_factory=dict)
+    crm: Optional[Dict[str, Any]] = field(default_factory=dict)
+    codec: Dict[str, Any] = field(default_factory=dict)
+    codec_path: Optional[str] = None              # a trained FlowCodec folder (save_pretrained)
+    image_codec_path: Optional[str] = None        # image VAE: FlowCodec folder or CogVideoX folder (vae/)
+    pretrained_cogvideox: Optional[str] = None    # start FGM and CRM from a CogVideoX checkpoint
+    refiner: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def use_crm(self) -> bool:
+        return self.model == "fgm" and self.crm is not None
+
+
+def _build(cls, data: Dict[str, Any], source: str, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError.at(source, prefix or "<root>", f"is {type(data).__name__}, not a mapping", "write key: value pairs")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError.at(source, prefix + key, "is not a known key", f"use one of {sorted(names)}")
+        ftype = names[key].type
+        if key == "data":
+            value = _build(DataConfig, value or {}, source, "data.")
+        elif key == "scheduler":
+            value = _build(SchedulerConfig, value or {}, source, "scheduler.")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # pragma: no cover - dataclass guards
+        raise ConfigError.at(source, prefix, str(err), "check the keys") from None
+
+
+def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """Read a YAML config (or defaults when ``path`` is None) and apply CLI overrides."""
+    data: Dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError.at(path, "--config", "does not exist", "give a YAML file such as configs/train/fgm_tiny.yaml")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError.at(path, "yaml", f"cannot be parsed ({str(err).splitlines()[0]})", "fix the YAML syntax") from None
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            data[k] = v
+    cfg = _build(TrainConfig, data, str(path or "<defaults>"))
+    src = str(path or "<defaults>")
+    if cfg.model not in MODELS:
+        raise ConfigError.at(src, "model", f"is {cfg.model!r}", f"use one of {list(MODELS)}")
+    if cfg.data.source not in ("synthetic", "shards"):
+        raise ConfigError.at(src, "data.source", f"is {cfg.data.source!r}", "use synthetic or shards")
+    if cfg.data.source == "shards" and not cfg.data.shards:
+        raise ConfigError.at(src, "data.shards", "is empty while data.source is shards", "give the prepare-data output folder")
+    if cfg.scheduler.prediction_type not in ("epsilon", "v_prediction"):
+        raise ConfigError.at(src, "scheduler.prediction_type", f"is {cfg.scheduler.prediction_type!r}", "use epsilon or v_prediction")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError.at(src, "mixed_precision", f"is {cfg.mixed_precision!r}", "use no, fp16 or bf16")
+    for name in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
+        if int(getattr(cfg, name)) < 1:
+            raise ConfigError.at(src, name, f"is {getattr(cfg, name)}", "give a positive integer")
+    return cfg
+
+
+def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)

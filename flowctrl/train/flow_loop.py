@@ -1,0 +1,417 @@
+"""Accelerate training loops for stage 1: FGM (+ CRM), refinement net T, flow-codec fine-tuning.
+
+One entry point, :func:`train`, runs the same code single-process, under ``accelerate launch`` on several
+CPU processes (gloo) or GPUs (DDP / FSDP / DeepSpeed via the configs in ``configs/accelerate/``).
+
+Determinism (what makes ``--resume`` bit-exact): the batch of global step ``s`` on process ``r`` is a pure
+function of ``(config, s, r)`` — epoch order from a seeded permutation, conditions from a per-item
+generator, diffusion noise/timesteps/condition dropout from a generator seeded by ``(seed, s, r)``.
+Checkpoints hold model, optimizer, LR scheduler and RNG states (``accelerator.save_state``) plus the
+step; they are written to a temporary folder and renamed, so a kill never leaves a half checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowctrl.errors import ConfigError, MissingWeightsError
+from flowctrl.train.config import TrainConfig, config_to_dict
+from flowctrl.train.data import (
+    ConditionConfig,
+    ShardConditionDataset,
+    SyntheticConfig,
+    SyntheticFlowDataset,
+    collate,
+    num_batches,
+    seeded_order,
+)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# ------------------------------------------------------------------------------------------- models
+def make_scheduler(cfg: TrainConfig):
+    """The training noise scheduler (DDIM's schedule; samplers are swapped in at inference)."""
+    from diffusers import DDIMScheduler
+
+    s = cfg.scheduler
+    return DDIMScheduler(
+        num_train_timesteps=s.num_train_timesteps, beta_schedule=s.beta_schedule, beta_start=s.beta_start,
+        beta_end=s.beta_end, prediction_type=s.prediction_type, clip_sample=False, set_alpha_to_one=True,
+        timestep_spacing="trailing", rescale_betas_zero_snr=s.rescale_betas_zero_snr,
+    )
+
+
+def _load_codec(path: str, field: str):
+    from flowctrl.models.flow_codec import FlowCodec
+
+    p = Path(path)
+    try:
+        if (p / "vae" / "config.json").is_file():  # a CogVideoX checkpoint folder → its VAE
+            from diffusers import AutoencoderKLCogVideoX
+
+            return FlowCodec.from_cogvideox_vae(AutoencoderKLCogVideoX.from_pretrained(str(p), subfolder="vae", local_files_only=True))
+        return FlowCodec.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise MissingWeightsError.at(path, field, f"cannot be loaded as a FlowCodec ({type(err).__name__})",
+                                     "give a folder written by save_pretrained or a CogVideoX folder with vae/") from None
+
+
+def build_models(cfg: TrainConfig) -> Dict[str, nn.Module]:
+    """Instantiate (or load) every model of the run. Returns a dict with the keys the run needs."""
+    from flowctrl.models.crm import CameraReferenceModel
+    from flowctrl.models.fgm import FlowGenerationModel
+    from flowctrl.models.flow_codec import FlowCodec
+    from flowctrl.models.refiner import RefinementNet
+
+    torch.manual_seed(cfg.seed)
+    models: Dict[str, nn.Module] = {}
+    if cfg.model == "refiner":
+        models["refiner"] = RefinementNet(**cfg.refiner)
+        return models
+    codec = _load_codec(cfg.codec_path, "codec_path") if cfg.codec_path else FlowCodec(**cfg.codec)
+    models["codec"] = codec
+    if cfg.model == "codec":
+        return models
+    if cfg.image_codec_path:
+        image_codec = _load_codec(cfg.image_codec_path, "image_codec_path")
+    elif cfg.pretrained_cogvideox:
+        image_codec = _load_codec(cfg.pretrained_cogvideox, "pretrained_cogvideox")
+    else:
+        torch.manual_seed(cfg.seed + 1)
+        image_codec = FlowCodec(**{k: v for k, v in cfg.codec.items() if k != "flow_scale"})
+    models["image_codec"] = image_codec
+    lat_c = codec.config.latent_channels
+    img_c = image_codec.config.latent_channels
+    sample = dict(sample_height=cfg.data.height // 8, sample_width=cfg.data.width // 8,
+                  sample_frames=4 * -(-(cfg.data.num_frames - 1) // 4) + 1)
+    crm = None
+    torch.manual_seed(cfg.seed + 2)
+    if cfg.use_crm:
+        ckw = {**sample, **(cfg.crm or {}), "image_latent_channels": img_c}
+        crm = (CameraReferenceModel.from_cogvideox(cfg.pretrained_cogvideox, **ckw) if cfg.pretrained_cogvideox
+               else CameraReferenceModel(**ckw))
+        models["crm"] = crm
+    fkw = {**sample, "flow_scale": codec.config.flow_scale, **cfg.fgm, "in_channels": lat_c, "image_latent_channels": img_c,
+           "reference_dim": crm.hidden_dim if crm is not None else None}
+    torch.manual_seed(cfg.seed + 3)
+    models["fgm"] = (FlowGenerationModel.from_cogvideox(cfg.pretrained_cogvideox, **fkw) if cfg.pretrained_cogvideox
+                     else FlowGenerationModel(**fkw))
+    return models
+
+
+class Stage1Trainable(nn.Module):
+    """The trainable modules of one run in one ``nn.Module`` (what DDP/FSDP wrap). ``forward`` = loss."""
+
+    def __init__(self, kind: str, models: Dict[str, nn.Module], scheduler=None) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "fgm":
+            self.fgm = models["fgm"]
+            self.crm = models.get("crm")
+            self.scheduler = scheduler
+        elif kind == "refiner":
+            self.refiner = models["refiner"]
+        else:
+            self.codec = models["codec"]
+
+    def forward(self, batch: Dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if self.kind == "fgm":
+            return diffusion_loss(self.fgm, self.crm, self.scheduler, batch)
+        if self.kind == "refiner":
+            pred = self.refiner(batch["image"], batch["dense"], batch["mask"])
+            return epe_loss(pred, batch["flow"])
+        return self.codec.loss(batch["flow"], generator=generator)
+
+
+def epe_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean end-point error (px) of (B,T,2,H,W) flows — the benchmark metric, used as T's loss."""
+    return (pred - target).pow(2).sum(dim=2).add(1e-8).sqrt().mean()
+
+
+def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """MSE of the FGM's ε/v prediction on one prepared batch.
+
+    ``batch`` keys: ``latents`` (B,T',C,h,w) clean flow latent, ``image_latents`` (B,1,C_i,h,w),
+    ``condition`` (B,T,3,H,W) (already dropped to zeros for CFG samples), ``strength`` (B,),
+    ``plucker`` (B,T,6,H,W), ``noise`` like latents, ``timesteps`` (B,) long.
+    """
+    z0, noise, t = batch["latents"], batch["noise"], batch["timesteps"]
+    zt = scheduler.add_noise(z0, noise, t)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(z0, noise, t)
+    else:
+        target = noise
+    refs = None
+    if crm is not None:
+        refs = crm(batch["image_latents"], t, batch["plucker"])
+    pred = fgm(zt, t, batch["image_latents"], batch["condition"], batch["strength"], refs).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
+# --------------------------------------------------------------------------------------------- data
+def build_dataset(cfg: TrainConfig):
+    cond = ConditionConfig(**cfg.data.condition)
+    with_dense = cfg.model == "refiner"
+    if cfg.data.source == "shards":
+        return ShardConditionDataset(cfg.data.shards, cond, seed=cfg.data.seed, with_dense=with_dense)
+    d = cfg.data
+    return SyntheticFlowDataset(SyntheticConfig(num_scenes=d.num_scenes, seed=d.seed, num_frames=d.num_frames,
+                                                height=d.height, width=d.width, condition=cond, with_dense=with_dense))
+
+
+def batch_indices(cfg: TrainConfig, n: int, step: int, rank: int, world: int) -> Tuple[int, List[int]]:
+    """(epoch, dataset indices) of global step ``step`` for process ``rank`` of ``world``."""
+    nb = num_batches(n, cfg.batch_size, world)
+    epoch, pos = divmod(step, nb)
+    order = seeded_order(n, epoch, cfg.data.seed, cfg.data.shuffle)
+    if len(order) < cfg.batch_size * world:  # tiny datasets: wrap around
+        order = (order * (cfg.batch_size * world // max(1, len(order)) + 1))
+    start = (pos * world + rank) * cfg.batch_size
+    return epoch, order[start:start + cfg.batch_size]
+
+
+class LatentCache:
+    """Frozen-codec latents of each dataset item (the flow target and the reference image never change)."""
+
+    def __init__(self, codec: nn.Module, image_codec: nn.Module) -> None:
+        self.codec, self.image_codec = codec, image_codec
+        self.store: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def get(self, index: int, flow: torch.Tensor, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if index not in self.store:
+            dev = next(self.codec.parameters()).device
+            z = self.codec.encode(flow[None].to(dev))[0].cpu()
+            zi = self.image_codec.encode_channels(image[None, None].to(dev) * 2 - 1)[0].cpu()
+            self.store[index] = (z, zi)
+        return self.store[index]
+
+
+def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], cache: LatentCache, scheduler,
+                      flow_scale: float, cfg_dropout: float, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """Items → the batch :func:`diffusion_loss` takes (latents, noise, timesteps, dropped conditions)."""
+    from flowctrl.models.fgm import sparse_condition
+
+    b = collate(items)
+    lat = [cache.get(i, it["flow"], it["image"]) for i, it in zip(indices, items)]
+    z0 = torch.stack([l[0] for l in lat])
+    zi = torch.stack([l[1] for l in lat])
+    cond = sparse_condition(b["sparse"], b["mask"], flow_scale)
+    keep = (torch.rand(len(items), generator=generator) >= cfg_dropout).float().view(-1, 1, 1, 1, 1)
+    return {
+        "latents": z0,
+        "image_latents": zi,
+        "condition": cond * keep,
+        "strength": b["strength"],
+        "plucker": b["plucker"],
+        "noise": torch.randn(z0.shape, generator=generator),
+        "timesteps": torch.randint(0, scheduler.config.num_train_timesteps, (len(items),), generator=generator),
+    }
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(output_dir: os.PathLike) -> List[Path]:
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def resolve_resume(output_dir: str, resume: Optional[str]) -> Optional[Path]:
+    """``latest`` → newest complete checkpoint (None if there is none yet); a path → that checkpoint."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    p = Path(resume)
+    if not (p / "trainer_state.json").is_file():
+        raise ConfigError.at(resume, "--resume", "is not a complete checkpoint folder", "give latest or output_dir/checkpoints/checkpoint-N")
+    return p
+
+
+def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int) -> Path:
+    root = output_dir / "checkpoints"
+    final = root / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-limit] if limit > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(l + "\n" for l in keep))
+    os.replace(tmp, path)
+
+
+def read_metrics(output_dir: os.PathLike) -> List[Dict[str, float]]:
+    """The per-step log of a run: list of ``{"step", "loss", "lr", "time"}``."""
+    p = Path(output_dir) / "metrics.jsonl"
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+
+
+# ------------------------------------------------------------------------------------------- train
+def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], None] = print,
+          stop_after: Optional[int] = None) -> Dict[str, Any]:
+    """Run (or continue) one training run. Returns ``{"step", "loss", "output_dir", "final"}``.
+
+    ``stop_after``: leave the loop after this many steps *of this invocation* without the final save
+    (what a kill does; used by tests and for time-sliced jobs). Checkpoints go to
+    ``output_dir/checkpoints``; the trained models to ``output_dir/final`` (pipeline layout).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    out = Path(cfg.output_dir)
+    set_seed(cfg.seed)
+    models = build_models(cfg)
+    scheduler = make_scheduler(cfg) if cfg.model == "fgm" else None
+    module = Stage1Trainable(cfg.model, models, scheduler)
+    if cfg.gradient_checkpointing:
+        for m in module.children():
+            if hasattr(m, "enable_gradient_checkpointing") and getattr(m, "_supports_gradient_checkpointing", False):
+                m.enable_gradient_checkpointing()
+    for name in ("codec", "image_codec"):
+        if cfg.model == "fgm" and name in models:
+            models[name].requires_grad_(False).eval()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * world,
+                             num_training_steps=cfg.max_steps * world)
+    module, optimizer, lr_sched = accelerator.prepare(module, optimizer, lr_sched)
+    device = accelerator.device
+    for name in ("codec", "image_codec"):
+        if cfg.model == "fgm":
+            models[name].to(device)
+
+    dataset = build_dataset(cfg)
+    cache = LatentCache(models["codec"], models["image_codec"]) if cfg.model == "fgm" else None
+    flow_scale = float(models["codec"].config.flow_scale) if cfg.model == "fgm" else 0.0
+
+    step = 0
+    ckpt = resolve_resume(cfg.output_dir, resume)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+        log(f"resumed from {ckpt} at step {step}")
+    metrics = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
+        if ckpt is not None or resume:
+            _truncate_metrics(metrics, step)
+        elif metrics.exists():
+            metrics.unlink()
+    accelerator.wait_for_everyone()
+
+    module.train()
+    loss_value = float("nan")
+    done_here = 0
+    t0 = time.time()
+    while step < cfg.max_steps:
+        epoch, idx = batch_indices(cfg, len(dataset), step, rank, world)
+        dataset.set_epoch(epoch)
+        items = [dataset[i] for i in idx]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
+        if cfg.model == "fgm":
+            batch = prepare_fgm_batch(items, idx, cache, scheduler, flow_scale, cfg.cfg_dropout, gen)
+        else:
+            batch = collate(items)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with accelerator.accumulate(module):
+            loss = module(batch, gen) if cfg.model == "codec" else module(batch)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        done_here += 1
+        loss_value = float(accelerator.reduce(loss.detach().float(), reduction="mean"))
+        if accelerator.is_main_process:
+            with open(metrics, "a") as f:
+                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr_sched.get_last_lr()[0],
+                                    "time": round(time.time() - t0, 3)}) + "\n")
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                log(f"step {step}/{cfg.max_steps} loss {loss_value:.5f} lr {lr_sched.get_last_lr()[0]:.2e} ({time.time() - t0:.1f}s)")
+        if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+        if stop_after is not None and done_here >= stop_after:
+            break
+
+    # DDP sanity check: every process's parameters must be identical after the same optimizer steps.
+    local = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3
+                         for p in accelerator.unwrap_model(module).parameters()]).sum().reshape(1).to(device)
+    sums = accelerator.gather(local).cpu().tolist()
+    if accelerator.is_main_process:
+        (out / "train_summary.json").write_text(json.dumps({
+            "world_size": world, "step": step, "loss": loss_value, "param_checksums": sums,
+            "in_sync": max(sums) - min(sums) == 0.0}, indent=1))
+
+    final = None
+    if step >= cfg.max_steps:
+        _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+        if accelerator.is_main_process:
+            final = save_final(cfg, accelerator.unwrap_model(module), models, out / "final")
+            log(f"saved {final}")
+    accelerator.wait_for_everyone()
+    result = {"step": step, "loss": loss_value, "output_dir": str(out), "final": str(final) if final else None}
+    accelerator.end_training()
+    del module, optimizer, lr_sched, models
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def save_final(cfg: TrainConfig, module: Stage1Trainable, models: Dict[str, nn.Module], path: Path) -> Path:
+    """Write the trained models in the layout :class:`FlowGenerationPipeline.from_pretrained` reads."""
+    from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
+
+    if cfg.model == "codec":
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        module.codec.save_pretrained(str(tmp))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        return path
+    if cfg.model == "refiner":
+        pipe = FlowGenerationPipeline(refiner=module.refiner)
+    else:
+        pipe = FlowGenerationPipeline(fgm=module.fgm, crm=module.crm, codec=models["codec"],
+                                      image_codec=models["image_codec"], scheduler=make_scheduler(cfg))
+    pipe.save_pretrained(path)
+    return path
