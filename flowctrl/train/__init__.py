@@ -1,0 +1,1 @@
+"""Training: accelerate loops, synthetic scenes (scenes.py), video-folder datasets. Import-light."""
