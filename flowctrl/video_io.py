@@ -110,11 +110,18 @@ def write_video(path: PathLike, video: Union[torch.Tensor, np.ndarray], fps: flo
                 _write_h264(tmp, frames, fps)
             else:
                 _write_gif(tmp, frames, fps)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             os.replace(tmp, target)
         finally:
             if tmp.exists():
                 tmp.unlink()
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_h264(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -161,6 +168,7 @@ def _write_png_dir(target: Path, frames: np.ndarray) -> None:
     try:
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"{i:05d}.png", compress_level=1)
+        os.chmod(tmp, 0o777 & ~_umask())
         if target.exists():
             target.rmdir()
         os.replace(tmp, target)

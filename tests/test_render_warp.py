@@ -199,3 +199,18 @@ def test_progress_callback_reports_every_frame():
     flow[:, 0] = 0
     render_warp(_image(8, 8), flow, callback=lambda s, d, t: calls.append((s, d, t)))
     assert ("splat", 4, 4) in calls and ("fill", 4, 4) in calls
+
+
+@pytest.mark.parametrize("shape", [(3, 17, 23), (2, 32, 32), (1, 9, 2), (2, 1, 1), (1, 5, 40)])
+def test_sparse_push_pull_equals_dense_reference(shape):
+    from flowctrl.render.fill import push_pull_fill_holes
+
+    g = torch.Generator().manual_seed(sum(shape))
+    N, H, W = shape
+    video = torch.rand(N, 3, H, W, generator=g)
+    holes = torch.rand(N, 1, H, W, generator=g) < 0.6
+    dense = push_pull_fill(video, (~holes).float())
+    sparse = push_pull_fill_holes(video, holes)
+    assert torch.allclose(dense, sparse, atol=1e-6)
+    keep = ~holes.expand_as(video)
+    assert torch.equal(sparse[keep], video[keep])

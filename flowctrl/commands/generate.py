@@ -263,6 +263,9 @@ def _write_png(path: Path, image_chw: Any) -> None:
     os.close(fd)
     try:
         Image.fromarray(frame).save(tmp, format="PNG")
+        from flowctrl.video_io import _umask
+
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

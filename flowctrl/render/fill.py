@@ -55,6 +55,69 @@ def push_pull_fill(video: torch.Tensor, known: torch.Tensor, eps: float = 1e-8) 
     return torch.where(known >= 1, video, color)
 
 
+def _pool_sum(x: torch.Tensor) -> torch.Tensor:
+    """2x2 sums ``(N,C,ceil(h/2),ceil(w/2))`` (zero padding at odd sizes), via strided slices."""
+    h, w = x.shape[-2:]
+    if h % 2 or w % 2:
+        x = F.pad(x, (0, w % 2, 0, h % 2))
+    return x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2]
+
+
+def _push_pull_sparse(c: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Filled colour of one pyramid level from premultiplied colour ``c`` and weight ``w`` <= 1.
+
+    Overwrites ``c``. Only pixels with ``w < 1`` receive the pushed coarse colour, gathered
+    sparsely, so each level costs about one pass over its pixels plus the (few) hole pixels.
+    """
+    N, C, h, wd = c.shape
+    if (h == 1 and wd == 1) or bool((w > 0).all()):
+        return c.div_(w.clamp(min=eps))
+    sum_w = _pool_sum(w)
+    w_next = sum_w.clamp(max=1.0)
+    c_next = _pool_sum(c).mul_(w_next / sum_w.clamp(min=eps))
+    color_next = _push_pull_sparse(c_next, w_next, eps)
+    n_idx, _, y_idx, x_idx = torch.nonzero(w < 1, as_tuple=True)
+    h1, w1 = color_next.shape[-2:]
+    # bilinear upsampling (align_corners=False) evaluated at the partial / missing pixels only
+    sy = ((y_idx.to(c.dtype) + 0.5) * (h1 / h) - 0.5).clamp(0, h1 - 1)
+    sx = ((x_idx.to(c.dtype) + 0.5) * (w1 / wd) - 0.5).clamp(0, w1 - 1)
+    y0 = sy.floor().long()
+    x0 = sx.floor().long()
+    y1 = (y0 + 1).clamp(max=h1 - 1)
+    x1 = (x0 + 1).clamp(max=w1 - 1)
+    fy = (sy - y0).unsqueeze(1)
+    fx = (sx - x0).unsqueeze(1)
+    flat = color_next.permute(0, 2, 3, 1).reshape(-1, C)
+    base = n_idx * (h1 * w1)
+    up = ((flat[base + y0 * w1 + x0] * (1 - fx) + flat[base + y0 * w1 + x1] * fx) * (1 - fy)
+          + (flat[base + y1 * w1 + x0] * (1 - fx) + flat[base + y1 * w1 + x1] * fx) * fy)  # (K, C)
+    view = c.permute(0, 2, 3, 1)
+    missing = (1.0 - w[n_idx, 0, y_idx, x_idx]).unsqueeze(1)
+    view[n_idx, y_idx, x_idx] = view[n_idx, y_idx, x_idx] + missing * up
+    return c
+
+
+def push_pull_fill_holes(video: torch.Tensor, holes: torch.Tensor, inplace: bool = False,
+                         eps: float = 1e-8) -> torch.Tensor:
+    """Push-pull fill for a binary hole mask: the same result as :func:`push_pull_fill` with
+    ``known = ~holes`` (to float rounding), computed sparsely.
+
+    Every level's push step evaluates the upsampled coarser colour only at that level's partial or
+    missing pixels (gathered), so the cost is about one pass per level plus the hole pixels,
+    instead of a dense upsample-and-blend per level. Known pixels are returned bit-exact.
+
+    Args:
+        video: ``(N, C, H, W)`` float frames.
+        holes: ``(N, 1, H, W)`` bool, True where a pixel is missing.
+        inplace: write into ``video`` (saves one full-size copy).
+    Returns:
+        ``(N, C, H, W)`` filled frames (``video`` itself when ``inplace``).
+    """
+    out = video if inplace else video.clone()
+    out.masked_fill_(holes, 0.0)  # premultiplied colour at level 0 (weight 1 or 0)
+    return _push_pull_sparse(out, (~holes).to(video.dtype), eps)
+
+
 def inpaint_fill(video: torch.Tensor, holes: torch.Tensor, radius: float = 3.0, method: str = "telea") -> torch.Tensor:
     """Fill holes with OpenCV inpainting (``cv2.inpaint``), frame by frame.
 
@@ -82,7 +145,7 @@ def inpaint_fill(video: torch.Tensor, holes: torch.Tensor, radius: float = 3.0, 
 
 
 def fill_holes(video: torch.Tensor, holes: torch.Tensor, mode: str = "push-pull",
-               known: Optional[torch.Tensor] = None) -> torch.Tensor:
+               known: Optional[torch.Tensor] = None, inplace: bool = False) -> torch.Tensor:
     """Fill ``holes`` in ``video`` with the chosen ``mode``.
 
     Args:
@@ -91,12 +154,15 @@ def fill_holes(video: torch.Tensor, holes: torch.Tensor, mode: str = "push-pull"
         mode: ``"push-pull"`` (default, fast, smooth), ``"inpaint"`` (OpenCV Telea, slower, sharper
             near edges), or ``"none"`` (holes stay black, for debugging).
         known: optional soft coverage ``(N,1,H,W)`` for push-pull; defaults to ``~holes``.
+        inplace: allowed to overwrite ``video`` (push-pull and none modes).
     """
     mode = normalize_fill_mode(mode)
     if mode == "none" or not bool(holes.any()):
-        return torch.where(holes, torch.zeros((), dtype=video.dtype, device=video.device), video)
+        return video.masked_fill_(holes, 0.0) if inplace else video.masked_fill(holes, 0.0)
     if mode == "push-pull":
-        return push_pull_fill(video, (~holes).to(video.dtype) if known is None else known)
+        if known is not None:
+            return push_pull_fill(video, known)
+        return push_pull_fill_holes(video, holes, inplace=inplace)
     return inpaint_fill(video, holes)
 
 

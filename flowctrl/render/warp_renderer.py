@@ -43,6 +43,8 @@ DEFAULT_ALPHA = 20.0
 # A pixel counts as covered when its accumulated softmax weight exceeds this fraction of the weakest
 # possible single full contribution (exp(-alpha)); below, it is a hole and gets filled.
 COVERAGE_EPS = 1e-3
+# Importance of sources that must not be splatted (invalid flow): exp(-1e4) is exactly 0 in float32.
+INVALID_Z = -1e4
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -170,12 +172,12 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
     if importance is None:
         if depth is not None:
             importance = importance_from_depth(depth, alpha, K, w2c)  # (1,T|1,1,H,W)
-    far = 4.0 * max(H, W)  # a displacement that lands every pixel outside the frame
-
     video = torch.empty(1, T, 3, H, W, dtype=image.dtype, device=image.device)
     holes = torch.zeros(1, T, 1, H, W, dtype=torch.bool, device=image.device)
     chunk = max(1, CHUNK_PIXELS // (H * W))
     timings = {"splat": 0.0, "fill": 0.0}
+    # The splat shifts Z by its per-frame max, so the weakest valid source contributes at least
+    # exp(-alpha) per unit of bilinear coverage; invalid sources get INVALID_Z (weight exactly 0).
     hole_eps = COVERAGE_EPS * math.exp(-alpha)
     for start in range(0, T, chunk):
         stop = min(T, start + chunk)
@@ -188,32 +190,30 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
         video[0, start:stop][still] = image[0]
         if moving_idx.numel():
             fm = f[moving_idx]
-            if valid is not None:
-                v = valid[0, start:stop][moving_idx].bool()
-                fm = torch.where(v, fm, torch.full_like(fm, -far))
             if importance is not None:
                 Z = importance[0, start:stop] if importance.shape[1] > 1 else importance[0].expand(n, -1, -1, -1)
-                Z = Z[moving_idx]
+                Z = Z[moving_idx].clamp(-alpha, 0)
             else:
                 Z = importance_from_flow(fm, alpha)
-            # Max importance exactly 0 per frame, so hole_eps is relative to the weakest contribution.
-            Z = Z - Z.flatten(1).amax(-1)[:, None, None, None]
+            if valid is not None:
+                Z = Z.masked_fill(~valid[0, start:stop][moving_idx].bool(), INVALID_Z)
             src = image.expand(moving_idx.numel(), -1, -1, -1)
             out, norm = splat(src, fm, weight=Z.contiguous(), mode="softmax", return_norm=True)
-            video[0, start:stop][moving_idx] = out.clamp(0, 1)
+            video[0, start:stop][moving_idx] = out.clamp_(0, 1)
             holes[0, start:stop][moving_idx] = norm <= hole_eps
-        t1 = time.perf_counter()
-        timings["splat"] += t1 - t0
+        timings["splat"] += time.perf_counter() - t0
         if callback is not None:
             callback("splat", stop, T)
     t1 = time.perf_counter()
-    if fill != "none" or bool(holes.any()):
-        for start in range(0, T, chunk):
-            stop = min(T, start + chunk)
-            h = holes[0, start:stop]
-            if bool(h.any()) or fill == "none":
-                video[0, start:stop] = fill_holes(video[0, start:stop], h, fill)
-            if callback is not None:
-                callback("fill", stop, T)
+    for start in range(0, T, chunk):
+        stop = min(T, start + chunk)
+        h = holes[0, start:stop]
+        if bool(h.any()):
+            view = video[0, start:stop]
+            filled = fill_holes(view, h, fill, inplace=True)
+            if filled.data_ptr() != view.data_ptr():
+                view.copy_(filled)
+        if callback is not None:
+            callback("fill", stop, T)
     timings["fill"] = time.perf_counter() - t1
     return WarpRender(video=video, holes=holes, timings=timings)
