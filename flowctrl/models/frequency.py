@@ -117,7 +117,7 @@ def temporal_flicker(video: torch.Tensor, cutoff: float = 0.25) -> float:
     if video.dim() != 5:
         raise ValueError(f"expected (B, T, C, H, W), got {tuple(video.shape)}")
     t = video.shape[1]
-    spec = torch.fft.rfft(video.float(), dim=1).abs() / t
+    spec = torch.fft.rfft(video.detach().float(), dim=1).abs() / t
     freqs = torch.arange(spec.shape[1], dtype=torch.float32) / t
     high = (freqs >= cutoff) & (freqs > 0)
     if not bool(high.any()):

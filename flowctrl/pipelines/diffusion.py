@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+from diffusers.loaders import CogVideoXLoraLoaderMixin
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import CogVideoXImageToVideoPipeline
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
@@ -98,7 +99,7 @@ class GuidanceConfig:
         return parts[0]
 
 
-class FlowCtrlVideoPipeline(DiffusionPipeline):
+class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
     """Flow-conditioned image-to-video diffusion (CogVideoX schedulers, T5 text, 3D VAE, FlowCodec).
 
     Components: ``transformer`` (:class:`FlowCtrlTransformer`), ``scheduler`` (CogVideoX DDIM/DPM),
@@ -459,19 +460,6 @@ class FlowCtrlVideoPipeline(DiffusionPipeline):
         """
         root = _resolve_folder(path_or_hub_id)
         tconfig = _read_json(root / "transformer" / "config.json", path_or_hub_id)
-        if tconfig.get("_class_name") == FlowCtrlTransformer.__name__:
-            transformer = FlowCtrlTransformer.from_pretrained(root / "transformer", torch_dtype=torch_dtype)
-        else:
-            transformer = FlowCtrlTransformer.from_cogvideox(root, torch_dtype=torch_dtype, **transformer_kwargs)
-            logger.info("converted CogVideoX transformer from %s: the flow branch is untrained (zero gate)", root)
-        sched_cls = SCHEDULERS.get(scheduler) if scheduler else None
-        if scheduler and sched_cls is None:
-            raise InputError.at(None, "scheduler", f"unknown scheduler '{scheduler}'", "use ddim or dpm")
-        if (root / "scheduler" / "scheduler_config.json").is_file():
-            sched_cfg = sched_cls or SCHEDULERS["dpm" if "DPM" in _read_json(root / "scheduler" / "scheduler_config.json", root).get("_class_name", "") else "ddim"]
-            sched = sched_cfg.from_pretrained(root / "scheduler")
-        else:
-            sched = (sched_cls or CogVideoXDDIMScheduler)()
         vae = AutoencoderKLCogVideoX.from_pretrained(root / "vae", torch_dtype=torch_dtype) if (root / "vae").is_dir() else None
         flow_codec = None
         if (root / "flow_codec").is_dir():
@@ -480,6 +468,21 @@ class FlowCtrlVideoPipeline(DiffusionPipeline):
             flow_codec = FlowCodec.from_pretrained(root / "flow_codec", torch_dtype=torch_dtype)
         elif vae is not None:
             flow_codec = _codec_from_vae(vae, root)
+        if tconfig.get("_class_name") == FlowCtrlTransformer.__name__:
+            transformer = FlowCtrlTransformer.from_pretrained(root / "transformer", torch_dtype=torch_dtype)
+        else:
+            if flow_codec is not None:
+                transformer_kwargs.setdefault("flow_in_channels", int(flow_codec.config.latent_channels))
+            transformer = FlowCtrlTransformer.from_cogvideox(root, torch_dtype=torch_dtype, **transformer_kwargs)
+            logger.info("converted CogVideoX transformer from %s: the flow branch is untrained (zero gate)", root)
+        sched_cls = SCHEDULERS.get(scheduler) if scheduler else None
+        if scheduler and sched_cls is None:
+            raise InputError.at(None, "scheduler", f"unknown scheduler '{scheduler}'", "use ddim or dpm")
+        if (root / "scheduler" / "scheduler_config.json").is_file():
+            saved = _read_json(root / "scheduler" / "scheduler_config.json", root).get("_class_name", "")
+            sched = (sched_cls or SCHEDULERS["dpm" if "DPM" in saved else "ddim"]).from_pretrained(root / "scheduler")
+        else:
+            sched = (sched_cls or CogVideoXDDIMScheduler)()
         tokenizer = text_encoder = None
         if load_text_encoder and (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
             from transformers import AutoTokenizer, T5EncoderModel
@@ -537,13 +540,10 @@ def _resolve_folder(path_or_hub_id: Union[str, os.PathLike]) -> Path:
 
 def _codec_from_vae(vae: AutoencoderKLCogVideoX, root: Path) -> Any:
     """A FlowCodec around the checkpoint's VAE when the folder has no trained ``flow_codec/``."""
-    from flowctrl.models import flow_codec as fc
+    from flowctrl.models.flow_codec import FlowCodec
 
-    maker = getattr(fc.FlowCodec, "from_vae", None)
-    if maker is None:
-        raise MissingWeightsError.at(root, "flow_codec", "missing", "train one with `flowctrl train flow` (FlowCodec) and save it under flow_codec/")
-    logger.info("no flow_codec/ in %s: wrapping the video VAE as the flow codec", root)
-    return maker(vae)
+    logger.info("no flow_codec/ in %s: wrapping the video VAE as the flow codec (FlowCodec.from_cogvideox_vae)", root)
+    return FlowCodec.from_cogvideox_vae(vae).to(dtype=vae.dtype)
 
 
 def load_memory_preset(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:

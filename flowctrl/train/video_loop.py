@@ -1,0 +1,565 @@
+"""Accelerate training of the stage-2 video DiT (``flowctrl train video --config configs/train/video_tiny.yaml``).
+
+Full fine-tuning or LoRA (peft through diffusers; rank 16 = the static-camera motion LoRA of paper 004),
+flow-conditioning dropout (so flow guidance works at inference), gradient checkpointing, bf16 on GPU,
+DDP / FSDP / DeepSpeed ZeRO-2 through ``accelerate launch --config_file configs/accelerate/…``.
+Data: synthetic scenes (:mod:`flowctrl.train.scenes`) or the shards of ``flowctrl prepare-data``
+(:class:`flowctrl.train.shards.ShardDataset`).
+
+Objective (CogVideoX): ``z_t = add_noise(z0, ε, t)``, the transformer sees ``[z_t ⊕ image latent]``,
+text, ``t`` and the flow latent (dropped per sample with probability ``flow_dropout``) and regresses the
+scheduler's target (``v`` for ``v_prediction``) with MSE.
+
+Checkpoints and exact resume reuse the stage-1 loop's utilities (:mod:`flowctrl.train.flow_loop`):
+``accelerator.save_state`` into a temporary folder renamed into ``output_dir/checkpoints/checkpoint-N``;
+the batch, noise, timesteps and dropout of step ``s`` are a pure function of ``(config, s, rank)``.
+
+Config (YAML, strict keys; see ``configs/train/video_tiny.yaml``)::
+
+    max_steps: 300
+    batch_size: 4
+    learning_rate: 1.0e-3
+    flow_dropout: 0.1
+    data: {source: synthetic, num_scenes: 64, num_frames: 9, height: 32, width: 32}
+    model: {init: tiny, pixel_space: true, num_layers: 2, num_attention_heads: 4, attention_head_dim: 16, patch_size: 4}
+    lora: {rank: 0}              # rank 16 → LoRA (train_new_parts: also train the flow branch + stabilizers)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from flowctrl.errors import ConfigError
+
+__all__ = ["VideoTrainConfig", "load_video_config", "build_pipeline", "encode_batch", "training_loss", "train", "main"]
+
+
+# ------------------------------------------------------------------------------------------- config
+@dataclass
+class VideoDataConfig:
+    source: str = "synthetic"        # synthetic | shards
+    shards: Optional[str] = None     # `flowctrl prepare-data` output folder
+    num_scenes: int = 64             # synthetic clips in the training pool (rendered once, kept in memory)
+    seed: int = 0
+    num_frames: int = 9
+    height: int = 32
+    width: int = 32
+    camera: str = "random"           # SceneConfig.camera; "static" = the static-camera motion-LoRA data
+    shuffle: bool = True
+
+
+@dataclass
+class VideoModelConfig:
+    init: str = "tiny"               # tiny | stage-2 folder | CogVideoX-I2V folder / cached hub id
+    pixel_space: bool = True         # tiny only: no VAE / FlowCodec (pixels are the latents)
+    num_layers: int = 2
+    num_attention_heads: int = 4
+    attention_head_dim: int = 16
+    patch_size: int = 4
+    time_embed_dim: int = 64
+    text_embed_dim: int = 16
+    max_text_seq_length: int = 4
+    use_frequency_stabilizer: bool = True
+    pixel_flow_scale: float = 4.0
+    vae_block_out_channels: List[int] = field(default_factory=lambda: [16, 16, 32, 32])  # tiny latent mode
+    vae_latent_channels: int = 4
+
+
+@dataclass
+class VideoLoraConfig:
+    rank: int = 0                    # 0 = full fine-tuning; 16 = the paper's motion LoRA
+    alpha: Optional[float] = None    # defaults to rank
+    target_modules: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    train_new_parts: bool = True     # also train the flow branch + stabilizers next to the LoRA
+
+
+@dataclass
+class VideoSchedulerConfig:
+    prediction_type: str = "v_prediction"
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+    rescale_betas_zero_snr: bool = True
+    timestep_spacing: str = "trailing"
+    snr_shift_scale: float = 1.0
+
+
+@dataclass
+class VideoTrainConfig:
+    output_dir: str = "runs/video"
+    seed: int = 0
+    max_steps: int = 300
+    batch_size: int = 4
+    learning_rate: float = 1.0e-3
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 20
+    grad_clip: float = 1.0
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "bf16"    # applied on GPU only; CPU trains in float32
+    flow_dropout: float = 0.1
+    image_noise: bool = True         # CogVideoX I2V trick: noise on the image latent, σ ~ logN(−3, 0.5)
+    train_parts: str = "all"         # all | new (flow branch + stabilizers only) — ignored with LoRA
+    log_every: int = 10
+    checkpoint_every: int = 100
+    checkpoints_total_limit: int = 2
+    data: VideoDataConfig = field(default_factory=VideoDataConfig)
+    model: VideoModelConfig = field(default_factory=VideoModelConfig)
+    lora: VideoLoraConfig = field(default_factory=VideoLoraConfig)
+    scheduler: VideoSchedulerConfig = field(default_factory=VideoSchedulerConfig)
+
+
+_NESTED = {"data": VideoDataConfig, "model": VideoModelConfig, "lora": VideoLoraConfig, "scheduler": VideoSchedulerConfig}
+
+
+def _build(cls, data: Any, source: str, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError.at(source, prefix.rstrip(".") or "<root>", f"is {type(data).__name__}, not a mapping",
+                             "write key: value pairs")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError.at(source, prefix + str(key), "is not a known key", f"use one of {sorted(names)}")
+        kwargs[key] = _build(_NESTED[key], value or {}, source, f"{key}.") if cls is VideoTrainConfig and key in _NESTED else value
+    return cls(**kwargs)
+
+
+def load_video_config(path: Optional[os.PathLike], overrides: Optional[Dict[str, Any]] = None) -> VideoTrainConfig:
+    """Read and validate a YAML config (defaults when ``path`` is None); ``overrides`` set top-level keys."""
+    data: Dict[str, Any] = {}
+    src = str(path or "<defaults>")
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError.at(path, "--config", "does not exist", "give a YAML file such as configs/train/video_tiny.yaml")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError.at(path, "yaml", f"cannot be parsed ({str(err).splitlines()[0]})", "fix the YAML syntax") from None
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            data[k] = v
+    cfg = _build(VideoTrainConfig, data, src)
+    checks = [
+        (cfg.data.source in ("synthetic", "shards"), "data.source", f"is {cfg.data.source!r}", "use synthetic or shards"),
+        (cfg.data.source != "shards" or bool(cfg.data.shards), "data.shards", "is empty while data.source is shards",
+         "give the `flowctrl prepare-data` output folder"),
+        (cfg.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", f"is {cfg.mixed_precision!r}", "use no, fp16 or bf16"),
+        (cfg.train_parts in ("all", "new"), "train_parts", f"is {cfg.train_parts!r}", "use all or new"),
+        (0.0 <= float(cfg.flow_dropout) <= 1.0, "flow_dropout", f"is {cfg.flow_dropout}", "use a probability in [0, 1]"),
+        (int(cfg.lora.rank) >= 0, "lora.rank", f"is {cfg.lora.rank}", "use 0 (off) or a positive rank such as 16"),
+        (cfg.scheduler.prediction_type in ("epsilon", "v_prediction"), "scheduler.prediction_type",
+         f"is {cfg.scheduler.prediction_type!r}", "use epsilon or v_prediction"),
+        (cfg.data.num_frames >= 2, "data.num_frames", f"is {cfg.data.num_frames}", "use at least 2 frames (e.g. 9 or 49)"),
+    ]
+    for name in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
+        checks.append((int(getattr(cfg, name)) >= 1, name, f"is {getattr(cfg, name)}", "give a positive integer"))
+    for ok, fld, problem, fix in checks:
+        if not ok:
+            raise ConfigError.at(src, fld, problem, fix)
+    return cfg
+
+
+def config_to_dict(cfg: VideoTrainConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+# ------------------------------------------------------------------------------------------- models
+def make_scheduler(cfg: VideoTrainConfig):
+    from diffusers import CogVideoXDDIMScheduler
+
+    s = cfg.scheduler
+    return CogVideoXDDIMScheduler(
+        num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
+        beta_schedule=s.beta_schedule, prediction_type=s.prediction_type, clip_sample=False, set_alpha_to_one=True,
+        rescale_betas_zero_snr=s.rescale_betas_zero_snr, timestep_spacing=s.timestep_spacing,
+        snr_shift_scale=s.snr_shift_scale,
+    )
+
+
+def build_pipeline(cfg: VideoTrainConfig):
+    """The :class:`FlowCtrlVideoPipeline` to train: a tiny random one (``model.init: tiny``) or a checkpoint."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    from flowctrl.models.transformer import FlowCtrlTransformer
+    from flowctrl.pipelines.diffusion import FlowCtrlVideoPipeline
+
+    m, d = cfg.model, cfg.data
+    if m.init != "tiny":
+        return FlowCtrlVideoPipeline.from_folder(m.init, load_text_encoder=True)
+    torch.manual_seed(cfg.seed)
+    vae = codec = None
+    if m.pixel_space:
+        channels, flow_channels, spatial, temporal = 3, 2, 1, 1
+    else:
+        from flowctrl.models.flow_codec import FlowCodec
+
+        n = len(m.vae_block_out_channels)
+        vae = AutoencoderKLCogVideoX(
+            in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * n,
+            up_block_types=("CogVideoXUpBlock3D",) * n, block_out_channels=tuple(m.vae_block_out_channels),
+            latent_channels=m.vae_latent_channels, layers_per_block=1, norm_num_groups=4,
+        )
+        codec = FlowCodec.from_cogvideox_vae(vae)
+        channels, flow_channels = m.vae_latent_channels, m.vae_latent_channels
+        spatial, temporal = 2 ** (n - 1), 4
+    latent_frames = (d.num_frames - 1) // temporal + 1
+    transformer = FlowCtrlTransformer(
+        num_attention_heads=m.num_attention_heads, attention_head_dim=m.attention_head_dim,
+        in_channels=2 * channels, out_channels=channels, time_embed_dim=m.time_embed_dim,
+        text_embed_dim=m.text_embed_dim, num_layers=m.num_layers, sample_width=d.width // spatial,
+        sample_height=d.height // spatial, sample_frames=d.num_frames if temporal == 1 else d.num_frames,
+        patch_size=m.patch_size, max_text_seq_length=m.max_text_seq_length, temporal_compression_ratio=temporal,
+        flow_in_channels=flow_channels, use_frequency_stabilizer=m.use_frequency_stabilizer,
+        stabilizer_frames=latent_frames,
+    )
+    return FlowCtrlVideoPipeline(transformer=transformer, scheduler=make_scheduler(cfg), vae=vae, flow_codec=codec,
+                                 pixel_flow_scale=m.pixel_flow_scale)
+
+
+def setup_trainable(transformer: nn.Module, cfg: VideoTrainConfig) -> List[nn.Parameter]:
+    """Freeze what is not trained; add the LoRA adapter when ``lora.rank > 0``. Returns trainable params."""
+    new = ("flow_", "frequency_stabilizers.")
+    if cfg.lora.rank > 0:
+        from peft import LoraConfig
+
+        transformer.requires_grad_(False)
+        transformer.add_adapter(LoraConfig(r=int(cfg.lora.rank), lora_alpha=float(cfg.lora.alpha or cfg.lora.rank),
+                                           target_modules=list(cfg.lora.target_modules), init_lora_weights=True))
+        for name, p in transformer.named_parameters():
+            if "lora_" in name or (cfg.lora.train_new_parts and name.startswith(new)):
+                p.requires_grad_(True)
+    elif cfg.train_parts == "new":
+        for name, p in transformer.named_parameters():
+            p.requires_grad_(name.startswith(new))
+    else:
+        transformer.requires_grad_(True)
+    return [p for p in transformer.parameters() if p.requires_grad]
+
+
+# --------------------------------------------------------------------------------------------- data
+class SyntheticVideoDataset(torch.utils.data.Dataset):
+    """``num_scenes`` clips of :func:`flowctrl.train.scenes.render_scene` (seeds ``seed .. seed+n-1``),
+    rendered on first access and kept. Items: ``{"video" (T,3,H,W) [0,1], "flow" (T,2,H,W) px}``."""
+
+    def __init__(self, num_scenes: int, seed: int, num_frames: int, height: int, width: int, camera: str = "random") -> None:
+        from flowctrl.train.scenes import SceneConfig
+
+        self.n, self.seed = int(num_scenes), int(seed)
+        self.scene = SceneConfig(num_frames=num_frames, height=height, width=width, camera=camera)
+        self.cache: Dict[int, Dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:  # same clips every epoch
+        pass
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        if i not in self.cache:
+            from flowctrl.train.scenes import render_scene
+
+            clip = render_scene(self.seed + i, self.scene)
+            self.cache[i] = {"video": clip.video.float(), "flow": clip.flow.float(), "caption": ""}
+        return self.cache[i]
+
+
+class ShardVideoDataset(torch.utils.data.Dataset):
+    """F's shards (``flowctrl prepare-data``) cut/resampled to ``num_frames`` at ``height×width``."""
+
+    def __init__(self, root: str, num_frames: int, height: int, width: int) -> None:
+        from flowctrl.train.shards import ShardDataset
+
+        self.base = ShardDataset(root)
+        self.t, self.size = num_frames, (height, width)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        item = self.base[i]
+        video, flow = item["video"].float(), item["flow"].float()
+        if video.shape[0] < self.t:
+            raise ConfigError.at(item.get("name", i), "data.num_frames", f"the shard has {video.shape[0]} frames, fewer than {self.t}",
+                                 "lower data.num_frames or prepare longer clips")
+        video, flow = video[: self.t], flow[: self.t]
+        h, w = video.shape[-2:]
+        if (h, w) != self.size:
+            video = F.interpolate(video, size=self.size, mode="bilinear", align_corners=False)
+            scale = flow.new_tensor([self.size[1] / w, self.size[0] / h]).view(1, 2, 1, 1)
+            flow = F.interpolate(flow, size=self.size, mode="bilinear", align_corners=False) * scale
+        return {"video": video, "flow": flow, "caption": item.get("caption", "")}
+
+
+def build_dataset(cfg: VideoTrainConfig):
+    d = cfg.data
+    if d.source == "shards":
+        return ShardVideoDataset(d.shards, d.num_frames, d.height, d.width)
+    return SyntheticVideoDataset(d.num_scenes, d.seed, d.num_frames, d.height, d.width, d.camera)
+
+
+# --------------------------------------------------------------------------------------------- loss
+@torch.no_grad()
+def encode_batch(pipe: Any, video: torch.Tensor, flow: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Frozen encoders: ``video (B,T,3,H,W)`` [0,1], ``flow (B,T,2,H,W)`` px → ``{"z0", "image", "flow"}``
+    latents ``(B,T',C,h,w)`` (video latent, I2V image condition, flow latent)."""
+    return {"z0": pipe.encode_video(video), "image": pipe.encode_image(video[:, 0], video.shape[1]),
+            "flow": pipe.encode_flow(flow)}
+
+
+def training_loss(pipe: Any, model: nn.Module, latents: Dict[str, torch.Tensor], generator: torch.Generator,
+                  *, flow_dropout: float = 0.1, image_noise: bool = True,
+                  text: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One diffusion loss on a batch of :func:`encode_batch` latents (scalar, float32).
+
+    All randomness (timesteps, noise, flow dropout, image-latent noise) comes from ``generator`` (CPU),
+    so a step is a pure function of its inputs (exact resume).
+    """
+    sched = pipe.scheduler
+    device = next(model.parameters()).device
+    b = latents["z0"].shape[0]
+    z0 = latents["z0"].to(device).float()
+    img = latents["image"].to(device).float()
+    fl = latents["flow"].to(device).float()
+    if image_noise:
+        sigma = torch.exp(torch.randn(b, generator=generator) * 0.5 - 3.0).to(device).view(b, 1, 1, 1, 1)
+        first = img[:, :1] + sigma * torch.randn(img[:, :1].shape, generator=generator).to(device)
+        img = torch.cat([first, img[:, 1:]], dim=1)
+    ts = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(device)
+    noise = torch.randn(z0.shape, generator=generator).to(device)
+    zt = sched.add_noise(z0, noise, ts)
+    target = sched.get_velocity(z0, noise, ts) if sched.config.prediction_type == "v_prediction" else noise
+    keep = (torch.rand(b, generator=generator) >= flow_dropout).float().to(device)
+    cfg = pipe.transformer.config
+    if text is None:
+        text = torch.zeros(b, cfg.max_text_seq_length, cfg.text_embed_dim, device=device)
+    rotary = pipe.rotary_embedding(z0.shape[1], z0.shape[-2], z0.shape[-1], device)
+    dtype = next(model.parameters()).dtype
+    pred = model(hidden_states=torch.cat([zt, img], dim=2).to(dtype), encoder_hidden_states=text.to(dtype),
+                 timestep=ts, flow_latents=fl.to(dtype), flow_scale=keep.to(dtype), image_rotary_emb=rotary,
+                 return_dict=False)[0]
+    return F.mse_loss(pred.float(), target.float())
+
+
+class _LatentCache:
+    """Frozen-encoder latents per dataset item (video, image condition and flow never change)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.store: Dict[int, Dict[str, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def batch(self, indices: Sequence[int], items: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        for i, it in zip(indices, items):
+            if i not in self.store:
+                lat = encode_batch(self.pipe, it["video"][None], it["flow"][None])
+                self.store[i] = {k: v[0].cpu() for k, v in lat.items()}
+        return {k: torch.stack([self.store[i][k] for i in indices]) for k in ("z0", "image", "flow")}
+
+
+@torch.no_grad()
+def _text_batch(pipe: Any, items: Sequence[Dict[str, Any]], device) -> Optional[torch.Tensor]:
+    if pipe.text_encoder is None or pipe.tokenizer is None:
+        return None
+    captions = [str(it.get("caption") or "") for it in items]
+    cfg = pipe.transformer.config
+    return pipe._get_t5_prompt_embeds(captions, 1, cfg.max_text_seq_length, device, pipe.text_encoder.dtype)
+
+
+# -------------------------------------------------------------------------------------------- train
+def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[str], None] = print,
+          stop_after: Optional[int] = None, time_budget_s: Optional[float] = None) -> Dict[str, Any]:
+    """Run (or continue) a stage-2 training run. Returns ``{"step", "loss", "output_dir", "final"}``.
+
+    ``stop_after``: leave after this many steps of this invocation without the final save (a simulated
+    kill; tests use it for resume). ``time_budget_s``: end the run (with checkpoint and final save) once
+    this much wall-clock time has passed — benchmarks train for a fixed time. Checkpoints: ``output_dir/checkpoints/checkpoint-N``; the trained
+    pipeline: ``output_dir/final`` (and ``final/lora`` with the LoRA weights alone when LoRA is on).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    from flowctrl.train.data import num_batches, seeded_order
+    from flowctrl.train.flow_loop import _save_checkpoint, _truncate_metrics, resolve_resume
+
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no",
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    out = Path(cfg.output_dir)
+    set_seed(cfg.seed)
+    pipe = build_pipeline(cfg)
+    pipe.set_progress_bar_config(disable=True)
+    transformer = pipe.transformer
+    for frozen in (pipe.vae, pipe.flow_codec, pipe.text_encoder):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(accelerator.device)
+    params = setup_trainable(transformer, cfg)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * world,
+                             num_training_steps=cfg.max_steps * world)
+    model, optimizer, lr_sched = accelerator.prepare(transformer, optimizer, lr_sched)
+    device = accelerator.device
+
+    dataset = build_dataset(cfg)
+    cache = _LatentCache(pipe)
+    step = 0
+    ckpt = resolve_resume(cfg.output_dir, resume)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+        log(f"resumed from {ckpt} at step {step}")
+    metrics = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
+        if ckpt is not None or resume:
+            _truncate_metrics(metrics, step)
+        elif metrics.exists():
+            metrics.unlink()
+    accelerator.wait_for_everyone()
+
+    model.train()
+    loss_value, done_here, t0 = float("nan"), 0, time.time()
+    n = len(dataset)
+    out_of_time = False
+    while step < cfg.max_steps and not out_of_time:
+        nb = num_batches(n, cfg.batch_size, world)
+        epoch, pos = divmod(step, nb)
+        order = seeded_order(n, epoch, cfg.data.seed, cfg.data.shuffle)
+        if len(order) < cfg.batch_size * world:
+            order = order * (cfg.batch_size * world // max(1, len(order)) + 1)
+        start = (pos * world + rank) * cfg.batch_size
+        idx = order[start:start + cfg.batch_size]
+        items = [dataset[i] for i in idx]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
+        lat = cache.batch(idx, items)
+        text = _text_batch(pipe, items, device)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = training_loss(pipe, model, lat, gen, flow_dropout=cfg.flow_dropout,
+                                     image_noise=cfg.image_noise, text=text)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        done_here += 1
+        loss_value = float(accelerator.reduce(loss.detach().float(), reduction="mean"))
+        if accelerator.is_main_process:
+            with open(metrics, "a") as f:
+                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr_sched.get_last_lr()[0],
+                                    "time": round(time.time() - t0, 3)}) + "\n")
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                log(f"step {step}/{cfg.max_steps} loss {loss_value:.5f} lr {lr_sched.get_last_lr()[0]:.2e} ({time.time() - t0:.1f}s)")
+        if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+        if stop_after is not None and done_here >= stop_after:
+            break
+        out_of_time = time_budget_s is not None and bool(
+            accelerator.reduce(torch.tensor(float(time.time() - t0 >= time_budget_s), device=device), "max") > 0)
+
+    final = None
+    if step >= cfg.max_steps or out_of_time:
+        _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+        if accelerator.is_main_process:
+            pipe.transformer = accelerator.unwrap_model(model)
+            final = save_final(pipe, cfg, out / "final")
+            log(f"saved {final}")
+    accelerator.wait_for_everyone()
+    result = {"step": step, "loss": loss_value, "output_dir": str(out), "final": str(final) if final else None,
+              "pipeline": pipe}
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def save_lora(pipe: Any, path: os.PathLike) -> Path:
+    """Write the transformer's LoRA weights alone (``pytorch_lora_weights.safetensors``) to ``path``."""
+    from peft.utils import get_peft_model_state_dict
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    state = get_peft_model_state_dict(pipe.transformer)
+    type(pipe).save_lora_weights(str(tmp), transformer_lora_layers=state, safe_serialization=True)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def save_final(pipe: Any, cfg: VideoTrainConfig, path: Path) -> Path:
+    """The trained pipeline in the layout :meth:`DiffusionBackend.from_pretrained` reads (atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.lora.rank > 0:
+        save_lora(pipe, tmp / "lora")
+        # The full pipeline with the LoRA merged, so the folder also runs without peft.
+        pipe.transformer.fuse_lora(lora_scale=1.0) if hasattr(pipe.transformer, "fuse_lora") else None
+        pipe.transformer.unload_lora() if hasattr(pipe.transformer, "unload_lora") else None
+    pipe.save_pretrained(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config (configs/train/video_tiny.yaml)")
+    parser.add_argument("--output-dir", dest="output_dir", default=None, help="overrides output_dir")
+    parser.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="overrides max_steps")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+
+
+def main(args: Any = None) -> int:
+    """Entry of ``flowctrl train video`` (``args``: argparse namespace with config, output_dir, max_steps,
+    resume) or of ``python -m flowctrl.train.video_loop`` (``args``: argv list or None)."""
+    if args is None or isinstance(args, (list, tuple)):
+        parser = argparse.ArgumentParser(prog="flowctrl train video", description="train the stage-2 video DiT")
+        add_arguments(parser)
+        args = parser.parse_args(args)
+    overrides = {"output_dir": getattr(args, "output_dir", None) or getattr(args, "output", None),
+                 "max_steps": getattr(args, "max_steps", None)}
+    cfg = load_video_config(getattr(args, "config", None), overrides)
+    train(cfg, resume=getattr(args, "resume", None))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    from flowctrl.errors import FlowCtrlError
+
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except FlowCtrlError as error:
+        print(f"flowctrl train video: error: {error}", file=sys.stderr)
+        raise SystemExit(2)
