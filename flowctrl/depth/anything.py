@@ -12,6 +12,7 @@ median depth. Metric checkpoints return depth in metres, used as is.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -22,6 +23,26 @@ from flowctrl.errors import MissingWeightsError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DISPARITY_FLOOR = 0.02  # relative disparity below this fraction of the max (sky) is clamped
+
+
+def _missing(name: str, problem: str) -> MissingWeightsError:
+    return MissingWeightsError.at(
+        name, "depth_model", problem,
+        "pass a folder holding config.json + model.safetensors, or pre-download the hub id "
+        "(e.g. depth-anything/Depth-Anything-V2-Small-hf) into the Hugging Face cache")
+
+
+def _check_available(name: str) -> None:
+    """Fail at once (before importing transformers) when neither a local folder nor a cached hub id."""
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        if not (path / "config.json").is_file():
+            raise _missing(name, "no config.json in this folder (Depth-Anything weights are not available locally)")
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise _missing(name, "Depth-Anything weights are not available locally (not in the Hugging Face cache; no downloads are made)")
 
 
 class DepthAnythingEstimator:
@@ -38,15 +59,13 @@ class DepthAnythingEstimator:
                         input_size: int = 518) -> "DepthAnythingEstimator":
         """Load from a local folder or an already-cached hub id; never downloads."""
         name = str(name_or_path)
+        _check_available(name)
         try:
             from transformers import AutoModelForDepthEstimation
 
             model = AutoModelForDepthEstimation.from_pretrained(name, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise MissingWeightsError.at(
-                name, "depth_model", "Depth-Anything weights are not available locally (no downloads are made)",
-                "pass a folder holding config.json + model.safetensors, or pre-download the hub id "
-                "(e.g. depth-anything/Depth-Anything-V2-Small-hf) into the Hugging Face cache") from exc
+            raise _missing(name, f"Depth-Anything weights could not be loaded locally ({type(exc).__name__})") from exc
         processor = None
         try:
             from transformers import AutoImageProcessor
