@@ -682,10 +682,25 @@ class DiffusionBackend:
             guidance_scale=float(kw["guidance_scale"]) if kw.get("guidance_scale") is not None else self.guidance_scale,
             flow_guidance_scale=float(kw["flow_guidance_scale"]) if kw.get("flow_guidance_scale") is not None else self.flow_guidance_scale,
         )
+        # The latent grid needs H, W divisible by (VAE factor × patch); work at the next multiple and
+        # resize the video back, so any size the warp backend takes works here too.
+        h, w = flow.shape[-2:]
+        f = self.pipeline.spatial_factor * self.pipeline.transformer.config.patch_size
+        hh, ww = -(-h // f) * f, -(-w // f) * f
+        if (hh, ww) != (h, w):
+            image = torch.nn.functional.interpolate(image, size=(hh, ww), mode="bilinear", align_corners=False)
+            scale = flow.new_tensor([ww / w, hh / h]).view(1, 1, 2, 1, 1)
+            flow = torch.nn.functional.interpolate(flow.flatten(0, 1), size=(hh, ww), mode="bilinear",
+                                                   align_corners=False).view(flow.shape[0], -1, 2, hh, ww) * scale
         result = generate_long_video(
             self.pipeline, image, flow, mode=kw.get("long_video") or self.long_video,
             gamma=float(kw.get("gamma") or self.gamma), omega=float(kw["omega"]) if kw.get("omega") is not None else self.omega,
             generator=generator, callback=callback, **args,
         )
         self.last_num_function_evals = result.num_function_evals
-        return result.video
+        self.last_result = result
+        video = result.video
+        if (hh, ww) != (h, w):
+            video = torch.nn.functional.interpolate(video.flatten(0, 1), size=(h, w), mode="bilinear",
+                                                    align_corners=False).view(video.shape[0], -1, 3, h, w)
+        return video.clamp(0.0, 1.0)

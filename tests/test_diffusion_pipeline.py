@@ -1,0 +1,168 @@
+"""Diffusion backend end to end on CPU with tiny random components (3D VAE, FlowCodec, DiT, prompt_embeds)."""
+import pytest
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+from diffusers import CogVideoXImageToVideoPipeline
+
+from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.models.flow_codec import FlowCodec
+from flowctrl.models.transformer import FlowCtrlTransformer
+from flowctrl.pipelines.diffusion import DiffusionBackend, FlowCtrlVideoPipeline, GuidanceConfig
+
+H = W = 16
+TR = dict(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=32,
+          text_embed_dim=16, num_layers=1, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+          max_text_seq_length=4, temporal_compression_ratio=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_vae():
+    return AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 3,
+                                  up_block_types=("CogVideoXUpBlock3D",) * 3, block_out_channels=(8, 8, 8),
+                                  latent_channels=4, layers_per_block=1, norm_num_groups=4).eval()
+
+
+def tiny_pipeline(scheduler=CogVideoXDDIMScheduler, gate=0.05):
+    torch.manual_seed(0)
+    vae = tiny_vae()
+    codec = FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8), norm_num_groups=4).eval()
+    tr = FlowCtrlTransformer(**TR, flow_in_channels=4, stabilizer_frames=3).eval()
+    torch.nn.init.normal_(tr.flow_gate.weight, std=gate)   # a "trained" flow branch
+    return FlowCtrlVideoPipeline(transformer=tr, scheduler=scheduler(prediction_type="v_prediction"), vae=vae,
+                                 flow_codec=codec)
+
+
+class Unified:
+    def __init__(self, flow):
+        self.flow = flow
+
+
+def _inputs(t=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, H, W, generator=g)
+    flow = torch.randn(1, t, 2, H, W, generator=g) * 2
+    flow[:, 0] = 0
+    return image, flow
+
+
+EMB = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("scheduler", [CogVideoXDDIMScheduler, CogVideoXDPMScheduler])
+def test_backend_renders_requested_frames_with_prompt_embeds(scheduler):
+    backend = DiffusionBackend(tiny_pipeline(scheduler), num_inference_steps=3, guidance_scale=2.0,
+                               flow_guidance_scale=1.5)
+    image, flow = _inputs()
+    calls = []
+    video = backend.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(1),
+                           callback=lambda *a: calls.append(a), prompt_embeds=EMB, negative_prompt_embeds=-EMB)
+    assert video.shape == (1, 9, 3, H, W) and video.dtype == torch.float32
+    assert 0.0 <= float(video.min()) and float(video.max()) <= 1.0
+    assert [c for c in calls if c[0] == "denoise"][-1] == ("denoise", 3, 3)
+    assert backend.last_num_function_evals == 3                       # one batched call per step
+    again = backend.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(1),
+                           prompt_embeds=EMB, negative_prompt_embeds=-EMB)
+    other = backend.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(2),
+                           prompt_embeds=EMB, negative_prompt_embeds=-EMB)
+    assert torch.equal(video, again)                                  # same seed → same video
+    assert not torch.equal(video, other)
+
+
+def test_frame_counts_outside_8n_plus_1_are_padded_and_trimmed():
+    backend = DiffusionBackend(tiny_pipeline(), num_inference_steps=2, guidance_scale=1.0)
+    image, flow = _inputs(t=7)
+    video = backend.render(image, Unified(flow), num_frames=7, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 7, 3, H, W)
+    with pytest.raises(InputError, match="num_frames"):
+        backend.render(image, Unified(flow), num_frames=9)
+    with pytest.raises(InputError, match="no option"):
+        backend.render(image, Unified(flow), num_frames=7, bogus=1)
+
+
+def test_sizes_not_divisible_by_the_latent_grid_are_resized_back():
+    backend = DiffusionBackend(tiny_pipeline(), num_inference_steps=1, guidance_scale=1.0)
+    g = torch.Generator().manual_seed(0)
+    image, flow = torch.rand(1, 3, 12, 20, generator=g), torch.zeros(1, 5, 2, 12, 20)
+    assert backend.render(image, Unified(flow), num_frames=5).shape == (1, 5, 3, 12, 20)
+
+
+def test_flow_changes_the_video_and_guidance_math():
+    pipe = tiny_pipeline(gate=0.5)
+    image, flow = _inputs()
+    a = pipe(image, flow, num_inference_steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+    b = pipe(image, flow.flip(-1), num_inference_steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+    assert (a - b).abs().max() > 1e-4
+    # ε = ε(∅,∅) + g_f(ε(∅,f) − ε(∅,∅)) + g_t(ε(c,f) − ε(∅,f)) with known branch outputs
+    g = GuidanceConfig(text_scale=3.0, flow_scale=2.0)
+    assert g.rows() == [(False, 0.0), (False, 1.0), (True, 1.0)]
+    out = g.combine(torch.tensor([[1.0], [2.0], [5.0]]))
+    assert float(out) == 1.0 + 2.0 * (2.0 - 1.0) + 3.0 * (5.0 - 2.0)
+    assert GuidanceConfig(1.0, 1.0).rows() == [(True, 1.0)]
+    assert float(GuidanceConfig(1.0, 4.0).combine(torch.tensor([[1.0], [2.0]]))) == 5.0
+
+
+def test_missing_weights_are_one_clear_line(tmp_path):
+    with pytest.raises(MissingWeightsError) as info:
+        DiffusionBackend()
+    assert "--model" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(MissingWeightsError, match="--model"):
+        DiffusionBackend.from_pretrained(tmp_path / "absent")
+    with pytest.raises(MissingWeightsError, match="transformer"):
+        DiffusionBackend.from_pretrained(tmp_path)                    # folder without a checkpoint
+    pipe = tiny_pipeline()
+    pipe.register_modules(text_encoder=None, tokenizer=None)
+    with pytest.raises(MissingWeightsError, match="prompt_embeds"):
+        DiffusionBackend(pipe, num_inference_steps=1).render(*_inputs()[:1], Unified(_inputs()[1]), num_frames=9,
+                                                             prompt="a cat")
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "ckpt")
+    loaded = DiffusionBackend.from_pretrained(tmp_path / "ckpt", num_inference_steps=2, guidance_scale=1.0)
+    assert isinstance(loaded.pipeline.transformer, FlowCtrlTransformer)
+    assert isinstance(loaded.pipeline.flow_codec, FlowCodec)
+    image, flow = _inputs()
+    ref = DiffusionBackend(pipe, num_inference_steps=2, guidance_scale=1.0).render(
+        image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(0))
+    out = loaded.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ref, out)
+
+
+def test_cogvideox_i2v_folder_converts_and_matches_diffusers_pipeline(tmp_path):
+    """An untrained conversion of a CogVideoX-I2V folder reproduces diffusers' own I2V pipeline."""
+    torch.manual_seed(0)
+    base = CogVideoXTransformer3DModel(**TR).eval()
+    vae = tiny_vae()
+    sched = CogVideoXDDIMScheduler(prediction_type="v_prediction")
+    base.save_pretrained(tmp_path / "transformer")
+    vae.save_pretrained(tmp_path / "vae")
+    sched.save_pretrained(tmp_path / "scheduler")
+    backend = DiffusionBackend.from_pretrained(tmp_path, num_inference_steps=2, guidance_scale=1.0)
+    assert backend.pipeline.transformer.config.flow_in_channels == 4   # codec wrapped around the VAE
+    image, flow = _inputs()
+    ours = backend.pipeline(image, flow, prompt_embeds=EMB, num_inference_steps=2, guidance_scale=1.0,
+                            generator=torch.Generator().manual_seed(5))
+    ref_pipe = CogVideoXImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=base,
+                                             scheduler=CogVideoXDDIMScheduler.from_config(sched.config))
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref = ref_pipe(image=image, prompt_embeds=EMB, height=H, width=W, num_frames=9, num_inference_steps=2,
+                   guidance_scale=1.0, generator=torch.Generator().manual_seed(5), output_type="pt").frames
+    torch.testing.assert_close(ours, ref.float(), atol=1e-4, rtol=0)
+
+
+def test_memory_options_and_presets():
+    pipe = tiny_pipeline()
+    backend = DiffusionBackend(pipe, preset="cpu", num_inference_steps=1)
+    assert backend.pipeline.vae.use_slicing and backend.num_inference_steps == 1
+    with pytest.raises(InputError, match="preset"):
+        DiffusionBackend(tiny_pipeline(), preset="no-such-preset")
+    with pytest.raises(InputError, match="cpu_offload"):
+        DiffusionBackend(tiny_pipeline(), cpu_offload="sometimes")

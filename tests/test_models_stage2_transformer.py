@@ -1,0 +1,118 @@
+"""FlowCtrlTransformer: exact conversion from CogVideoX, flow branch behaviour, save/load round trip."""
+import pytest
+import torch
+from diffusers import CogVideoXTransformer3DModel
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+from flowctrl.errors import MissingWeightsError
+from flowctrl.models.transformer import FlowCtrlTransformer
+
+TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=32,
+            text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+            max_text_seq_length=4, temporal_compression_ratio=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 8, 8, 8, generator=g)          # (B, T', 2C, h, w): noisy latent ⊕ image latent
+    text = torch.randn(2, 4, 16, generator=g)
+    flow = torch.randn(2, 3, 4, 8, 8, generator=g)
+    return x, text, torch.tensor([999, 10]), flow
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_converted_model_equals_base_exactly(tmp_path, rotary):
+    base = CogVideoXTransformer3DModel(**TINY, use_rotary_positional_embeddings=rotary).eval()
+    base.save_pretrained(tmp_path / "transformer")            # pipeline-folder layout
+    model = FlowCtrlTransformer.from_cogvideox(tmp_path, flow_in_channels=4, stabilizer_frames=3).eval()
+    x, text, t, flow = _inputs()
+    rope = get_3d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4), 3) if rotary else None
+    with torch.no_grad():
+        ref = base(x, text, t, image_rotary_emb=rope).sample
+        out = model(x, text, t, flow_latents=flow, image_rotary_emb=rope).sample
+        out_noflow = model(x, text, t, image_rotary_emb=rope).sample
+    assert torch.equal(out, ref)              # zero gate + identity stabilizers: bit for bit
+    assert torch.equal(out_noflow, ref)
+    # every base weight was copied; only the new parts are new
+    new = set(model.new_parameter_names())
+    assert new and all(n.startswith(("flow_", "frequency_stabilizers.")) for n in new)
+    base_sd = base.state_dict()
+    for name, value in model.state_dict().items():
+        if name in base_sd:
+            assert torch.equal(value, base_sd[name])
+    assert len(model.frequency_stabilizers) == TINY["num_layers"]
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path):
+    with pytest.raises(MissingWeightsError) as info:
+        FlowCtrlTransformer.from_cogvideox(tmp_path / "nope")
+    msg = str(info.value)
+    assert "\n" not in msg and "huggingface-cli download" in msg
+    with pytest.raises(MissingWeightsError):
+        FlowCtrlTransformer.from_cogvideox("someone/not-cached-model")
+    t2v = CogVideoXTransformer3DModel(**{**TINY, "in_channels": 4})
+    t2v.save_pretrained(tmp_path / "t2v")
+    with pytest.raises(MissingWeightsError, match="text-to-video"):
+        FlowCtrlTransformer.from_cogvideox(tmp_path / "t2v")
+
+
+def test_flow_branch_acts_once_gate_is_trained_and_flow_scale_drops_it():
+    torch.manual_seed(0)
+    model = FlowCtrlTransformer(**TINY, flow_in_channels=4, stabilizer_frames=3).eval()
+    torch.nn.init.normal_(model.flow_gate.weight, std=0.5)
+    x, text, t, flow = _inputs()
+    with torch.no_grad():
+        off = model(x, text, t).sample
+        on = model(x, text, t, flow_latents=flow).sample
+        other = model(x, text, t, flow_latents=flow.flip(1)).sample
+        dropped = model(x, text, t, flow_latents=flow, flow_scale=torch.tensor([0.0, 1.0])).sample
+    assert (on - off).abs().max() > 1e-3 and (on - other).abs().max() > 1e-3
+    assert torch.equal(dropped[0], off[0])                 # per-sample dropout == no flow
+    torch.testing.assert_close(dropped[1], on[1])
+
+
+def test_stabilizer_learned_weights_change_output_and_gradients_reach_new_parts():
+    torch.manual_seed(0)
+    model = FlowCtrlTransformer(**TINY, flow_in_channels=4, stabilizer_frames=3, stabilizer_layers=[1])
+    assert list(model.frequency_stabilizers) == ["1"]
+    x, text, t, flow = _inputs()
+    loss = model(x, text, t, flow_latents=flow).sample.pow(2).mean()
+    loss.backward()
+    assert model.flow_gate.weight.grad.abs().sum() > 0     # zero-init gate still learns
+    assert model.frequency_stabilizers["1"].delta.grad.abs().sum() > 0
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = FlowCtrlTransformer(**TINY, flow_in_channels=4, stabilizer_frames=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = FlowCtrlTransformer.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.flow_in_channels == 4 and loaded.config.stabilizer_frames == 3
+    x, text, t, flow = _inputs()
+    with torch.no_grad():
+        assert torch.equal(model(x, text, t, flow_latents=flow).sample, loaded(x, text, t, flow_latents=flow).sample)
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    model = FlowCtrlTransformer(**TINY, flow_in_channels=4, stabilizer_frames=3)
+    torch.nn.init.normal_(model.flow_gate.weight, std=0.1)
+    x, text, t, flow = _inputs()
+    model(x, text, t, flow_latents=flow).sample.sum().backward()
+    g1 = model.flow_patch_embed.weight.grad.clone()
+    model.zero_grad()
+    model.enable_gradient_checkpointing()
+    model(x, text, t, flow_latents=flow).sample.sum().backward()
+    torch.testing.assert_close(model.flow_patch_embed.weight.grad, g1, atol=1e-5, rtol=1e-4)
