@@ -32,6 +32,25 @@ EXTRAS = {
     "app": ["gradio>=4.0"],
 }
 
+
+def _cuda_extension_kwargs() -> dict:
+    """``FLOWCTRL_BUILD_CUDA=1``: compile flowctrl_cuda._C at install (else: just in time on first use)."""
+    import os
+
+    if os.environ.get("FLOWCTRL_BUILD_CUDA", "0") != "1":
+        return {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    csrc = "flowctrl_cuda/csrc"
+    ext = CUDAExtension(
+        "flowctrl_cuda._C",
+        sources=[f"{csrc}/{name}" for name in ("bindings.cpp", "warp.cu", "splat.cu", "freq_adaptor.cu")],
+        include_dirs=[os.path.abspath(csrc)],
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-std=c++17"]},
+    )
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension}}
+
+
 setup(
     name="flowctrl",
     version="0.1.0",
@@ -46,4 +65,5 @@ setup(
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["flowctrl=flowctrl.cli:main"]},
+    **_cuda_extension_kwargs(),
 )

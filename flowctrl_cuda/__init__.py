@@ -61,7 +61,7 @@ def implementation(op: str, *tensors: Optional[torch.Tensor]) -> str:
         if first.is_cuda:
             from flowctrl_cuda import _cuda
 
-            return "cuda" if _cuda.available() else "reference"
+            return "cuda" if _cuda.supports(op, *tensors) and _cuda.available() else "reference"
         if first.device.type == "cpu" and not _needs_grad(*tensors):
             from flowctrl_cuda import _cpu
 
