@@ -111,7 +111,7 @@ def _load() -> Optional[ctypes.CDLL]:
         lib.fc_backward_warp_f32.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
         lib.fc_backward_warp_f32.restype = i32
         lib.fc_cpu_abi_version.restype = i32
-        if lib.fc_cpu_abi_version() != 1:
+        if lib.fc_cpu_abi_version() != 2:
             raise RuntimeError("cached library has an unexpected ABI version")
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
@@ -161,8 +161,8 @@ def splat(
     x = x.detach().contiguous()
     flow = flow.detach().contiguous()
     weight = weight.detach().contiguous() if weight is not None else None
-    out = torch.zeros(n, c, h, w, dtype=torch.float32)
-    norm = torch.zeros(n, 1, h, w, dtype=torch.float32) if (return_norm or mode != "sum") else None
+    out = torch.empty(n, c, h, w, dtype=torch.float32)  # the kernel writes every element
+    norm = torch.empty(n, 1, h, w, dtype=torch.float32) if return_norm else None
     rc = lib.fc_splat_f32(_ptr(x), _ptr(flow), _ptr(weight), _ptr(out), _ptr(norm), n, c, h, w, _MODES[mode], _threads())
     if rc != 0:
         raise RuntimeError(f"fc_splat_f32 returned {rc}")

@@ -5,9 +5,12 @@
 // Semantics are those of flowctrl_cuda/reference.py; keep the floating-point steps in the same
 // order (and build with -ffp-contract=off) so results agree with the reference to ~1e-6.
 //
-// Threading without atomics: when there are at least as many images as threads, each thread owns
-// whole images. Otherwise every image's source rows are split between threads, each thread splats
-// into its own accumulation planes, and the planes are summed afterwards.
+// Splat accumulates pixel-major: acc[q * (C+1) + c] holds channel c of target q and acc[q*(C+1) + C]
+// its weight, so the 4 taps of a source touch 2 short contiguous runs instead of 4·(C+1) planes;
+// one finishing pass divides by the weight and writes the planar output and norm.
+// Threading without atomics: each thread owns an accumulation buffer. With at least as many images
+// as threads a thread owns whole images; otherwise the source rows of each image are split between
+// threads and the finishing pass sums the buffers.
 
 #include <algorithm>
 #include <cmath>
@@ -41,18 +44,28 @@ void parallel_for(int64_t n, int threads, F&& body) {
 
 inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// Splat source rows [row_begin, row_end) of one image into num (C planes) and norm (1 plane).
+// floor() of a finite float already clamped to a small range, without a libm call (plain -O3
+// targets baseline x86-64, where std::floor is not a single instruction). Exact there.
+inline int64_t floor_int(float v) {
+  const int64_t t = static_cast<int64_t>(v);  // truncates toward zero
+  return static_cast<float>(t) > v ? t - 1 : t;
+}
+
+// Splat source rows [row_begin, row_end) of one image into acc (pixel-major, stride C+1).
 // e: per-source weight plane (already exp(Z - max) for softmax) or nullptr for 1.
-// CT > 0 fixes the channel count at compile time (unrolled channel loop); CT == 0 reads C.
+// CT > 0 fixes the channel count at compile time (unrolled, vectorizable); CT == 0 reads C.
 template <int CT>
 void splat_rows(const float* __restrict__ x, const float* __restrict__ flow, const float* __restrict__ e,
-                float* __restrict__ num, float* __restrict__ norm, int64_t C_,
-                int64_t H, int64_t W, int64_t row_begin, int64_t row_end) {
+                float* __restrict__ acc, int64_t C_, int64_t H, int64_t W, int64_t row_begin, int64_t row_end) {
   const int64_t C = CT > 0 ? CT : C_;
+  const int64_t S = C + 1;
   const int64_t HW = H * W;
   const float* fx = flow;
   const float* fy = flow + HW;
   const float wmax = static_cast<float>(W + 1), hmax = static_cast<float>(H + 1);
+  float v[CT > 0 ? CT + 1 : 1];
+  std::vector<float> vdyn(CT > 0 ? 0 : C + 1);
+  float* val = CT > 0 ? v : vdyn.data();
   for (int64_t y = row_begin; y < row_end; ++y) {
     for (int64_t xcol = 0; xcol < W; ++xcol) {
       const int64_t p = y * W + xcol;
@@ -61,29 +74,24 @@ void splat_rows(const float* __restrict__ x, const float* __restrict__ flow, con
       if (!std::isfinite(qx) || !std::isfinite(qy)) continue;
       qx = clampf(qx, -2.0f, wmax);
       qy = clampf(qy, -2.0f, hmax);
-      const float x0f = std::floor(qx), y0f = std::floor(qy);
-      const float ax = qx - x0f, ay = qy - y0f;
-      const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
+      const int64_t x0 = floor_int(qx), y0 = floor_int(qy);
+      const float ax = qx - static_cast<float>(x0), ay = qy - static_cast<float>(y0);
       float w[4] = {(1.0f - ax) * (1.0f - ay), ax * (1.0f - ay), (1.0f - ax) * ay, ax * ay};
       if (e != nullptr) {
         const float ep = e[p];
         for (int k = 0; k < 4; ++k) w[k] = w[k] * ep;
       }
+      for (int64_t c = 0; c < C; ++c) val[c] = x[c * HW + p];
+      val[C] = 1.0f;
       const int64_t q00 = y0 * W + x0;
-      if (x0 >= 0 && x0 + 1 < W && y0 >= 0 && y0 + 1 < H) {  // interior: all four taps land
-        if (norm != nullptr) {
-          norm[q00] += w[0];
-          norm[q00 + 1] += w[1];
-          norm[q00 + W] += w[2];
-          norm[q00 + W + 1] += w[3];
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          const float v = x[c * HW + p];
-          float* plane = num + c * HW + q00;
-          plane[0] += v * w[0];
-          plane[1] += v * w[1];
-          plane[W] += v * w[2];
-          plane[W + 1] += v * w[3];
+      if (x0 >= 0 && x0 + 1 < W && y0 >= 0 && y0 + 1 < H) {  // interior: two runs of 2·S floats
+        float* r0 = acc + q00 * S;
+        float* r1 = r0 + W * S;
+        for (int64_t c = 0; c < S; ++c) {
+          r0[c] += val[c] * w[0];
+          r0[S + c] += val[c] * w[1];
+          r1[c] += val[c] * w[2];
+          r1[S + c] += val[c] * w[3];
         }
         continue;
       }
@@ -93,31 +101,60 @@ void splat_rows(const float* __restrict__ x, const float* __restrict__ flow, con
       const int64_t q[4] = {q00, q00 + 1, q00 + W, q00 + W + 1};
       for (int k = 0; k < 4; ++k) {
         if (!valid[k]) continue;
+        float* dst = acc + q[k] * S;
         const float wk = w[k];
-        const int64_t qk = q[k];
-        if (norm != nullptr) norm[qk] += wk;
-        for (int64_t c = 0; c < C; ++c) num[c * HW + qk] += x[c * HW + p] * wk;
+        for (int64_t c = 0; c < S; ++c) dst[c] += val[c] * wk;  // val[C] = 1: the weight slot
       }
     }
   }
 }
 
-void splat_rows_any(const float* x, const float* flow, const float* e, float* num, float* norm, int64_t C,
-                    int64_t H, int64_t W, int64_t row_begin, int64_t row_end) {
+void splat_rows_any(const float* x, const float* flow, const float* e, float* acc, int64_t C, int64_t H, int64_t W,
+                    int64_t row_begin, int64_t row_end) {
   switch (C) {
-    case 1: splat_rows<1>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
-    case 2: splat_rows<2>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
-    case 3: splat_rows<3>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
-    case 4: splat_rows<4>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
-    default: splat_rows<0>(x, flow, e, num, norm, C, H, W, row_begin, row_end); break;
+    case 1: splat_rows<1>(x, flow, e, acc, C, H, W, row_begin, row_end); break;
+    case 2: splat_rows<2>(x, flow, e, acc, C, H, W, row_begin, row_end); break;
+    case 3: splat_rows<3>(x, flow, e, acc, C, H, W, row_begin, row_end); break;
+    case 4: splat_rows<4>(x, flow, e, acc, C, H, W, row_begin, row_end); break;
+    default: splat_rows<0>(x, flow, e, acc, C, H, W, row_begin, row_end); break;
   }
 }
 
-// out = num / norm where norm > 0, else 0 (in place on num), pixels [begin, end).
-void normalize_range(float* num, const float* norm, int64_t C, int64_t HW, int64_t begin, int64_t end) {
-  for (int64_t c = 0; c < C; ++c) {
-    float* plane = num + c * HW;
-    for (int64_t p = begin; p < end; ++p) plane[p] = norm[p] > 0.0f ? plane[p] / norm[p] : 0.0f;
+// Finish pixels [begin, end): sum the `count` pixel-major buffers, divide by the weight when
+// `divide` (0 where nothing landed), write planar out (C planes) and norm (may be null).
+template <int CT>
+void finish_range(const float* const* bufs, int count, float* __restrict__ out, float* __restrict__ norm, int64_t C_,
+                  int64_t HW, bool divide, int64_t begin, int64_t end) {
+  const int64_t C = CT > 0 ? CT : C_;
+  const int64_t S = C + 1;
+  float v[CT > 0 ? CT + 1 : 1];
+  std::vector<float> vdyn(CT > 0 ? 0 : S);
+  float* tmp = CT > 0 ? v : vdyn.data();
+  for (int64_t p = begin; p < end; ++p) {
+    const float* src = bufs[0] + p * S;
+    for (int64_t c = 0; c < S; ++c) tmp[c] = src[c];
+    for (int b = 1; b < count; ++b) {
+      const float* more = bufs[b] + p * S;
+      for (int64_t c = 0; c < S; ++c) tmp[c] += more[c];
+    }
+    const float nrm = tmp[C];
+    if (norm != nullptr) norm[p] = nrm;
+    if (divide) {
+      for (int64_t c = 0; c < C; ++c) out[c * HW + p] = nrm > 0.0f ? tmp[c] / nrm : 0.0f;
+    } else {
+      for (int64_t c = 0; c < C; ++c) out[c * HW + p] = tmp[c];
+    }
+  }
+}
+
+void finish_any(const float* const* bufs, int count, float* out, float* norm, int64_t C, int64_t HW, bool divide,
+                int64_t begin, int64_t end) {
+  switch (C) {
+    case 1: finish_range<1>(bufs, count, out, norm, C, HW, divide, begin, end); break;
+    case 2: finish_range<2>(bufs, count, out, norm, C, HW, divide, begin, end); break;
+    case 3: finish_range<3>(bufs, count, out, norm, C, HW, divide, begin, end); break;
+    case 4: finish_range<4>(bufs, count, out, norm, C, HW, divide, begin, end); break;
+    default: finish_range<0>(bufs, count, out, norm, C, HW, divide, begin, end); break;
   }
 }
 
@@ -157,9 +194,8 @@ void warp_rows(const float* __restrict__ x, const float* __restrict__ flow, floa
       }
       qx = clampf(qx, lo, wmax);
       qy = clampf(qy, lo, hmax);
-      const float x0f = std::floor(qx), y0f = std::floor(qy);
-      const float ax = qx - x0f, ay = qy - y0f;
-      const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
+      const int64_t x0 = floor_int(qx), y0 = floor_int(qy);
+      const float ax = qx - static_cast<float>(x0), ay = qy - static_cast<float>(y0);
       float w[4] = {(1.0f - ax) * (1.0f - ay), ax * (1.0f - ay), (1.0f - ax) * ay, ax * ay};
       int64_t q00 = y0 * W + x0, q[4];
       if (x0 >= 0 && x0 + 1 < W && y0 >= 0 && y0 + 1 < H) {
@@ -190,21 +226,23 @@ void warp_rows(const float* __restrict__ x, const float* __restrict__ flow, floa
 
 extern "C" {
 
-int fc_cpu_abi_version() { return 1; }
+int fc_cpu_abi_version() { return 2; }
 
-// x (N,C,H,W), flow (N,2,H,W), weight (N,1,H,W) or null; out (N,C,H,W) and norm (N,1,H,W) must be
-// zero-filled by the caller; norm may be null only for mode "sum". Returns 0 on success.
+// x (N,C,H,W), flow (N,2,H,W), weight (N,1,H,W) or null; out (N,C,H,W) and norm (N,1,H,W) are
+// fully written (norm may be null). Returns 0 on success.
 int fc_splat_f32(const float* x, const float* flow, const float* weight, float* out, float* norm, int64_t N,
                  int64_t C, int64_t H, int64_t W, int mode, int threads) {
   if (mode < kSum || mode > kSoftmax) return 1;
-  if (mode != kSum && norm == nullptr) return 2;
   const int64_t HW = H * W;
   if (N <= 0 || HW <= 0) return 0;
+  const int64_t S = C + 1;
+  const bool divide = mode != kSum;
   threads = std::max(1, threads);
-  if (HW * N * (C + 1) < (int64_t(1) << 15)) threads = 1;  // thread start-up dominates tiny inputs
+  if (HW * N * S < (int64_t(1) << 15)) threads = 1;  // thread start-up dominates tiny inputs
 
   if (N >= threads) {
     parallel_for(N, threads, [&](int64_t b, int64_t e_, int) {
+      std::vector<float> acc(static_cast<size_t>(HW * S));
       std::vector<float> ebuf(weight != nullptr ? HW : 0);
       for (int64_t n = b; n < e_; ++n) {
         const float* en = nullptr;
@@ -212,19 +250,20 @@ int fc_splat_f32(const float* x, const float* flow, const float* weight, float* 
           prepare_weight(weight + n * HW, ebuf.data(), HW, mode);
           en = ebuf.data();
         }
-        float* num = out + n * C * HW;
-        float* nrm = norm != nullptr ? norm + n * HW : nullptr;
-        splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, num, nrm, C, H, W, 0, H);
-        if (mode != kSum) normalize_range(num, nrm, C, HW, 0, HW);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, acc.data(), C, H, W, 0, H);
+        const float* bufs[1] = {acc.data()};
+        finish_any(bufs, 1, out + n * C * HW, norm != nullptr ? norm + n * HW : nullptr, C, HW, divide, 0, HW);
       }
     });
     return 0;
   }
 
-  // Few images: split rows between threads with private accumulation planes, then reduce.
+  // Few images: split rows between threads (private buffers), then finish pixel ranges in parallel.
   const int T = static_cast<int>(std::min<int64_t>(threads, H));
-  const int64_t planes = C + (norm != nullptr ? 1 : 0);
-  std::vector<float> priv(static_cast<size_t>(std::max(0, T - 1)) * planes * HW);
+  std::vector<std::vector<float>> acc(T, std::vector<float>(static_cast<size_t>(HW * S)));
+  std::vector<const float*> bufs(T);
+  for (int t = 0; t < T; ++t) bufs[t] = acc[t].data();
   std::vector<float> ebuf(weight != nullptr ? HW : 0);
   for (int64_t n = 0; n < N; ++n) {
     const float* en = nullptr;
@@ -232,27 +271,12 @@ int fc_splat_f32(const float* x, const float* flow, const float* weight, float* 
       prepare_weight(weight + n * HW, ebuf.data(), HW, mode);
       en = ebuf.data();
     }
-    float* num = out + n * C * HW;
-    float* nrm = norm != nullptr ? norm + n * HW : nullptr;
-    std::fill(priv.begin(), priv.end(), 0.0f);
     parallel_for(H, T, [&](int64_t rb, int64_t re, int t) {
-      if (t == 0) {
-        splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, num, nrm, C, H, W, rb, re);
-      } else {
-        float* base = priv.data() + static_cast<size_t>(t - 1) * planes * HW;
-        splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, base, nrm != nullptr ? base + C * HW : nullptr, C, H, W,
-                   rb, re);
-      }
+      std::fill(acc[t].begin(), acc[t].end(), 0.0f);
+      splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, acc[t].data(), C, H, W, rb, re);
     });
     parallel_for(HW, T, [&](int64_t pb, int64_t pe, int) {
-      for (int t = 1; t < T; ++t) {
-        const float* base = priv.data() + static_cast<size_t>(t - 1) * planes * HW;
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t p = pb; p < pe; ++p) num[c * HW + p] += base[c * HW + p];
-        if (nrm != nullptr)
-          for (int64_t p = pb; p < pe; ++p) nrm[p] += base[C * HW + p];
-      }
-      if (mode != kSum) normalize_range(num, nrm, C, HW, pb, pe);
+      finish_any(bufs.data(), T, out + n * C * HW, norm != nullptr ? norm + n * HW : nullptr, C, HW, divide, pb, pe);
     });
   }
   return 0;
