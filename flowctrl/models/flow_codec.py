@@ -123,4 +123,5 @@ class FlowCodec(ModelMixin, ConfigMixin):
         x = self._pad_frames(ch).permute(0, 2, 1, 3, 4)
         dist = self.vae.encode(x).latent_dist
         rec = self.vae.decode(dist.sample(generator)).sample
+        rec = rec[:, :, : x.shape[2]]
         return (rec - x).abs().mean() + kl_weight * dist.kl().mean()

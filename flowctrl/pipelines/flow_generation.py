@@ -160,7 +160,8 @@ class FlowGenerationPipeline:
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, unified: Any, num_inference_steps: Optional[int] = None,
                  generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
-                 guidance_scale: Optional[float] = None, sampler: Optional[str] = None) -> torch.Tensor:
+                 guidance_scale: Optional[float] = None, sampler: Optional[str] = None,
+                 strength: Optional[float] = None) -> torch.Tensor:
         """Learned flow for ``unified`` (a :class:`flowctrl.pipelines.stage1.UnifiedFlow`).
 
         Args:
@@ -170,6 +171,8 @@ class FlowGenerationPipeline:
             callback: ``callback("flow_model", done, total)`` once per step.
             guidance_scale: classifier-free guidance on the sparse condition (1 = off).
             sampler: ``"ddim"`` or ``"dpm"`` (DPM-Solver++ multistep).
+            strength: target motion strength M_s (px/frame, eq. 8; the user's strength control);
+                default: M_s of ``unified.flow``.
         Returns:
             flow (1,T,2,H,W) px, reference form.
         """
@@ -201,7 +204,10 @@ class FlowGenerationPipeline:
         from flowctrl.models.fgm import sparse_condition
         from flowctrl.models.guider import latent_num_frames
 
-        strength = motion_strength(unified.flow.to(dev).float())
+        if strength is None:
+            strength_t = motion_strength(unified.flow.to(dev).float())
+        else:
+            strength_t = torch.tensor([float(strength)], device=dev)
         cond = sparse_condition(sparse_w, mask_w, self.fgm.config.flow_scale)
         uncond = torch.zeros_like(cond)
         img_lat = self.image_codec.encode_channels(img[:, None] * 2 - 1)
@@ -215,9 +221,9 @@ class FlowGenerationPipeline:
             x = sched.scale_model_input(latents, t)
             tt = t.reshape(1).to(dev)
             refs = self.crm(img_lat, tt, plucker) if self.crm is not None else None
-            pred = self.fgm(x, tt, img_lat, cond, strength, refs).sample
+            pred = self.fgm(x, tt, img_lat, cond, strength_t, refs).sample
             if scale != 1.0:
-                pred_u = self.fgm(x, tt, img_lat, uncond, strength, refs).sample
+                pred_u = self.fgm(x, tt, img_lat, uncond, strength_t, refs).sample
                 pred = pred_u + scale * (pred - pred_u)
             latents = sched.step(pred, t, latents, generator=generator).prev_sample
             if callback is not None:

@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/flow"
     max_steps: int = 300
+    time_limit_s: Optional[float] = None          # stop (and save final/) after this much training time
     batch_size: int = 2
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
@@ -76,6 +77,7 @@ class TrainConfig:
     fgm: Dict[str, Any] = field(default_factory=dict)
     crm: Optional[Dict[str, Any]] = field(default_factory=dict)
     codec: Dict[str, Any] = field(default_factory=dict)
+    codec_crop: Optional[List[int]] = None        # codec training on [frames, h, w] crops (frames from 0)
     codec_path: Optional[str] = None              # a trained FlowCodec folder (save_pretrained)
     image_codec_path: Optional[str] = None        # image VAE: FlowCodec folder or CogVideoX folder (vae/)
     pretrained_cogvideox: Optional[str] = None    # start FGM and CRM from a CogVideoX checkpoint

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 MODES = ("random", "grid", "edge", "camera")
+_CLIP_CACHE: Dict[Tuple[int, int, int, int], Dict[str, torch.Tensor]] = {}  # shared by runs in one process
+_CLIP_CACHE_MAX = 512
 
 
 @dataclass
@@ -139,12 +141,15 @@ class SyntheticFlowDataset(Dataset):
         self.epoch = int(epoch)
 
     def clip(self, index: int) -> Dict[str, torch.Tensor]:
+        c = self.config
+        key = (c.seed + index, c.num_frames, c.height, c.width)
+        if index not in self._clips and key in _CLIP_CACHE:
+            self._clips[index] = _CLIP_CACHE[key]
         if index not in self._clips:
             from flowctrl.flow.camera import plucker_rays
             from flowctrl.flow.strength import motion_strength
             from flowctrl.train.scenes import SceneConfig, render_scene
 
-            c = self.config
             clip = render_scene(c.seed + index, SceneConfig(num_frames=c.num_frames, height=c.height, width=c.width))
             self._clips[index] = {
                 "image": clip.video[0].float(),
@@ -152,7 +157,11 @@ class SyntheticFlowDataset(Dataset):
                 "visibility": clip.visibility.float(),
                 "plucker": plucker_rays(clip.K[None].float(), clip.w2c[None].float(), c.height, c.width)[0],
                 "strength": motion_strength(clip.flow[None].float())[0],
+                "K": clip.K.float(),
+                "w2c": clip.w2c.float(),
             }
+            if len(_CLIP_CACHE) < _CLIP_CACHE_MAX:
+                _CLIP_CACHE[key] = self._clips[index]
         return self._clips[index]
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:

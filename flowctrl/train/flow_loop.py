@@ -218,6 +218,16 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
     }
 
 
+def crop_flow(flow: torch.Tensor, crop, generator: torch.Generator) -> torch.Tensor:
+    """(B,T,2,H,W) → (B,t,2,h,w): the first ``t`` frames (the causal VAE's first frame is special) and a
+    random h×w window. The codec is convolutional, so it learns on crops what it applies to full clips."""
+    t, h, w = (int(v) for v in crop)
+    H, W = flow.shape[-2:]
+    y = int(torch.randint(0, H - h + 1, (1,), generator=generator)) if H > h else 0
+    x = int(torch.randint(0, W - w + 1, (1,), generator=generator)) if W > w else 0
+    return flow[:, :t, :, y:y + h, x:x + w]
+
+
 # ------------------------------------------------------------------------------------- checkpoints
 def list_checkpoints(output_dir: os.PathLike) -> List[Path]:
     root = Path(output_dir) / "checkpoints"
@@ -350,6 +360,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
             batch = prepare_fgm_batch(items, idx, cache, scheduler, flow_scale, cfg.cfg_dropout, gen)
         else:
             batch = collate(items)
+            if cfg.model == "codec" and cfg.codec_crop:
+                batch = {"flow": crop_flow(batch["flow"], cfg.codec_crop, gen)}
         batch = {k: v.to(device) for k, v in batch.items()}
         with accelerator.accumulate(module):
             loss = module(batch, gen) if cfg.model == "codec" else module(batch)
@@ -372,6 +384,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
             _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
         if stop_after is not None and done_here >= stop_after:
             break
+        if cfg.time_limit_s is not None:
+            over = torch.tensor([float(time.time() - t0 >= cfg.time_limit_s)], device=device)
+            if float(accelerator.reduce(over, reduction="sum")) > 0:  # every process stops at the same step
+                log(f"time limit {cfg.time_limit_s:.0f}s reached at step {step}")
+                break
 
     # DDP sanity check: every process's parameters must be identical after the same optimizer steps.
     local = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3
@@ -383,7 +400,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
             "in_sync": max(sums) - min(sums) == 0.0}, indent=1))
 
     final = None
-    if step >= cfg.max_steps:
+    timed_out = cfg.time_limit_s is not None and time.time() - t0 >= cfg.time_limit_s
+    if step >= cfg.max_steps or (timed_out and stop_after is None):
         _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
         if accelerator.is_main_process:
             final = save_final(cfg, accelerator.unwrap_model(module), models, out / "final")
