@@ -537,6 +537,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", dest="output_dir", default=None, help="overrides output_dir")
     parser.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="overrides max_steps")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("--seed", type=int, default=None, help="overrides seed")
 
 
 def main(args: Any = None) -> int:
@@ -547,9 +548,11 @@ def main(args: Any = None) -> int:
         add_arguments(parser)
         args = parser.parse_args(args)
     overrides = {"output_dir": getattr(args, "output_dir", None) or getattr(args, "output", None),
-                 "max_steps": getattr(args, "max_steps", None)}
+                 "max_steps": getattr(args, "max_steps", None), "seed": getattr(args, "seed", None)}
     cfg = load_video_config(getattr(args, "config", None), overrides)
-    train(cfg, resume=getattr(args, "resume", None))
+    result = train(cfg, resume=getattr(args, "resume", None))
+    if result.get("final"):
+        print(f"trained video model: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
     return 0
 
 
