@@ -1,0 +1,165 @@
+"""Benchmark: control files -> finished mp4 with the warp backend, per stage, on this machine's CPU.
+
+Goal (issue 3): 49 frames at 512x512 from control files (examples/a.json + configs/camera/orbit.json
+on examples/astronaut.png) to a finished mp4 in <= 1.5 s wall on 2 CPU cores, and the softmax splat
+within 2x of ``torch.nn.functional.grid_sample`` (backward warping of the same frames along the same
+flow, the lower bound for this memory traffic), both measured in the same run.
+
+    python benchmarks/bench_render.py                 # median of 3 runs after one warm-up
+    python benchmarks/bench_render.py --repeats 5 --size 512 --frames 49 --json out.json
+
+Prints a table: per-stage seconds (parse, flow, splat, fill, encode), the end-to-end wall time of the
+same work through ``flowctrl generate``, the splat vs grid_sample ratio, and the peak resident memory.
+Nothing here is asserted; tests never time anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_stages(image_path: Path, arrows: Path, camera: Path, size: int, frames: int, out: Path) -> Dict[str, float]:
+    """One pass control files -> mp4 with a timer around every stage; returns seconds per stage."""
+    import torch
+
+    from flowctrl.controls import Controls
+    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
+    from flowctrl.pipelines.stage1 import compute_unified_flow
+    from flowctrl.render import render_warp
+    from flowctrl.video_io import write_video
+
+    t: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    image = load_image(image_path)
+    h0, w0 = image.shape[-2:]
+    controls = Controls.from_files(arrows=arrows, camera=camera, image_size=(h0, w0)).resized(size, size)
+    image = _resize_image(image, (size, size))
+    t["parse"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    unified = compute_unified_flow(image, controls, frames)
+    t["flow"] = time.perf_counter() - t0
+    result = render_warp(image, unified.flow, depth=unified.depth, valid=unified.valid, K=unified.K, w2c=unified.w2c)
+    t["splat"] = result.timings["splat"]
+    t["fill"] = result.timings["fill"]
+    t0 = time.perf_counter()
+    write_video(out, result.video[0], fps=8)
+    t["encode"] = time.perf_counter() - t0
+    t["total"] = sum(t.values())
+    t["_holes_fraction"] = float(result.holes.float().mean())
+    return t
+
+
+def splat_vs_grid_sample(image_path: Path, arrows: Path, camera: Path, size: int, frames: int,
+                         repeats: int) -> Dict[str, float]:
+    """Time the softmax splat and grid_sample on the same 49 frames of the same flow."""
+    import torch
+    import torch.nn.functional as F
+
+    from flowctrl.controls import Controls
+    from flowctrl.flow.warp import implementation, splat
+    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
+    from flowctrl.pipelines.stage1 import compute_unified_flow
+    from flowctrl.render import importance_from_depth
+
+    image = load_image(image_path)
+    controls = Controls.from_files(arrows=arrows, camera=camera, image_size=tuple(image.shape[-2:])).resized(size, size)
+    image = _resize_image(image, (size, size))
+    uf = compute_unified_flow(image, controls, frames)
+    flow = uf.flow[0].contiguous()  # (T,2,H,W)
+    src = image.expand(frames, -1, -1, -1).contiguous()
+    Z = importance_from_depth(uf.depth, K=uf.K, w2c=uf.w2c)[0].contiguous()  # (T,1,H,W)
+    H, W = size, size
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    grid = torch.stack([(xs + flow[:, 0]) * (2 / (W - 1)) - 1, (ys + flow[:, 1]) * (2 / (H - 1)) - 1], dim=-1)
+    with torch.no_grad():
+        splat(src, flow, weight=Z, mode="softmax", return_norm=True)  # warm-up / kernel build
+        F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        t_splat = _median_time(lambda: splat(src, flow, weight=Z, mode="softmax", return_norm=True), repeats)
+        t_grid = _median_time(lambda: F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros",
+                                                    align_corners=True), repeats)
+    return {"splat": t_splat, "grid_sample": t_grid, "ratio": t_splat / t_grid,
+            "splat_impl": implementation("splat", src, flow, Z)}
+
+
+def end_to_end_cli(image_path: Path, arrows: Path, camera: Path, size: int, frames: int, out: Path) -> float:
+    """Wall time of ``flowctrl generate`` (in this process, imports already warm)."""
+    from flowctrl.cli import main
+
+    t0 = time.perf_counter()
+    rc = main(["generate", "--image", str(image_path), "--arrows", str(arrows), "--camera", str(camera),
+               "--size", f"{size}x{size}", "--frames", str(frames), "-q", "-o", str(out)])
+    if rc != 0:
+        raise SystemExit(f"flowctrl generate failed with status {rc}")
+    return time.perf_counter() - t0
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default=str(REPO / "examples" / "astronaut.png"))
+    parser.add_argument("--arrows", default=str(REPO / "examples" / "a.json"))
+    parser.add_argument("--camera", default=str(REPO / "configs" / "camera" / "orbit.json"))
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--frames", type=int, default=49)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="no depth given")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = [Path(args.image), Path(args.arrows), Path(args.camera)]
+    for p in paths:
+        if not p.is_file():
+            raise SystemExit(f"bench_render: {p} not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.mp4"
+        run_stages(*paths, args.size, args.frames, out)  # warm-up: imports, kernel build, caches
+        runs = [run_stages(*paths, args.size, args.frames, out) for _ in range(args.repeats)]
+        stages = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        cli = statistics.median(end_to_end_cli(*paths, args.size, args.frames, Path(tmp) / f"cli{i}.mp4")
+                                for i in range(args.repeats))
+        cmp = splat_vs_grid_sample(*paths, args.size, args.frames, args.repeats)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    print(f"warp renderer: {args.frames} frames {args.size}x{args.size}, torch threads {torch.get_num_threads()}, "
+          f"cpu count {os.cpu_count()}, median of {args.repeats} (after 1 warm-up)")
+    print(f"{'stage':<28}{'seconds':>10}")
+    for key in ("parse", "flow", "splat", "fill", "encode", "total"):
+        print(f"{key:<28}{stages[key]:>10.3f}")
+    print(f"{'flowctrl generate (wall)':<28}{cli:>10.3f}   goal <= 1.5")
+    print(f"{'splat alone (' + cmp['splat_impl'] + ')':<28}{cmp['splat']:>10.3f}")
+    print(f"{'grid_sample (same data)':<28}{cmp['grid_sample']:>10.3f}")
+    print(f"{'splat / grid_sample':<28}{cmp['ratio']:>10.2f}   goal <= 2")
+    print(f"{'peak RSS (MB)':<28}{peak_mb:>10.0f}")
+    print(f"{'hole fraction':<28}{stages['_holes_fraction']:>10.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"stages": stages, "cli_wall": cli, "splat_vs_grid_sample": cmp,
+                                               "peak_rss_mb": peak_mb, "frames": args.frames, "size": args.size,
+                                               "threads": torch.get_num_threads()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
