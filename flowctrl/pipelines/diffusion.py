@@ -19,7 +19,6 @@ carry the CogVideoX VAE and the FlowCodec.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from flowctrl.errors import InputError, MissingWeightsError
-from flowctrl.models.transformer import COGVIDEOX_HINT, FlowCtrlTransformer
+from flowctrl.models.transformer import FlowCtrlTransformer
 
 logger = logging.getLogger("flowctrl")
 
@@ -107,7 +106,7 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
     ``text_encoder`` (T5). Counts transformer calls in ``self.num_function_evals``.
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->flow_codec->transformer->vae"
     _optional_components = ["tokenizer", "text_encoder", "vae", "flow_codec"]
 
     # Reused unchanged from diffusers' CogVideoX image-to-video pipeline.
@@ -215,7 +214,7 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
     def encode_flow(self, flow: torch.Tensor) -> torch.Tensor:
         """``flow (B, T, 2, H, W)`` px → flow latent ``(B, T', C_f, h, w)`` (FlowCodec, or scaled pixels)."""
         if self.flow_codec is not None:
-            return self.flow_codec.encode(flow)
+            return self.flow_codec.encode(flow.to(dtype=self.flow_codec.dtype))
         return flow / self.config.pixel_flow_scale
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -438,6 +437,9 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         elif cpu_offload == "sequential":
             self.enable_sequential_cpu_offload()
         elif device is not None:
+            if str(device).startswith("cuda") and not torch.cuda.is_available():
+                raise InputError.at(None, "device", f"'{device}' is not available on this machine",
+                                    "use the cpu preset / device: cpu, or run on a GPU machine")
             self.to(device)
         return self
 
