@@ -34,3 +34,15 @@ def test_rescale_with_camera_composition_and_zero_motion():
     assert abs(float(motion_strength(compose_flows(scaled, cam))) - 3.0) < 5e-3
     none, a0 = rescale_to_strength(torch.zeros_like(local), 1.0)
     assert a0 == 0.0 and none.abs().max() == 0
+
+
+def test_downsampled_strength_matches_full_resolution():
+    ys, xs = torch.meshgrid(torch.arange(200).float(), torch.arange(300).float(), indexing="ij")
+    T = 4
+    f = torch.zeros(1, T, 2, 200, 300)
+    for t in range(T):
+        f[0, t, 0] = t * (1.0 + 0.5 * torch.sin(ys / 30))
+        f[0, t, 1] = t * 0.7 * torch.cos(xs / 40)
+    full = motion_strength(f, max_side=None)
+    fast = motion_strength(f)  # long side 300 → 128
+    assert abs(float(fast) - float(full)) < 0.005 * float(full)

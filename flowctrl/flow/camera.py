@@ -79,20 +79,24 @@ def camera_flow(
         torch.arange(w, dtype=torch.float64, device=depth.device),
         indexing="ij",
     )
-    grid = torch.stack([xs, ys], dim=-1)
+    grid = torch.stack([xs, ys], dim=0).reshape(1, 2, h * w)
+    X0 = pts0.reshape(b, h * w, 3).transpose(1, 2)  # (B, 3, HW)
+    w2c = w2c.to(torch.float64)
     flows, valids = [], []
     for i in range(t):
-        pts = _move(pts0, w2c[:, i])
-        z = pts[..., 2]
-        safe = torch.where((z > MIN_DEPTH)[..., None], pts, torch.ones_like(pts))  # no division by ~0 behind the camera
-        hom = Kt[:, i] @ safe.reshape(b, h * w, 3).transpose(1, 2)
-        proj = (hom[:, :2] / hom[:, 2:]).transpose(1, 2).reshape(b, h, w, 2)
-        valid = (z > MIN_DEPTH) & (proj[..., 0] > -0.5) & (proj[..., 0] < w - 0.5)
-        valid = valid & (proj[..., 1] > -0.5) & (proj[..., 1] < h - 0.5)
+        # K_t (R_t X + t_t) in one 3x3 product; K's last row is (0, 0, 1), so row 2 is the z-depth
+        hom = (Kt[:, i] @ w2c[:, i, :3, :3]) @ X0 + (Kt[:, i] @ w2c[:, i, :3, 3:])
+        z = hom[:, 2]
+        safe_z = torch.where(z > MIN_DEPTH, z, torch.ones_like(z))  # no division by ~0 behind the camera
+        proj = hom[:, :2] / safe_z[:, None]  # (B, 2, HW)
+        valid = (z > MIN_DEPTH) & (proj[:, 0] > -0.5) & (proj[:, 0] < w - 0.5)
+        valid = valid & (proj[:, 1] > -0.5) & (proj[:, 1] < h - 0.5)
         if occlusion:
-            valid = valid & ~_occluded(proj.detach()[:, None], z.detach()[:, None], valid[:, None])[:, 0]
-        flows.append((proj - grid).permute(0, 3, 1, 2).to(torch.float32))
-        valids.append(valid[:, None])
+            occ = _occluded(proj.detach().transpose(1, 2).reshape(b, 1, h, w, 2), z.detach().reshape(b, 1, h, w),
+                            valid.reshape(b, 1, h, w))
+            valid = valid & ~occ.reshape(b, h * w)
+        flows.append((proj - grid).reshape(b, 2, h, w).to(torch.float32))
+        valids.append(valid.reshape(b, 1, h, w))
     return torch.stack(flows, dim=1), torch.stack(valids, dim=1)
 
 
@@ -153,7 +157,7 @@ def plucker_rays(K: torch.Tensor, w2c: torch.Tensor, height: int, width: int) ->
     )
     p = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).reshape(3, -1)
     dirs = R.transpose(-1, -2) @ torch.linalg.inv(Kt) @ p  # (B, T, 3, HW)
-    dirs = dirs / dirs.norm(dim=2, keepdim=True)
+    dirs = dirs / torch.sqrt((dirs * dirs).sum(dim=2, keepdim=True))
     moment = torch.cross(origin[..., :, None].expand_as(dirs), dirs, dim=2)
     rays = torch.cat([moment, dirs], dim=2).reshape(b, t, 6, height, width)
     return rays.to(torch.float32)

@@ -62,15 +62,20 @@ def to_reference(consecutive: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-def invert_positions(flow: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+def invert_positions(flow: torch.Tensor, iterations: int = 20, tolerance: float = 1e-3) -> torch.Tensor:
     """For ``flow (N, 2, H, W)`` return ``u (N, 2, H, W)`` with ``q + u(q) = p`` and ``p + flow(p) = q``.
 
     Fixed-point iteration ``u ← −flow(q + u)``; converges where the flow is locally contracting
-    (``‖∇flow‖ < 1``), i.e. for any motion that does not fold the image.
+    (``‖∇flow‖ < 1``), i.e. for any motion that does not fold the image. Stops early once no pixel
+    changes by more than ``tolerance`` pixels.
     """
     u = -flow
     for _ in range(iterations):
-        u = -backward_warp(flow, u, padding="border")
+        nxt = -backward_warp(flow, u, padding="border")
+        done = bool((nxt - u).abs().max() <= tolerance)
+        u = nxt
+        if done:
+            break
     return u
 
 

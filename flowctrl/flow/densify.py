@@ -98,8 +98,9 @@ def gaussian_densify(
             dense = num / den.clamp_min(1.0)
             dense = torch.where(m[bi] > 0, values[bi], dense)  # control pixels interpolate exactly
         else:
-            peak = (pv.norm(dim=1, keepdim=True)).amax(dim=2, keepdim=True)  # (T, 1, 1)
-            keep = num.norm(dim=1, keepdim=True) > threshold * peak
+            # explicit hypot: torch's strided vector_norm over the channel dim is very slow on CPU
+            peak = torch.hypot(pv[:, 0], pv[:, 1]).amax(dim=1)[:, None, None]  # (T, 1, 1)
+            keep = torch.hypot(num[:, 0], num[:, 1])[:, None] > threshold * peak
             dense = num * keep
         out.append(dense)
     return torch.stack(out).reshape(b, t, 2, h, w)

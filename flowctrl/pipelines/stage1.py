@@ -236,7 +236,7 @@ def compute_unified_flow(
     if controls.static_mask is not None:
         static = controls.static_mask.reshape(1, 1, H, W)
         local = local * (1.0 - static.to(local.dtype)[:, None])
-    acting = (local.norm(dim=2, keepdim=True) > 1e-6).any(dim=1, keepdim=True) | (smask > 0).any(dim=1, keepdim=True)
+    acting = (local != 0).any(dim=2, keepdim=True).any(dim=1, keepdim=True) | (smask > 0).any(dim=1, keepdim=True)
     if controls.motion_mask is not None:
         acting = acting & controls.motion_mask.reshape(1, 1, 1, H, W)
     local_mask = acting.expand(1, T, 1, H, W).float()
