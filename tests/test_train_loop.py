@@ -1,0 +1,179 @@
+"""Training: a tiny FGM+CRM overfits, resume after a kill is bit-exact, 2-process DDP stays in sync,
+the trained folder loads in the pipeline, config errors are one line."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from flowctrl.cli import main as cli_main
+from flowctrl.errors import ConfigError, MissingWeightsError
+from flowctrl.models.crm import CameraReferenceModel
+from flowctrl.models.fgm import FlowGenerationModel, sparse_condition
+from flowctrl.train.config import load_config
+from flowctrl.train.flow_loop import diffusion_loss, make_scheduler, read_metrics, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_RUN = {
+    "model": "fgm", "seed": 0, "max_steps": 6, "batch_size": 1, "learning_rate": 1e-3, "checkpoint_every": 3,
+    "log_every": 100,
+    "data": {"source": "synthetic", "num_scenes": 3, "num_frames": 9, "height": 32, "width": 32},
+    "codec": {"latent_channels": 4, "block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4},
+    "fgm": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8, "time_embed_dim": 32},
+    "crm": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8, "time_embed_dim": 32},
+}
+
+
+def _config(tmp_path, name="run", **over):
+    data = {**TINY_RUN, "output_dir": str(tmp_path / name), **over}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_tiny_fgm_crm_overfits_a_fixed_batch():
+    from flowctrl.train.scenes import SceneConfig, render_scene
+
+    torch.manual_seed(0)
+    cfg = load_config(None, {"scheduler": {"prediction_type": "v_prediction"}})
+    sched = make_scheduler(cfg)
+    tiny = dict(num_attention_heads=2, attention_head_dim=8, time_embed_dim=32, num_layers=1,
+                sample_height=4, sample_width=4, sample_frames=9)
+    crm = CameraReferenceModel(**tiny)
+    fgm = FlowGenerationModel(**tiny, reference_dim=16)
+    clip = render_scene(0, SceneConfig(num_frames=9, height=32, width=32))
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(1, 9, 1, 32, 32, generator=g) > 0.97).float()
+    from flowctrl.flow.camera import plucker_rays
+
+    batch = {  # everything fixed, noise and timesteps included: the model can memorise it
+        "latents": torch.randn(2, 3, 4, 4, 4, generator=g),
+        "image_latents": torch.randn(2, 1, 4, 4, 4, generator=g),
+        "condition": sparse_condition(clip.flow[None] * mask, mask, 8.0).expand(2, -1, -1, -1, -1),
+        "strength": torch.tensor([1.0, 2.0]),
+        "plucker": plucker_rays(clip.K[None], clip.w2c[None], 32, 32).expand(2, -1, -1, -1, -1),
+        "noise": torch.randn(2, 3, 4, 4, 4, generator=g),
+        "timesteps": torch.tensor([100, 600]),
+    }
+    opt = torch.optim.Adam(list(fgm.parameters()) + list(crm.parameters()), lr=3e-3)
+    losses = []
+    for _ in range(250):
+        loss = diffusion_loss(fgm, crm, sched, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+    # the CRM took part: its reference gates left zero
+    assert fgm.transformer_blocks[0].attn1.processor.ref_out.weight.abs().sum() > 0
+
+
+def _wait_for(pred, timeout=120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_loss_curve(tmp_path):
+    cfg_a = load_config(str(_config(tmp_path, "a", max_steps=8, checkpoint_every=3)))
+    train(cfg_a, log=lambda m: None)
+    full = [r["loss"] for r in read_metrics(tmp_path / "a")]
+    assert len(full) == 8
+
+    path_b = _config(tmp_path, "b", max_steps=8, checkpoint_every=3)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "flowctrl", "train", "flow", "--config", str(path_b)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "b" / "checkpoints" / "checkpoint-3"
+    got = _wait_for(lambda: ckpt.is_dir() and len(read_metrics(tmp_path / "b")) >= 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert got, "the run never reached its first checkpoint"
+    assert not (tmp_path / "b" / "final").exists()
+    killed_at = len(read_metrics(tmp_path / "b"))
+    assert 4 <= killed_at < 8 or (tmp_path / "b" / "final").exists()
+    rc = cli_main(["train", "flow", "--config", str(path_b), "--resume", "latest"])
+    assert rc == 0
+    resumed = [r["loss"] for r in read_metrics(tmp_path / "b")]
+    assert resumed == full  # bit-exact: same floats, step for step
+    assert (tmp_path / "b" / "final" / "flow_pipeline.json").is_file()
+
+
+def test_trained_folder_loads_in_the_pipeline(tmp_path):
+    from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
+
+    cfg = load_config(str(_config(tmp_path, "p", max_steps=2, checkpoint_every=5)))
+    res = train(cfg, log=lambda m: None)
+    pipe = FlowGenerationPipeline.from_pretrained(res["final"])
+    assert pipe.crm is not None and pipe.fgm.config.reference_dim == pipe.crm.hidden_dim
+    g = torch.Generator().manual_seed(0)
+    sparse = torch.zeros(1, 9, 2, 32, 32)
+    mask = torch.zeros(1, 9, 1, 32, 32)
+    sparse[:, :, 0, 10, 10], mask[:, :, :, 10, 10] = torch.linspace(0, 4, 9).view(1, 9), 1
+    w2c = torch.eye(4).repeat(1, 9, 1, 1)
+    w2c[0, :, 0, 3] = torch.linspace(0, 0.2, 9)
+    unified = SimpleNamespace(flow=torch.zeros(1, 9, 2, 32, 32), sparse_flow=sparse, sparse_mask=mask, num_frames=9,
+                              size=(32, 32), K=torch.tensor([[[30.0, 0, 16], [0, 30, 16], [0, 0, 1]]]), w2c=w2c)
+    steps = []
+    flow = pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=3, generator=g,
+                callback=lambda stage, done, total: steps.append((stage, done, total)))
+    assert flow.shape == (1, 9, 2, 32, 32) and torch.isfinite(flow).all() and torch.equal(flow[:, 0], torch.zeros_like(flow[:, 0]))
+    assert steps[-1] == ("flow_model", 3, 3)
+    again = pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                 sampler="dpm", guidance_scale=1.0)
+    assert again.shape == flow.shape
+    with pytest.raises(MissingWeightsError, match="flow_pipeline.json"):
+        FlowGenerationPipeline.from_pretrained(tmp_path / "nothing")
+
+
+def test_refiner_run_and_pipeline(tmp_path):
+    from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
+
+    path = _config(tmp_path, "r", model="refiner", max_steps=3, refiner={"channels": [8, 16, 16]},
+                   data={**TINY_RUN["data"], "condition": {"mode": "random"}})
+    res = train(load_config(str(path)), log=lambda m: None)
+    pipe = FlowGenerationPipeline.from_pretrained(res["final"])
+    sparse = torch.zeros(1, 4, 2, 24, 24)
+    mask = torch.zeros(1, 4, 1, 24, 24)
+    sparse[:, 1:, 0, 5, 5], mask[:, 1:, :, 5, 5] = 3.0, 1
+    unified = SimpleNamespace(flow=torch.zeros(1, 4, 2, 24, 24), sparse_flow=sparse, sparse_mask=mask, num_frames=4,
+                              size=(24, 24), camera_flow=None)
+    assert pipe(torch.rand(1, 3, 24, 24), unified).shape == (1, 4, 2, 24, 24)  # 24 is padded to 32 inside
+
+
+def test_two_process_cpu_ddp_through_accelerate_launch(tmp_path):
+    path = _config(tmp_path, "ddp", max_steps=3, checkpoint_every=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
+           "-m", "flowctrl", "train", "flow", "--config", str(path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 3
+    assert summary["in_sync"] and summary["param_checksums"][0] == summary["param_checksums"][1]
+    assert (tmp_path / "ddp" / "final" / "fgm" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: fgm\nlearning_rte: 1.0\n")
+    with pytest.raises(ConfigError, match="learning_rte: is not a known key"):
+        load_config(str(bad))
+    assert cli_main(["train", "flow", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+    bad.write_text("model: gan\n")
+    with pytest.raises(ConfigError, match="model"):
+        load_config(str(bad))
+    assert cli_main(["train", "flow", "--config", str(tmp_path / "missing.yaml")]) == 2
