@@ -21,11 +21,12 @@ def test_flow_command_writes_flow_video_and_overlay(inputs, capsys):
     out = inputs / "out" / "flow.safetensors"
     out.parent.mkdir()
     rc = main(["flow", "--image", str(inputs / "img.png"), "--arrows", str(inputs / "a.json"), "--camera", "orbit",
-               "--frames", "5", "-o", str(out), "--quiet"])
+               "--frames", "5", "-o", str(out), "--quiet", "--all-tensors"])
     assert rc == 0
     data = load_flow_file(out)
     assert data["flow"].shape == (1, 5, 2, 48, 64)
-    assert {"valid", "local_mask", "sparse_flow", "sparse_mask", "depth", "K", "w2c"} <= set(data)
+    assert {"valid", "local_mask", "sparse_flow", "sparse_mask", "depth", "K", "K_frames", "w2c"} <= set(data)
+    assert data["valid"].dtype == torch.uint8 and data["w2c"].shape == (1, 5, 4, 4)
     # the arrow's start pixel (no camera: check the local component) moved by displacement × strength
     assert torch.equal(data["local_flow"][0, -1, :, 30, 20], torch.tensor([10.5, -6.0]))
     assert (inputs / "out" / "flow_flow.mp4").stat().st_size > 0 and (inputs / "out" / "flow_controls.png").is_file()

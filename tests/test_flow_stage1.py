@@ -141,3 +141,10 @@ def test_bad_arguments_are_user_errors():
         compute_unified_flow(torch.rand(3, H, W), None, 4)
     with pytest.raises(FlowCtrlError, match="densify"):
         compute_unified_flow(_img(), None, 4, densify="bilateral")
+
+
+def test_unified_flow_to_keeps_bool_masks():
+    uf = compute_unified_flow(_img(), Controls(arrows=[Arrow(start=(5, 5), end=(9, 5))], image_size=(H, W)), 3)
+    half = uf.to("cpu", torch.float64)
+    assert half.flow.dtype == torch.float64 and half.valid.dtype == torch.bool and half.num_frames == 3
+    assert half.size == (H, W) and set(uf.tensors()) >= {"flow", "valid", "local_mask", "sparse_flow", "sparse_mask"}

@@ -21,7 +21,8 @@ FLOW_SUFFIXES = (".safetensors", ".npy", ".flo")
 HELP = "compute the unified optical flow of an image and its controls (stage 1) and save it"
 EPILOG = """\
 outputs:
-  -o flow.safetensors   flow (1,T,2,H,W) pixels + valid/local_mask/sparse/depth/K/w2c tensors
+  -o flow.safetensors   flow (1,T,2,H,W) pixels + valid/local_mask (uint8), depth, K, K_frames, w2c
+                        (--all-tensors adds sparse_flow/sparse_mask and the local/camera components)
   -o flow.npy | .flo    the flow alone (.flo: one Middlebury record per frame)
   --viz                 color-wheel video (default: <output stem>_flow.mp4; .gif or a folder also work)
   --overlay             PNG with the controls drawn over the image and the last frame's flow
@@ -61,6 +62,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-viz", action="store_true", help="do not write the visualization video")
     p.add_argument("--overlay", help="PNG of the controls drawn over the image (default <output stem>_controls.png)")
     p.add_argument("--fps", type=float, default=8.0, help="visualization frame rate (default 8)")
+    p.add_argument("--all-tensors", action="store_true",
+                   help="also save sparse_flow/sparse_mask (the FGM condition) and the local/camera components (.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -176,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                                     num_frames=args.frames)
             _write_png(outputs["--overlay"], overlay)
             written.append(outputs["--overlay"])
-        extras = {k: v for k, v in uf.tensors().items() if k != "flow"}
+        extras = _extras(uf, args.all_tensors)
         meta = {"frames": str(args.frames), "height": str(H), "width": str(W), "image": str(args.image),
                 "motion_strength": f"{uf.motion_strength():.6g}", "strength_scale": f"{uf.strength_scale:.6g}"}
         save_flow(out, uf.flow, extras=extras if out.suffix.lower() == ".safetensors" else None, metadata=meta)
@@ -189,6 +192,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"flowctrl flow: wrote {out} ({args.frames}x{H}x{W}, M_s {ms:.3g} px/frame)"
               + (f", {outputs['--viz']}, {outputs['--overlay']}" if not args.no_viz else ""), file=sys.stderr)
     return 0
+
+
+BASIC_EXTRAS = ("valid", "local_mask", "depth", "K", "K_frames", "w2c")
+MASKS = ("valid", "local_mask", "sparse_mask")
+
+
+def _extras(uf: Any, everything: bool) -> Dict[str, Any]:
+    """Tensors saved beside the flow; masks as uint8 (the full set is ~4x the flow's size)."""
+    import torch
+
+    out = {}
+    for name, value in uf.tensors().items():
+        if name == "flow" or (not everything and name not in BASIC_EXTRAS):
+            continue
+        out[name] = (value > 0.5).to(torch.uint8) if name in MASKS else value
+    return out
 
 
 def _write_png(path: Path, image_chw: Any) -> None:

@@ -80,14 +80,13 @@ class UnifiedFlow:
         """Eq. 8 of the unified flow, pixels per frame."""
         return float(motion_strength(self.flow)[0])
 
-    def to(self, *args, **kwargs) -> "UnifiedFlow":
-        """A copy with every tensor moved / cast like ``Tensor.to`` (bool masks keep their dtype)."""
+    def to(self, device: Union[None, str, torch.device] = None, dtype: Optional[torch.dtype] = None) -> "UnifiedFlow":
+        """A copy on ``device``; floating tensors cast to ``dtype`` when given (bool masks stay bool)."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor):
-                v = v.to(device=kwargs.get("device", args[0] if args and not isinstance(args[0], torch.dtype) else None)) \
-                    if v.dtype == torch.bool else v.to(*args, **kwargs)
+                v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
             out[f.name] = v
         return UnifiedFlow(**out)
 
