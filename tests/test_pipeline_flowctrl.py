@@ -1,5 +1,4 @@
 """FlowCtrlPipeline: inputs of every kind, controls from Python, determinism, backends, flow model hook."""
-import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from flowctrl.pipelines import FlowCtrlOutput, FlowCtrlPipeline, WarpBackend, av
 from flowctrl.pipelines import backends as backends_module
 from flowctrl.pipelines.flowctrl_pipeline import default_size, load_image, resolve_size
 
-warnings.filterwarnings("ignore", message="no depth given")
+pytestmark = pytest.mark.filterwarnings("ignore:no depth given")
 
 
 def _uint8_image(h=24, w=32):

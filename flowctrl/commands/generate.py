@@ -273,6 +273,18 @@ def _write_png(path: Path, image_chw: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    with warnings.catch_warnings():
+        # Library warnings (e.g. "no depth given: using a plane") as one plain line each.
+        def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            print(f"flowctrl generate: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+        warnings.showwarning = show
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     plan = _validate(args)
     import torch
 

@@ -28,7 +28,6 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.utils import BaseOutput
 
 from flowctrl.errors import FlowCtrlError, InputError
 from flowctrl.pipelines.backends import RenderBackend, WarpBackend, get_backend, resolve_backend_factory
@@ -42,8 +41,10 @@ SIZE_MULTIPLE = 8
 
 
 @dataclass
-class FlowCtrlOutput(BaseOutput):
-    """What :class:`FlowCtrlPipeline` returns.
+class FlowCtrlOutput:
+    """What :class:`FlowCtrlPipeline` returns (indexable like diffusers' ``BaseOutput``: by name, or by
+    position over the fields that are not None; ``to_tuple()``). diffusers itself is not imported:
+    it pulls in ``torch._dynamo`` and would add seconds to every CLI start.
 
     frames: ``(T, H, W, 3)`` uint8 numpy array (indexable frame by frame).
     video: ``(1, T, 3, H, W)`` float32 in [0, 1].
@@ -57,6 +58,17 @@ class FlowCtrlOutput(BaseOutput):
     flow: Optional[torch.Tensor] = None
     depth: Optional[torch.Tensor] = None
     masks: Optional[Dict[str, torch.Tensor]] = None
+
+    def to_tuple(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+
+    def __getitem__(self, key: Union[str, int]) -> Any:
+        if isinstance(key, str):
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def keys(self) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
 
 
 def default_size(height: int, width: int, max_side: int = DEFAULT_LONG_SIDE,
