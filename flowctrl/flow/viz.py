@@ -123,8 +123,10 @@ def draw_controls(image: torch.Tensor, controls: object, flow: Optional[torch.Te
         track = torch.as_tensor(arrow.track(num_frames), dtype=torch.float64)
         s = torch.as_tensor(arrow.start, dtype=torch.float64)
         e = s + track[-1]
-        cv2.arrowedLine(canvas, (int(round(float(s[0]))), int(round(float(s[1])))),
-                        (int(round(float(e[0]))), int(round(float(e[1])))), (230, 30, 30), thick, cv2.LINE_AA, tipLength=0.2)
+        a0 = (int(round(float(s[0]))), int(round(float(s[1]))))
+        a1 = (int(round(float(e[0]))), int(round(float(e[1]))))
+        cv2.arrowedLine(canvas, a0, a1, (255, 255, 255), thick + 2, cv2.LINE_AA, tipLength=0.2)  # halo: visible on any colour
+        cv2.arrowedLine(canvas, a0, a1, (230, 30, 30), thick, cv2.LINE_AA, tipLength=0.2)
     for drag in getattr(controls, "drags", None) or []:
         pts = np.round(np.asarray(drag.points, np.float64)).astype(np.int32).reshape(-1, 2)
         cv2.polylines(canvas, [pts], False, (30, 90, 230), thick, cv2.LINE_AA)
@@ -147,7 +149,7 @@ def draw_controls(image: torch.Tensor, controls: object, flow: Optional[torch.Te
             cv2.drawContours(canvas, contours, -1, (240, 220, 0), thick, cv2.LINE_AA)
     camera = getattr(controls, "camera", None)
     if camera is not None and getattr(camera, "w2c", None) is not None:
-        size = max(48, min(h, w) // 3)
+        size = max(48, min(h, w) // 4)
         if size < min(h, w):
             canvas[h - size - 4:h - 4, w - size - 4:w - 4] = _camera_inset(camera.w2c, size)
     out = torch.from_numpy(canvas).permute(2, 0, 1).float() / 255.0
