@@ -197,3 +197,10 @@ def test_backend_registry_and_missing_backends(monkeypatch, tmp_path):
     # a lazily registered backend resolves on first use only
     monkeypatch.setitem(backends_module._REGISTRY, "warp2", "flowctrl.pipelines.backends:WarpBackend")
     assert isinstance(FlowCtrlPipeline(backend="warp2").backend, WarpBackend)
+
+
+def test_output_indexes_like_a_diffusers_output():
+    out = FlowCtrlPipeline()(_uint8_image(), num_frames=2, return_flow=False)
+    assert out.flow is None and out.masks is None
+    assert out.keys() == ("frames", "video")
+    assert out["frames"] is out.frames and out[1] is out.video and len(out.to_tuple()) == 2
