@@ -20,7 +20,7 @@ import logging
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -31,6 +31,9 @@ from flowctrl.flow.compose import compose_flows
 from flowctrl.flow.densify import THRESHOLD_R, default_sigma, gaussian_densify
 from flowctrl.flow.sparse import pose_tracks, sparse_flow_from_tracks, tracks_from_controls
 from flowctrl.flow.strength import motion_strength, rescale_to_strength
+
+if TYPE_CHECKING:  # controls import the flow math, not the other way round at import time
+    from flowctrl.controls import Controls
 
 logger = logging.getLogger("flowctrl")
 
@@ -155,11 +158,11 @@ def _load_video(ref_video, num_frames: int, height: int, width: int) -> torch.Te
 
 def compute_unified_flow(
     image: torch.Tensor,
-    controls=None,
+    controls: Optional["Controls"] = None,
     num_frames: int = 16,
     *,
     depth: Union[None, str, Path, torch.Tensor] = None,
-    depth_model=None,
+    depth_model: Union[None, str, Path, Callable[[torch.Tensor], torch.Tensor]] = None,
     densify: str = "normalized",
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callback] = None,
