@@ -1,6 +1,4 @@
 """Camera flow: reprojection against closed forms and a real stereo pair; visibility; Plücker rays."""
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -1,9 +1,7 @@
 """Property-based checks (hypothesis) of the flow math's exact identities."""
-import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -1,7 +1,6 @@
 """Sparse flow (eq. 5) and Gaussian densification (eq. 6-7)."""
 import math
 
-import pytest
 import torch
 
 from flowctrl.flow.densify import default_radius, default_sigma, gaussian_densify

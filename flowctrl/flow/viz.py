@@ -6,7 +6,7 @@ Color wheel: hue = flow direction (right = red, down = yellow-green side, as in 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
