@@ -49,8 +49,9 @@ def push_pull_fill(video: torch.Tensor, known: torch.Tensor, eps: float = 1e-8) 
     c_top, w_top = levels[-1]
     color = c_top / w_top.clamp(min=eps)
     for c_l, w_l in reversed(levels[:-1]):
-        up = F.interpolate(color, size=c_l.shape[-2:], mode="bilinear", align_corners=False)
-        color = c_l + (1.0 - w_l) * up
+        # coarse pixel i covers fine pixels 2i, 2i+1 (odd sizes were zero-padded): exact 2x, then crop
+        up = F.interpolate(color, scale_factor=2, mode="bilinear", align_corners=False)
+        color = c_l + (1.0 - w_l) * up[..., : c_l.shape[-2], : c_l.shape[-1]]
     # Known pixels exactly as given (c = video * 1 + 0 * up, but keep bit-exactness explicit).
     return torch.where(known >= 1, video, color)
 
@@ -66,8 +67,10 @@ def _pool_sum(x: torch.Tensor) -> torch.Tensor:
 def _push_pull_sparse(c: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """Filled colour of one pyramid level from premultiplied colour ``c`` and weight ``w`` <= 1.
 
-    Overwrites ``c``. Only pixels with ``w < 1`` receive the pushed coarse colour, gathered
-    sparsely, so each level costs about one pass over its pixels plus the (few) hole pixels.
+    Overwrites ``c``. The push step (bilinear upsampling of the coarser level, blended in where
+    ``w < 1``) runs per frame only inside the bounding box of that frame's partial/missing pixels
+    (plus one coarse pixel of margin, so the result equals a full-frame upsample), so a level costs
+    about one pass over its pixels plus the area around its holes.
     """
     N, C, h, wd = c.shape
     if (h == 1 and wd == 1) or bool((w > 0).all()):
@@ -76,35 +79,53 @@ def _push_pull_sparse(c: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Ten
     w_next = sum_w.clamp(max=1.0)
     c_next = _pool_sum(c).mul_(w_next / sum_w.clamp(min=eps))
     color_next = _push_pull_sparse(c_next, w_next, eps)
-    n_idx, _, y_idx, x_idx = torch.nonzero(w < 1, as_tuple=True)
     h1, w1 = color_next.shape[-2:]
-    # bilinear upsampling (align_corners=False) evaluated at the partial / missing pixels only
-    sy = ((y_idx.to(c.dtype) + 0.5) * (h1 / h) - 0.5).clamp(0, h1 - 1)
-    sx = ((x_idx.to(c.dtype) + 0.5) * (w1 / wd) - 0.5).clamp(0, w1 - 1)
-    y0 = sy.floor().long()
-    x0 = sx.floor().long()
-    y1 = (y0 + 1).clamp(max=h1 - 1)
-    x1 = (x0 + 1).clamp(max=w1 - 1)
-    fy = (sy - y0).unsqueeze(1)
-    fx = (sx - x0).unsqueeze(1)
-    flat = color_next.permute(0, 2, 3, 1).reshape(-1, C)
-    base = n_idx * (h1 * w1)
-    up = ((flat[base + y0 * w1 + x0] * (1 - fx) + flat[base + y0 * w1 + x1] * fx) * (1 - fy)
-          + (flat[base + y1 * w1 + x0] * (1 - fx) + flat[base + y1 * w1 + x1] * fx) * fy)  # (K, C)
-    view = c.permute(0, 2, 3, 1)
-    missing = (1.0 - w[n_idx, 0, y_idx, x_idx]).unsqueeze(1)
-    view[n_idx, y_idx, x_idx] = view[n_idx, y_idx, x_idx] + missing * up
+    partial = w[:, 0] < 1  # (N, h, wd)
+    rows = partial.any(dim=2)  # (N, h)
+    cols = partial.any(dim=1)  # (N, wd)
+    has = rows.any(dim=1)
+    for n in torch.nonzero(has).flatten().tolist():
+        ys = torch.nonzero(rows[n]).flatten()
+        xs = torch.nonzero(cols[n]).flatten()
+        y_lo, y_hi, x_lo, x_hi = int(ys[0]), int(ys[-1]), int(xs[0]), int(xs[-1])
+        # coarse crop [a, b) x [l, r) with one pixel of margin; fine pixels 2a .. 2b-1 map into it
+        a, b = max(0, y_lo // 2 - 1), min(h1, (y_hi + 1) // 2 + 2)
+        l, r = max(0, x_lo // 2 - 1), min(w1, (x_hi + 1) // 2 + 2)
+        up = _upsample2x(color_next[n:n + 1, :, a:b, l:r])  # fine rows 2a.., cols 2l..
+        fy0, fx0 = y_lo - 2 * a, x_lo - 2 * l
+        up = up[0, :, fy0:fy0 + (y_hi - y_lo + 1), fx0:fx0 + (x_hi - x_lo + 1)]
+        cw = c[n, :, y_lo:y_hi + 1, x_lo:x_hi + 1]
+        ww = w[n, :, y_lo:y_hi + 1, x_lo:x_hi + 1]
+        cw.add_(up * (1.0 - ww))
     return c
+
+
+def _upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Exact 2x bilinear upsampling (``align_corners=False``) of a crop ``(1, C, h, w)`` -> ``(1, C, 2h, 2w)``.
+
+    Fine pixel ``2i`` samples coarse ``i - 1/4`` and ``2i + 1`` samples ``i + 1/4``. At crop sides that
+    are image borders the coarse image is edge-clamped (as ``F.interpolate``); elsewhere the outermost
+    fine pixels are only approximate and the caller keeps a margin.
+    """
+    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+        n = t.shape[dim]
+        prev = torch.cat([t.narrow(dim, 0, 1), t.narrow(dim, 0, n - 1)], dim)  # t[i-1], edge-clamped
+        nxt = torch.cat([t.narrow(dim, 1, n - 1), t.narrow(dim, n - 1, 1)], dim)  # t[i+1]
+        even = 0.75 * t + 0.25 * prev
+        odd = 0.75 * t + 0.25 * nxt
+        return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
+
+    return along(along(x, 2), 3)
 
 
 def push_pull_fill_holes(video: torch.Tensor, holes: torch.Tensor, inplace: bool = False,
                          eps: float = 1e-8) -> torch.Tensor:
     """Push-pull fill for a binary hole mask: the same result as :func:`push_pull_fill` with
-    ``known = ~holes`` (to float rounding), computed sparsely.
+    ``known = ~holes`` (to float rounding), computed with less work.
 
-    Every level's push step evaluates the upsampled coarser colour only at that level's partial or
-    missing pixels (gathered), so the cost is about one pass per level plus the hole pixels,
-    instead of a dense upsample-and-blend per level. Known pixels are returned bit-exact.
+    The pull step is one pass per level; the push step upsamples the coarser level only inside each
+    frame's bounding box of partial/missing pixels (see :func:`_push_pull_sparse`), so frames whose
+    holes are a border strip cost little beyond the pull. Known pixels are returned bit-exact.
 
     Args:
         video: ``(N, C, H, W)`` float frames.
