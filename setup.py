@@ -46,7 +46,7 @@ def _cuda_extension_kwargs() -> dict:
         "flowctrl_cuda._C",
         sources=[f"{csrc}/{name}" for name in ("bindings.cpp", "warp.cu", "splat.cu", "freq_adaptor.cu")],
         include_dirs=[os.path.abspath(csrc)],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-std=c++17"]},
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
     )
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension}}
 

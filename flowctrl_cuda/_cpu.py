@@ -30,7 +30,7 @@ logger = logging.getLogger("flowctrl")
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_ops.cpp"
 # -ffp-contract=off keeps a*b+c as two roundings like PyTorch's elementwise ops, so the results
 # track the reference bit for bit in most pixels.
-FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-math-errno"]
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 _MODES = {"sum": 0, "avg": 1, "softmax": 2}
 
 _lib: Optional[ctypes.CDLL] = None

@@ -28,7 +28,7 @@ logger = logging.getLogger("flowctrl")
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CUDA_SOURCES = ["bindings.cpp", "warp.cu", "splat.cu", "freq_adaptor.cu"]
-NVCC_FLAGS = ["-O3", "-std=c++17"]
+NVCC_FLAGS = ["-O3"]  # torch adds its -std (c++20 for torch 2.13); the .cu files build with 17 and 20
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_FRAMES = 32  # csrc/freq_adaptor.cu kMaxFrames
 _MODES = {"sum": 0, "avg": 1, "softmax": 2}

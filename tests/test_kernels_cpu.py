@@ -126,3 +126,16 @@ def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
         out = flowctrl_cuda.splat(x, flow, mode="avg")
     torch.testing.assert_close(out, R.splat(x, flow, mode="avg"))
     assert flowctrl_cuda.implementation("splat", x, flow) == "reference"
+
+
+def test_cpu_softmax_exp_matches_reference_over_the_whole_range():
+    # importance far below the max (underflow to denormals and 0), the polynomial's range edges,
+    # and exactly representable values: the compiled exp must agree with torch.exp's semantics
+    x, flow, _ = _inputs((2, 3, 10, 12), seed=12, scale=0.3)
+    z = torch.linspace(-120.0, 0.0, 2 * 10 * 12).view(2, 1, 10, 12)
+    z[0, 0, 0, :4] = torch.tensor([-87.0, -86.99, -87.01, 88.0]) - 88.0
+    a = _cpu.splat(x, flow, z, "softmax", True)
+    b = R.splat(x, flow, z, "softmax", True)
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[1], b[1], atol=1e-12, rtol=1e-5)
+    assert torch.equal(a[1] == 0, b[1] == 0)

@@ -24,7 +24,7 @@ def test_cuda_sources_are_present():
 @pytest.mark.parametrize("source", CU_FILES, ids=lambda p: p.name)
 def test_cu_file_compiles_for_sm80_and_sm90(source, tmp_path):
     cmd = [
-        NVCC, "-c", str(source), "-o", str(tmp_path / (source.stem + ".o")), "-std=c++17", "-O3",
+        NVCC, "-c", str(source), "-o", str(tmp_path / (source.stem + ".o")), "-std=c++20", "-O3",
         "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
         "-Werror", "all-warnings", "-Xcompiler", "-Wall",
     ]

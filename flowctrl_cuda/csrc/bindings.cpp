@@ -39,7 +39,7 @@ void check_rc(int rc, const char* what) {
 at::Tensor warp_forward(const at::Tensor& x, const at::Tensor& flow, bool border) {
   check_cuda(x, "x", false);
   check_cuda(flow, "flow", true);
-  const at::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x);
   check_rc(fc_warp_forward(dtype_code(x), x.data_ptr(), flow.data_ptr<float>(), out.data_ptr(), x.size(0), x.size(1),
                            x.size(2), x.size(3), border ? 1 : 0, stream()),
@@ -52,7 +52,7 @@ std::vector<at::Tensor> warp_backward(const at::Tensor& x, const at::Tensor& flo
   check_cuda(x, "x", false);
   check_cuda(flow, "flow", true);
   check_cuda(grad_out, "grad_out", true);
-  const at::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor gx = need_x ? at::zeros(x.sizes(), f32) : at::Tensor();
   at::Tensor gf = need_flow ? at::empty(flow.sizes(), f32) : at::Tensor();
@@ -70,7 +70,7 @@ std::vector<at::Tensor> splat_forward(const at::Tensor& x, const at::Tensor& flo
   check_cuda(flow, "flow", true);
   if (z.has_value()) check_cuda(*z, "weight", true);
   if (zmax.has_value()) check_cuda(*zmax, "zmax", true);
-  const at::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor num = at::zeros({N, C, H, W}, f32);
@@ -97,7 +97,7 @@ std::vector<at::Tensor> splat_backward(const at::Tensor& x, const at::Tensor& fl
   check_cuda(x, "x", false);
   check_cuda(flow, "flow", true);
   check_cuda(grad_out, "grad_out", true);
-  const at::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor gx = need_x ? at::empty({N, C, H, W}, f32) : at::Tensor();
@@ -120,7 +120,7 @@ at::Tensor freq_apply(const at::Tensor& x, const at::Tensor& M) {
   TORCH_CHECK(M.dim() == 3 && M.size(0) == C && M.size(1) == T && M.size(2) == T,
               "flowctrl_cuda: matrix must be (C, T, T)");
   TORCH_CHECK(T <= fc_freq_max_frames(), "flowctrl_cuda: freq_apply supports T <= ", fc_freq_max_frames());
-  const at::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
   auto y = at::empty_like(x);
   check_rc(fc_freq_apply(dtype_code(x), x.data_ptr(), M.data_ptr<float>(), y.data_ptr(), x.size(0), T, x.size(2), C,
                          stream()),

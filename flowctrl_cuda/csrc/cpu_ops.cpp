@@ -13,6 +13,7 @@
 // threads and the finishing pass sums the buffers.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -40,6 +41,15 @@ void parallel_for(int64_t n, int threads, F&& body) {
   }
   body(int64_t(0), std::min<int64_t>(n, chunk), 0);
   for (auto& th : pool) th.join();
+}
+
+// body(begin, end) over [0, n) in chunks of `grain` handed out on demand (load balancing).
+template <typename F>
+void parallel_dynamic(int64_t n, int threads, int64_t grain, F&& body) {
+  std::atomic<int64_t> next(0);
+  parallel_for(threads, threads, [&](int64_t, int64_t, int) {
+    for (int64_t b = next.fetch_add(grain); b < n; b = next.fetch_add(grain)) body(b, std::min(n, b + grain));
+  });
 }
 
 inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
@@ -158,6 +168,29 @@ void finish_any(const float* const* bufs, int count, float* out, float* norm, in
   }
 }
 
+// exp(v) for v in [-87, 88] (Cephes expf: Cody-Waite range reduction + degree-6 polynomial, about
+// 1 ulp), branch-free so the loop vectorizes; std::exp is not vectorized without -ffast-math.
+inline float exp_poly(float v) {
+  v = clampf(v, -87.0f, 88.0f);
+  const float t = v * 1.44269504088896341f + 0.5f;
+  int32_t n = static_cast<int32_t>(t);  // round to nearest: truncate, then floor (int32: vectorizes)
+  n = static_cast<float>(n) > t ? n - 1 : n;
+  const float nf = static_cast<float>(n);
+  float r = v - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const int32_t bits = (n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
 // Per-source weight plane for one image: weight (linear) or exp(Z - max Z) (softmax).
 void prepare_weight(const float* weight, float* e, int64_t HW, int mode) {
   if (mode != kSoftmax) {
@@ -165,8 +198,19 @@ void prepare_weight(const float* weight, float* e, int64_t HW, int mode) {
     return;
   }
   float zmax = -INFINITY;
-  for (int64_t p = 0; p < HW; ++p) zmax = std::max(zmax, weight[p]);
-  for (int64_t p = 0; p < HW; ++p) e[p] = std::exp(weight[p] - zmax);
+  for (int64_t p = 0; p < HW; ++p) zmax = weight[p] > zmax ? weight[p] : zmax;
+  int32_t outside = 0;
+  for (int64_t p = 0; p < HW; ++p) {
+    const float v = weight[p] - zmax;
+    e[p] = exp_poly(v);
+    outside |= !(v >= -87.0f && v <= 88.0f);
+  }
+  if (outside) {  // some values beyond the polynomial's range (underflow, inf, NaN): libm there
+    for (int64_t p = 0; p < HW; ++p) {
+      const float v = weight[p] - zmax;
+      if (!(v >= -87.0f && v <= 88.0f)) e[p] = std::exp(v);
+    }
+  }
 }
 
 // Backward-warp global rows [rb, re) of the (N*H) output rows.
@@ -241,10 +285,13 @@ int fc_splat_f32(const float* x, const float* flow, const float* weight, float* 
   if (HW * N * S < (int64_t(1) << 15)) threads = 1;  // thread start-up dominates tiny inputs
 
   if (N >= threads) {
-    parallel_for(N, threads, [&](int64_t b, int64_t e_, int) {
+    // images are handed out one at a time: on a shared machine a descheduled thread then delays
+    // the call by at most one image instead of its whole static share
+    std::atomic<int64_t> next(0);
+    parallel_for(threads, threads, [&](int64_t, int64_t, int) {
       std::vector<float> acc(static_cast<size_t>(HW * S));
       std::vector<float> ebuf(weight != nullptr ? HW : 0);
-      for (int64_t n = b; n < e_; ++n) {
+      for (int64_t n = next.fetch_add(1); n < N; n = next.fetch_add(1)) {
         const float* en = nullptr;
         if (weight != nullptr) {
           prepare_weight(weight + n * HW, ebuf.data(), HW, mode);
@@ -290,7 +337,7 @@ int fc_backward_warp_f32(const float* x, const float* flow, float* out, int64_t 
   if (N <= 0 || HW <= 0) return 0;
   threads = std::max(1, threads);
   if (HW * N * (C + 1) < (int64_t(1) << 15)) threads = 1;
-  parallel_for(N * H, threads, [&](int64_t rb, int64_t re, int) {
+  parallel_dynamic(N * H, threads, 16, [&](int64_t rb, int64_t re) {
     switch (C) {
       case 1: warp_rows<1>(x, flow, out, C, H, W, border != 0, rb, re); break;
       case 2: warp_rows<2>(x, flow, out, C, H, W, border != 0, rb, re); break;
