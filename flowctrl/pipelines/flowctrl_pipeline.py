@@ -312,7 +312,8 @@ class FlowCtrlPipeline:
         if tuple(video.shape) != (1, T, 3) + tuple(img.shape[-2:]):
             raise FlowCtrlError(f"backend {type(self.backend).__name__} returned a video of shape "
                                 f"{tuple(video.shape)}, expected {(1, T, 3) + tuple(img.shape[-2:])}")
-        video = video.float().clamp(0, 1)
+        if not isinstance(self.backend, WarpBackend):  # the warp renderer's output is already in [0, 1]
+            video = video.float().clamp(0, 1)
         if not return_flow:
             return FlowCtrlOutput(frames=video_to_frames(video), video=video)
         for key, name in (("local", "local_mask"), ("valid", "valid")):

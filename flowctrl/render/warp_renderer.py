@@ -169,13 +169,19 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
     check_render_size(H, W, T)
     image = image.float()
     flow = flow.float()
-    if importance is None:
-        if depth is not None:
-            importance = importance_from_depth(depth, alpha, K, w2c)  # (1,T|1,1,H,W)
+    timings = {"splat": 0.0, "fill": 0.0}
+    t0 = time.perf_counter()
+    if importance is not None:
+        importance = importance.float().clamp(-alpha, 0)  # own copy, safe to edit below
+    elif depth is not None:
+        importance = importance_from_depth(depth, alpha, K, w2c)  # (1,T|1,1,H,W)
+    if importance is not None and valid is not None:
+        importance = importance.expand(1, T, 1, H, W).contiguous() if importance.shape[1] != T else importance
+        importance.masked_fill_(~valid.bool(), INVALID_Z)
+    timings["splat"] += time.perf_counter() - t0
     video = torch.empty(1, T, 3, H, W, dtype=image.dtype, device=image.device)
     holes = torch.zeros(1, T, 1, H, W, dtype=torch.bool, device=image.device)
     chunk = max(1, CHUNK_PIXELS // (H * W))
-    timings = {"splat": 0.0, "fill": 0.0}
     # The splat shifts Z by its per-frame max, so the weakest valid source contributes at least
     # exp(-alpha) per unit of bilinear coverage; invalid sources get INVALID_Z (weight exactly 0).
     hole_eps = COVERAGE_EPS * math.exp(-alpha)
@@ -185,22 +191,25 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
         f = flow[0, start:stop]  # (n,2,H,W)
         n = f.shape[0]
         # Frames without motion (always frame 0) are the image itself, exactly.
-        still = f.flatten(1).abs().amax(-1) == 0
+        still = ~f.flatten(1).any(dim=1)
         moving_idx = torch.nonzero(~still).flatten()
         video[0, start:stop][still] = image[0]
-        if moving_idx.numel():
-            fm = f[moving_idx]
+        m = moving_idx.numel()
+        if m:
+            # Usually the moving frames are one contiguous run (all but frame 0): use views, not copies.
+            lo = int(moving_idx[0])
+            run = slice(lo, lo + m) if int(moving_idx[-1]) == lo + m - 1 else moving_idx
+            fm = f[run]
             if importance is not None:
-                Z = importance[0, start:stop] if importance.shape[1] > 1 else importance[0].expand(n, -1, -1, -1)
-                Z = Z[moving_idx].clamp(-alpha, 0)
+                Z = importance[0, start:stop][run] if importance.shape[1] > 1 else importance[0].expand(m, -1, -1, -1)
             else:
                 Z = importance_from_flow(fm, alpha)
-            if valid is not None:
-                Z = Z.masked_fill(~valid[0, start:stop][moving_idx].bool(), INVALID_Z)
-            src = image.expand(moving_idx.numel(), -1, -1, -1)
+                if valid is not None:
+                    Z.masked_fill_(~valid[0, start:stop][run].bool(), INVALID_Z)
+            src = image.expand(m, -1, -1, -1)
             out, norm = splat(src, fm, weight=Z.contiguous(), mode="softmax", return_norm=True)
-            video[0, start:stop][moving_idx] = out.clamp_(0, 1)
-            holes[0, start:stop][moving_idx] = norm <= hole_eps
+            video[0, start:stop][run] = out.clamp_(0, 1)
+            holes[0, start:stop][run] = norm <= hole_eps
         timings["splat"] += time.perf_counter() - t0
         if callback is not None:
             callback("splat", stop, T)
