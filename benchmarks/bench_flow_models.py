@@ -61,8 +61,10 @@ def main() -> int:
     ap.add_argument("--work", default=str(REPO / "runs" / "bench_flow_models"))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--skip-train", action="store_true", help="evaluate the models already in --work")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on shared cores 2 threads ran 6x slower per step than 1)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     work, results = Path(args.work), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     data = {"data": {"source": "synthetic", "num_scenes": args.train_scenes, "num_frames": 16, "height": 64, "width": 64}}
