@@ -65,3 +65,28 @@ def test_output_may_not_overwrite_an_input(inputs, capsys):
     rc = main(["flow", "--image", str(inputs / "img.png"), "--arrows", str(inputs / "a.json"), "-o",
                str(inputs / "img.npy"), "--viz", str(inputs / "a.json"), "--quiet"])
     assert rc == 2 and "same file as the input" in capsys.readouterr().err
+
+
+def test_bundle_with_flag_override(inputs):
+    (inputs / "b.json").write_text(json.dumps({"arrows": "a.json", "strength": 0.2}))
+    (inputs / "a2.json").write_text(json.dumps({"units": "px", "arrows": [{"start": [10, 10], "end": [14, 10]}]}))
+    out = inputs / "f.npy"
+    assert main(["flow", "--image", str(inputs / "img.png"), "--bundle", str(inputs / "b.json"), "--arrows",
+                 str(inputs / "a2.json"), "--frames", "3", "-o", str(out), "--no-viz", "--quiet"]) == 0
+    flow = load_flow(out)
+    from flowctrl.flow.strength import motion_strength
+
+    assert abs(float(motion_strength(flow)) - 0.2) < 2e-3  # strength from the bundle
+    assert flow[0, -1, 0, 10, 10] > 0 and flow[0, -1, 0, 10, 10] / flow[0, -1, 0, 30, 20] > 1.5  # a2's arrow, not a.json's
+
+
+def test_reference_video_from_a_real_clip(inputs, shared_dir):
+    clip = sorted((shared_dir / "data" / "re10k").glob("*.mp4"))
+    if not clip:
+        pytest.skip("no RealEstate10K clips")
+    out = inputs / "v.safetensors"
+    assert main(["flow", "--image", str(inputs / "img.png"), "--ref-video", str(clip[0]), "--frames", "4",
+                 "-o", str(out), "--no-viz", "--quiet"]) == 0
+    data = load_flow_file(out)
+    assert data["flow"].shape == (1, 4, 2, 48, 64) and data["flow"][0, 0].abs().max() == 0
+    assert data["flow"][0, -1].abs().mean() > 0.1 and data["local_mask"].all()
