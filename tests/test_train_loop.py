@@ -145,6 +145,14 @@ def test_trained_folder_loads_in_the_pipeline(tmp_path):
     assert again.shape == flow.shape
     with pytest.raises(MissingWeightsError, match="flow_pipeline.json"):
         FlowGenerationPipeline.from_pretrained(tmp_path / "nothing")
+    # through the public pipeline, at a size the model was not trained at (48×40 is not a multiple of 16)
+    from flowctrl.controls import Arrow, Controls
+    from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline
+
+    full = FlowCtrlPipeline(flow_model=res["final"])
+    controls = Controls(arrows=[Arrow(start=(10, 10), end=(20, 15))], image_size=(48, 40))
+    out = full(torch.rand(1, 3, 48, 40), controls=controls, num_frames=9, generator=torch.Generator().manual_seed(0))
+    assert out.flow.shape == (1, 9, 2, 48, 40) and out.video.shape == (1, 9, 3, 48, 40)
 
 
 def test_refiner_run_and_pipeline(tmp_path):

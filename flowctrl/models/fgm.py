@@ -83,6 +83,7 @@ class _CogVideoXTrunk(ModelMixin):
             temporal_compression_ratio=temporal_compression_ratio,
             max_text_seq_length=0,
             use_positional_embeddings=not use_rotary_positional_embeddings,
+            use_learned_positional_embeddings=False,  # sin-cos, recomputed for any latent size
         )
         self.time_proj = Timesteps(inner, True, 0)
         self.time_embedding = TimestepEmbedding(inner, time_embed_dim, "silu")
