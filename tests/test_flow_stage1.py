@@ -68,6 +68,10 @@ def test_motion_mask_static_mask_and_local_mask():
     assert uf.flow[0, -1, 0, 30, 25] > 0
     assert uf.local_mask.shape == (1, T, 1, H, W) and not uf.local_mask[0, :, 0, :, 32:].any()
     assert uf.local_mask[0, -1, 0, 30, 20] == 1
+    outside = Controls(arrows=[Arrow(start=(40, 30), end=(46, 30)), Arrow(start=(20, 5), end=(26, 5))],
+                       motion_mask=brush, static_mask=static, image_size=(H, W))
+    uf = compute_unified_flow(_img(), outside, T)
+    assert uf.sparse_mask.sum() == 0 and uf.sparse_flow.abs().max() == 0  # both arrows start in masked-out places
 
 
 def test_drag_radius_limits_its_motion():
@@ -117,6 +121,7 @@ def test_plane_fallback_warns_and_strength_target_is_met():
     ctl = Controls(arrows=[Arrow(start=(20, 30), end=(30, 30))], strength=0.4, image_size=(H, W))
     uf = compute_unified_flow(_img(), ctl, T)
     assert abs(uf.motion_strength() - 0.4) < 2e-3 and uf.strength_scale > 0
+    assert torch.allclose(uf.sparse_flow[0, -1, :, 30, 20], uf.flow[0, -1, :, 30, 20])  # condition scaled alike
 
 
 def test_reference_video_tensor_transfers_its_motion():

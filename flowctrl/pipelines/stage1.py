@@ -238,9 +238,13 @@ def compute_unified_flow(
     if controls.static_mask is not None:
         static = controls.static_mask.reshape(1, 1, H, W)
         local = local * (1.0 - static.to(local.dtype)[:, None])
-    acting = (local != 0).any(dim=2, keepdim=True).any(dim=1, keepdim=True) | (smask > 0).any(dim=1, keepdim=True)
+    # the sparse condition obeys the same masks as the dense field it stands for
     if controls.motion_mask is not None:
-        acting = acting & controls.motion_mask.reshape(1, 1, 1, H, W)
+        smask = smask * controls.motion_mask.to(smask.dtype).reshape(1, 1, 1, H, W)
+    if static is not None:
+        smask = smask * (1.0 - static.to(smask.dtype)[:, None])
+    sparse = sparse * smask
+    acting = (local != 0).any(dim=2, keepdim=True).any(dim=1, keepdim=True) | (smask > 0).any(dim=1, keepdim=True)
     local_mask = acting.expand(1, T, 1, H, W).float()
     _progress(callback, "local", 1, 1)
 
@@ -272,6 +276,7 @@ def compute_unified_flow(
             # the target is eq. 8 of the local (object) motion: seed 004 measures M_s with a static
             # camera, and the camera's own speed is set by its trajectory
             local, scale = rescale_to_strength(local, controls.strength)
+            sparse = sparse * scale
         else:
             logger.warning("motion strength %.3g requested but there is no local motion to rescale", controls.strength)
     flow = compose_flows(local, cam, static) if controls.camera is not None else local
