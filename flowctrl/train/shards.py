@@ -182,6 +182,12 @@ def prepare_shards(
         raise InputError.at(video_dir, "VIDEO_DIR", "is not a folder", "give a folder of videos")
     if out_dir.resolve() == video_dir.resolve():
         raise InputError.at(out_dir, "-o", "is the input folder", "write shards to a separate folder")
+    if poses:
+        try:
+            from flowctrl.eval.camera import estimate_poses  # noqa: F401  (E's pycolmap wrapper)
+        except ImportError as err:
+            raise InputError.at(None, "--poses", f"camera-pose estimation is unavailable ({err})",
+                                "install pycolmap and the eval extras, or drop --poses") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     videos = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     caps = _captions(video_dir, captions)
