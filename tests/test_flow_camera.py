@@ -140,3 +140,24 @@ def test_camera_flow_is_differentiable_in_depth():
     flow, _ = camera_flow(depth, _K(8.0, 3.5, 3.5).float()[None], w2c)
     flow.sum().backward()
     assert torch.isfinite(depth.grad).all() and depth.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("normal", [(0.0, 0.0, 1.0), (0.0, 0.7, 0.7), (0.3, 0.6, 0.74)])
+def test_zbuffer_has_almost_no_false_occlusions_on_a_plane(normal):
+    """A plane cannot occlude itself: the nearest-pixel z-buffer must (almost) never flag it,
+    even where a dolly-out compresses several source pixels into one target pixel."""
+    H = W = 96
+    f = 80.0
+    K = _K(f, 47.5, 47.5)[None]
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    n = torch.tensor(normal, dtype=torch.float64)
+    n = n / n.norm()
+    denom = n[0] * (xs - 47.5) / f + n[1] * (ys - 47.5) / f + n[2]
+    depth = (1.5 / denom).clamp(max=50.0)[None, None].float()
+    for t_z, yaw in [(1.0, 0.0), (0.0, 0.2)]:
+        w2c = torch.eye(4, dtype=torch.float64).repeat(1, 2, 1, 1)
+        w2c[0, 1, 2, 3] = t_z
+        w2c[0, 1, :3, :3] = _rot((0, 1, 0), yaw) if yaw else torch.eye(3, dtype=torch.float64)
+        _, with_z = camera_flow(depth, K, w2c)
+        _, without = camera_flow(depth, K, w2c, occlusion=False)
+        assert (without & ~with_z).float().mean() < 0.005
