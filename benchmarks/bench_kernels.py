@@ -126,7 +126,7 @@ def cpu_section(quick: bool, repeat: int) -> List[Table]:
     ops = Table(
         "CPU: splat / backward_warp (ms, median)",
         ["op", "shape", "reference (torch)", "compiled CPU path", "grid_sample", "speed-up vs reference",
-         "compiled / grid_sample", "max |diff| vs reference"],
+         "compiled / grid_sample", "max abs diff vs reference"],
     )
     print(f"\n{ops.title}")
     for label, (n, c, h, w) in shapes:
@@ -154,7 +154,7 @@ def cpu_section(quick: bool, repeat: int) -> List[Table]:
     if have_fast:
         # wall time on a shared machine moves with load; one thread's CPU time is steadier
         single = Table(
-            "CPU: one thread, process CPU time (ms, best of runs) — robust to machine load",
+            "CPU: one thread, process CPU time (ms, best of runs) (steadier than wall time on a loaded machine)",
             ["op", "shape", "compiled CPU path", "grid_sample", "compiled / grid_sample"],
         )
         print(f"\n{single.title}")
@@ -179,7 +179,7 @@ def cpu_section(quick: bool, repeat: int) -> List[Table]:
 
     freq = Table(
         "CPU: freq_adaptor (ms, median), x (B,T,N,C) float32",
-        ["shape (B,T,N,C)", "reference (torch.fft)", "matrix form (einsum)", "fft / matrix", "max |diff|"],
+        ["shape (B,T,N,C)", "reference (torch.fft)", "matrix form (einsum)", "fft / matrix", "max abs diff"],
     )
     print(f"\n{freq.title}")
     fshapes = [(1, 13, 1350, 256), (2, 13, 338, 1024)] if quick else [(1, 13, 1350, 512), (2, 13, 338, 3072), (1, 25, 1350, 256)]
@@ -229,7 +229,7 @@ def cuda_section(quick: bool, repeat: int) -> List[Table]:
     ops = Table(
         "CUDA: splat / backward_warp forward (ms, median)",
         ["op", "shape", "dtype", "reference", "kernel", "grid_sample", "speed-up vs ref", "GB/s", "% of peak",
-         "goal", "max |diff|"],
+         "goal", "max abs diff"],
     )
     print(f"\n{ops.title}")
     shapes = [("frames 49x3x512x512", (49, 3, 512, 512)), ("latent 13x16x60x90", (13, 16, 60, 90))]
@@ -263,7 +263,7 @@ def cuda_section(quick: bool, repeat: int) -> List[Table]:
     tables.append(ops)
 
     bwd = Table("CUDA: forward + backward, float32 (ms, median)",
-                ["op", "shape", "reference", "kernel", "speed-up", "max |grad diff|"])
+                ["op", "shape", "reference", "kernel", "speed-up", "max abs grad diff"])
     print(f"\n{bwd.title}")
     n, c, h, w = (13, 16, 60, 90) if quick else (49, 3, 512, 512)
     x, flow, z = make_inputs(n, c, h, w, "cuda")
@@ -287,7 +287,7 @@ def cuda_section(quick: bool, repeat: int) -> List[Table]:
         "CUDA: freq_adaptor forward (ms, median)",
         ["shape (B,T,N,C)", "dtype", "torch.fft path (reference)", "fused op (matrix build + kernel)", "speed-up",
          "kernel GB/s", "% of peak",
-         "goal (>= 3x, >= 60%)", "max |diff|"],
+         "goal (>= 3x, >= 60%)", "max abs diff"],
     )
     print(f"\n{freq.title}")
     fshapes = [(1, 13, 1350, 3072), (2, 13, 1350, 3072)] if not quick else [(1, 13, 1350, 3072)]
