@@ -153,3 +153,18 @@ def test_unified_flow_to_keeps_bool_masks():
     half = uf.to("cpu", torch.float64)
     assert half.flow.dtype == torch.float64 and half.valid.dtype == torch.bool and half.num_frames == 3
     assert half.size == (H, W) and set(uf.tensors()) >= {"flow", "valid", "local_mask", "sparse_flow", "sparse_mask"}
+
+
+def test_plane_distance_scales_translation_flow():
+    w2c = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+    w2c[1, 0, 3] = -0.1  # camera moves right by 0.1
+    ctl = Controls(camera=CameraTrajectory(w2c=w2c), image_size=(H, W))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        near = compute_unified_flow(_img(), ctl, 2, plane_distance=1.0)
+        far = compute_unified_flow(_img(), ctl, 2, plane_distance=4.0)
+    fx = float(near.K[0, 0, 0])
+    assert torch.allclose(near.flow[0, 1, 0], torch.full((H, W), -0.1 * fx), atol=1e-3)
+    assert torch.allclose(far.flow[0, 1, 0], near.flow[0, 1, 0] / 4, atol=1e-3)
+    with pytest.raises(FlowCtrlError, match="plane_distance"):
+        compute_unified_flow(_img(), ctl, 2, plane_distance=0.0)

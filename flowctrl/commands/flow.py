@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--depth-scale", type=float, default=None,
                    help="depth file scale (default: 1/1000 for 16-bit PNG depth, else 1)")
     p.add_argument("--depth-model", help="Depth-Anything hub id or folder (local only; no downloads)")
+    p.add_argument("--plane-distance", type=float, default=1.0,
+                   help="distance of the fallback depth plane when no depth is given, in camera-translation units "
+                        "(RealEstate10K poses have an arbitrary scale; default 1)")
     p.add_argument("--strength", type=float, help="target motion strength M_s (px/frame at the image size) of the local motion")
     p.add_argument("--frames", type=int, default=49, help="number of frames T (default 49)")
     p.add_argument("--size", help="working size WIDTHxHEIGHT (default: image scaled to a long side <= 512, multiple of 8)")
@@ -163,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", FlatDepthWarning)
         uf = compute_unified_flow(work, controls, args.frames, depth_model=args.depth_model, densify=args.densify,
                                   callback=_Progress(not args.quiet), flow_method=args.flow_method,
-                                  depth_kind=args.depth_kind, depth_scale=args.depth_scale)
+                                  depth_kind=args.depth_kind, depth_scale=args.depth_scale,
+                                  plane_distance=args.plane_distance)
     for w in caught:
         if issubclass(w.category, FlatDepthWarning):
             print(f"flowctrl flow: warning: {w.message}", file=sys.stderr)

@@ -169,6 +169,7 @@ def compute_unified_flow(
     flow_method: str = "dis",
     depth_kind: str = "depth",
     depth_scale: Optional[float] = None,
+    plane_distance: float = 1.0,
 ) -> UnifiedFlow:
     """Turn the controls into one unified flow (stage 1, analytic; deterministic, no weights).
 
@@ -184,10 +185,14 @@ def compute_unified_flow(
         callback: ``callback(stage, done, total)`` progress.
         flow_method: ``"dis"`` or ``"raft"`` for a reference video.
         depth_kind, depth_scale: how to read a depth file (:mod:`flowctrl.depth.file`).
+        plane_distance: distance of the fallback plane when no depth is available, in the units of
+            the camera translation (RealEstate10K trajectories have an arbitrary SfM scale).
     """
     del generator
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
         raise InputError.at(None, "image", f"has shape {tuple(getattr(image, 'shape', ()))}", "give a (1, 3, H, W) tensor in [0, 1]")
+    if not (math.isfinite(plane_distance) and plane_distance > 0):
+        raise InputError.at(None, "plane_distance", f"is {plane_distance}", "give a positive distance")
     if int(num_frames) < 2:
         raise InputError.at(None, "num_frames", f"is {num_frames}", "give at least 2 frames")
     if densify not in DENSIFY_MODES:
@@ -257,7 +262,8 @@ def compute_unified_flow(
         _progress(callback, "depth", 0, 1)
         from flowctrl.depth import resolve_depth
 
-        depth_map = resolve_depth(image, depth_src, depth_model, depth_kind=depth_kind, depth_scale=depth_scale)
+        depth_map = resolve_depth(image, depth_src, depth_model, depth_kind=depth_kind, depth_scale=depth_scale,
+                                  plane_distance=plane_distance)
         _progress(callback, "depth", 1, 1)
     if controls.camera is not None:
         traj = controls.camera.resample(T)
