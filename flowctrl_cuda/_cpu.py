@@ -71,7 +71,13 @@ def build(force: bool = False) -> Path:
     src = SOURCE.read_bytes()
     key = hashlib.sha256(src + " ".join(FLAGS).encode() + _compiler_id(cxx).encode()).hexdigest()[:16]
     out_dir = cache_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(str(out_dir))
+    except OSError:  # read-only home (some CI sandboxes): a per-user temp folder instead
+        out_dir = Path(tempfile.gettempdir()) / f"flowctrl-kernels-{os.getuid()}"
+        out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"flowctrl_cpu_ops_{key}.so"
     if target.exists() and not force:
         return target
