@@ -8,8 +8,8 @@ They are related by chaining with backward warping (not by adding):
 ``F_{k+1}(p) = F_k(p) + C_k(p + F_k(p))``  (:func:`to_reference`), and conversely
 ``C_k(q) = F_{k+1}(F_k⁻¹(q)) − F_k(F_k⁻¹(q))`` where ``F_k⁻¹(q)`` is the reference pixel that lands
 on ``q``, found by fixed-point iteration ``p ← q − F_k(p)`` (:func:`to_consecutive`). The pair is
-exact for piecewise-affine motion (translations, similarities, homographies at the sampling scale)
-and otherwise accurate to the bilinear interpolation error; tests check both.
+exact (to the iteration tolerance) for affine motion (translation, rotation, zoom), where bilinear
+sampling is exact, and otherwise accurate to the bilinear interpolation error; tests check both.
 """
 from __future__ import annotations
 
