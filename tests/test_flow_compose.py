@@ -78,3 +78,16 @@ def test_chaining_differs_from_adding_on_nonuniform_motion():
     chained = to_reference(cons)
     added = torch.cat([torch.zeros_like(cons[:, :1]), cons.cumsum(dim=1)], dim=1)
     assert (chained - added)[:, -1].abs().mean() > 0.5
+
+
+def test_round_trip_exact_for_affine_motion_away_from_the_border():
+    H = W = 40
+    ys, xs = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    X, Y = xs - 19.5, ys - 19.5
+    ref = torch.zeros(1, 5, 2, H, W)
+    for t in range(5):  # zoom 2 %/frame, rotation 0.01 rad/frame, translation (0.5, -0.3) px/frame
+        s, a = 1 + 0.02 * t, 0.01 * t
+        ref[0, t, 0] = s * (math.cos(a) * X - math.sin(a) * Y) - X + 0.5 * t
+        ref[0, t, 1] = s * (math.sin(a) * X + math.cos(a) * Y) - Y - 0.3 * t
+    back = to_reference(to_consecutive(ref))
+    assert (back - ref)[..., 8:-8, 8:-8].abs().max() < 1e-3
