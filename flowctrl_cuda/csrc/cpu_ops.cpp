@@ -197,8 +197,13 @@ void prepare_weight(const float* weight, float* e, int64_t HW, int mode) {
     std::memcpy(e, weight, sizeof(float) * HW);
     return;
   }
+  float lane[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  int64_t p0 = 0;
+  for (; p0 + 8 <= HW; p0 += 8)  // 8 independent chains (the compiler keeps them in one vector)
+    for (int k = 0; k < 8; ++k) lane[k] = weight[p0 + k] > lane[k] ? weight[p0 + k] : lane[k];
   float zmax = -INFINITY;
-  for (int64_t p = 0; p < HW; ++p) zmax = weight[p] > zmax ? weight[p] : zmax;
+  for (int k = 0; k < 8; ++k) zmax = lane[k] > zmax ? lane[k] : zmax;
+  for (; p0 < HW; ++p0) zmax = weight[p0] > zmax ? weight[p0] : zmax;
   int32_t outside = 0;
   for (int64_t p = 0; p < HW; ++p) {
     const float v = weight[p] - zmax;
