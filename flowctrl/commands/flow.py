@@ -139,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError.at(out, "--output", f"suffix '{out.suffix}' is not a flow format", "use .safetensors, .npy or .flo")
     if args.frames < 2:
         raise InputError.at(None, "--frames", f"is {args.frames}", "give at least 2 frames")
+    if not args.fps > 0:
+        raise InputError.at(None, "--fps", f"is {args.fps}", "give a positive frame rate, e.g. 8")
     outputs = {"--output": out}
     if not args.no_viz:
         outputs["--viz"] = Path(args.viz) if args.viz else out.with_name(out.stem + "_flow.mp4")
