@@ -83,24 +83,25 @@ def importance_from_depth(depth: torch.Tensor, alpha: float = DEFAULT_ALPHA, K: 
     Returns:
         ``(B, T, 1, H, W)`` when ``w2c`` is given, else ``(B, 1, 1, H, W)`` (broadcast over frames).
     """
-    z = depth.float().clamp(min=1e-6).unsqueeze(1)  # (B,1,1,H,W)
+    B, _, H, W = depth.shape
     if K is not None and w2c is not None:
-        B, _, H, W = depth.shape
         ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=depth.device),
                                 torch.arange(W, dtype=torch.float32, device=depth.device), indexing="ij")
         pix = torch.stack([xs, ys, torch.ones_like(xs)], 0).reshape(1, 3, H * W)  # (1,3,HW)
         rays = torch.linalg.solve(K.float(), pix.expand(B, 3, H * W))  # (B,3,HW), z-component 1
         points = rays * depth.float().reshape(B, 1, H * W)  # frame-0 camera coordinates
-        R = w2c[..., :3, :3].float()  # (B,T,3,3)
-        t = w2c[..., 2:3, 3].float()  # (B,T,1) z translation
-        z = torch.einsum("btk,bkn->btn", R[:, :, 2, :], points) + t  # (B,T,HW): z in frame t
+        R_z = w2c[..., 2, :3].float()  # (B,T,3): the z row of each rotation
+        t_z = w2c[..., 2, 3].float()  # (B,T)
+        z = torch.baddbmm(t_z.unsqueeze(-1), R_z, points)  # (B,T,HW): z in frame t's camera
         z = z.reshape(B, -1, 1, H, W)
-    # Points behind the camera (z <= 0) get the lowest importance; their flow is invalid anyway.
-    behind = z <= 0
-    z = z.clamp(min=1e-6)
-    zmin = z.masked_fill(behind, float("inf")).flatten(2).amin(-1).clamp(max=1e30)[..., None, None, None]
-    Z = -alpha * (1.0 - (zmin / z).clamp(0, 1))
-    return Z.masked_fill(behind, -alpha)
+    else:
+        z = depth.float().clone().unsqueeze(1)  # (B,1,1,H,W)
+    # Z = -alpha * (1 - z_min / z) = alpha * (d / d_max - 1) with inverse depth d = 1/z, computed in
+    # place; points behind the camera get d = 0, i.e. the lowest importance -alpha.
+    z.masked_fill_(z <= 0, float("inf"))
+    inv = z.reciprocal_()
+    d_max = inv.flatten(2).amax(-1).clamp(min=1e-30)[..., None, None, None]  # (B,T,1,1,1)
+    return inv.mul_(alpha / d_max).sub_(alpha)
 
 
 def importance_from_flow(flow: torch.Tensor, alpha: float = DEFAULT_ALPHA, kernel: int = 5) -> torch.Tensor:
@@ -208,7 +209,7 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
                     Z.masked_fill_(~valid[0, start:stop][run].bool(), INVALID_Z)
             src = image.expand(m, -1, -1, -1)
             out, norm = splat(src, fm, weight=Z.contiguous(), mode="softmax", return_norm=True)
-            video[0, start:stop][run] = out.clamp_(0, 1)
+            video[0, start:stop][run] = out  # a convex combination of the image: in [0, 1] up to rounding
             holes[0, start:stop][run] = norm <= hole_eps
         timings["splat"] += time.perf_counter() - t0
         if callback is not None:
