@@ -139,3 +139,11 @@ def test_cpu_softmax_exp_matches_reference_over_the_whole_range():
     torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a[1], b[1], atol=1e-12, rtol=1e-5)
     assert torch.equal(a[1] == 0, b[1] == 0)
+
+
+def test_prebuild_entry_point_reports_the_cpu_path(capsys):
+    from flowctrl_cuda.__main__ import main
+
+    assert main() == 0
+    out = capsys.readouterr().out
+    assert "splat -> cpu" in out and "freq_adaptor -> reference" in out
