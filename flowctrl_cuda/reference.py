@@ -21,6 +21,7 @@ __all__ = [
     "splat",
     "freq_adaptor",
     "freq_adaptor_matrix",
+    "freq_adaptor_via_matrix",
     "SPLAT_MODES",
     "PADDING_MODES",
 ]
