@@ -62,7 +62,7 @@ def test_uint8_frames_and_batched_input(tmp_path):
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     import flowctrl.video_io as vio
 
-    def boom(path, frames, fps):
+    def boom(path, frames, *args):
         path.write_bytes(b"partial")
         raise RuntimeError("encoder died")
 

@@ -315,12 +315,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         out = pipe(plan["image"], controls=controls, num_frames=args.frames, height=H, width=W,
                    generator=generator, callback=progress, depth_model=args.depth_model, **render_kwargs)
-        video = out.video[0]
+        video = out.frames  # (T,H,W,3) uint8, converted once
         if args.side_by_side:
             from flowctrl.pipelines.flowctrl_pipeline import _resize_image
 
             image = _resize_image(plan["image"], (H, W))
-            video = side_by_side(image, controls.resized(H, W), out.flow, video)
+            video = side_by_side(image, controls.resized(H, W), out.flow, out.video[0])
         written: List[Path] = []
         try:
             for flag, path in plan["outputs"]:

@@ -154,7 +154,9 @@ def _resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 def video_to_frames(video: torch.Tensor) -> np.ndarray:
     """``(1, T, 3, H, W)`` float in [0, 1] -> ``(T, H, W, 3)`` uint8 (rounded)."""
-    return (video[0].detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    from flowctrl.video_io import to_uint8_frames
+
+    return to_uint8_frames(video[0])
 
 
 class FlowCtrlPipeline:
