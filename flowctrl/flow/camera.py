@@ -67,35 +67,48 @@ def camera_flow(
     Returns:
         ``flow (B, T, 2, H, W)`` float32 pixels and ``valid (B, T, 1, H, W)`` bool: false where the
         point is behind the camera, projects outside the frame, or (with ``occlusion``) is occluded
-        at frame ``t`` by another reference pixel. Computed in float64 frame by frame (memory is
-        one frame of points); differentiable in depth, K and w2c.
+        at frame ``t`` by another reference pixel. Computed frame by frame (memory is one frame of
+        points), matrices in float64, pixels in float32 (float64 for float64 depth); differentiable
+        in depth, K and w2c.
     """
     b, _, h, w = depth.shape
     t = w2c.shape[1]
     Kt = _per_frame_K(K, t).to(torch.float64)
-    pts0 = depth_to_3d_v2(depth[:, 0].to(torch.float64), Kt[:, 0])  # (B, H, W, 3)
+    w2c = w2c.to(torch.float64)
+    # The 3x3 products are composed in float64; the per-pixel work runs in float32 (half the memory
+    # traffic), except when the caller passes float64 depth.
+    work = torch.float64 if depth.dtype == torch.float64 else torch.float32
     ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64, device=depth.device),
-        torch.arange(w, dtype=torch.float64, device=depth.device),
+        torch.arange(h, dtype=work, device=depth.device),
+        torch.arange(w, dtype=work, device=depth.device),
         indexing="ij",
     )
-    grid = torch.stack([xs, ys], dim=0).reshape(1, 2, h * w)
-    X0 = pts0.reshape(b, h * w, 3).transpose(1, 2)  # (B, 3, HW)
-    w2c = w2c.to(torch.float64)
+    ones = torch.ones_like(xs)
+    pix = torch.stack([xs, ys, ones], dim=0).reshape(3, h * w)
+    z0 = depth[:, 0].reshape(b, h * w).to(work)
+    grid = pix[:2]
+    K0_inv = torch.linalg.inv(Kt[:, 0])
+    eye = torch.eye(3, dtype=torch.float64, device=depth.device)
     flows, valids = [], []
     for i in range(t):
-        # K_t (R_t X + t_t) in one 3x3 product; K's last row is (0, 0, 1), so row 2 is the z-depth
-        hom = (Kt[:, i] @ w2c[:, i, :3, :3]) @ X0 + (Kt[:, i] @ w2c[:, i, :3, 3:])
-        z = hom[:, 2]
-        safe_z = torch.where(z > MIN_DEPTH, z, torch.ones_like(z))  # no division by ~0 behind the camera
-        proj = hom[:, :2] / safe_z[:, None]  # (B, 2, HW)
+        # Written as a deviation from the identity so small motions keep full float32 precision
+        # (no cancellation of p·z against itself): with E = K_t R_t K_0⁻¹ − I and q = K_t t_t,
+        # z_t = z0 + dz, dz = z0 (E p̃)_z + q_z and flow = (z0 (E p̃)_xy + q_xy − p dz) / z_t.
+        E = (Kt[:, i] @ w2c[:, i, :3, :3] @ K0_inv - eye).to(work)
+        q = (Kt[:, i] @ w2c[:, i, :3, 3:]).to(work)[..., 0]  # (B, 3)
+        Ep = E @ pix  # (B, 3, HW)
+        dz = z0 * Ep[:, 2] + q[:, 2:3]
+        z = z0 + dz
+        safe_z = torch.where(z > MIN_DEPTH, z, ones.reshape(1, -1))  # no division by ~0 behind the camera
+        flow = (z0[:, None] * Ep[:, :2] + q[:, :2, None] - grid * dz[:, None]) / safe_z[:, None]  # (B, 2, HW)
+        proj = grid + flow
         valid = (z > MIN_DEPTH) & (proj[:, 0] > -0.5) & (proj[:, 0] < w - 0.5)
         valid = valid & (proj[:, 1] > -0.5) & (proj[:, 1] < h - 0.5)
         if occlusion:
             occ = _occluded(proj.detach().transpose(1, 2).reshape(b, 1, h, w, 2), z.detach().reshape(b, 1, h, w),
                             valid.reshape(b, 1, h, w))
             valid = valid & ~occ.reshape(b, h * w)
-        flows.append((proj - grid).reshape(b, 2, h, w).to(torch.float32))
+        flows.append(flow.reshape(b, 2, h, w).to(torch.float32))
         valids.append(valid.reshape(b, 1, h, w))
     return torch.stack(flows, dim=1), torch.stack(valids, dim=1)
 
