@@ -105,6 +105,8 @@ def test_flow_changes_the_video_and_guidance_math():
     out = g.combine(torch.tensor([[1.0], [2.0], [5.0]]))
     assert float(out) == 1.0 + 2.0 * (2.0 - 1.0) + 3.0 * (5.0 - 2.0)
     assert GuidanceConfig(1.0, 1.0).rows() == [(True, 1.0)]
+    assert GuidanceConfig(1.0, 0.0).rows() == [(True, 0.0)]              # flow dropped: one branch
+    assert GuidanceConfig(3.0, 0.0).rows() == [(False, 0.0), (True, 0.0)]
     assert float(GuidanceConfig(1.0, 4.0).combine(torch.tensor([[1.0], [2.0]]))) == 5.0
 
 
@@ -166,3 +168,25 @@ def test_memory_options_and_presets():
         DiffusionBackend(tiny_pipeline(), preset="no-such-preset")
     with pytest.raises(InputError, match="cpu_offload"):
         DiffusionBackend(tiny_pipeline(), cpu_offload="sometimes")
+
+
+def test_text_prompts_through_a_tiny_t5():
+    """prompt / negative_prompt go through a (tiny, random) transformers T5 encoder + tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "cat": 4, "dog": 5, "blurry": 6}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=7, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    pipe = tiny_pipeline()
+    pipe.register_modules(tokenizer=tokenizer, text_encoder=t5)
+    pos, neg = pipe.encode_prompt("a cat", "blurry", None, None, 1, True, torch.device("cpu"), torch.float32)
+    assert pos.shape == (1, 4, 16) and not torch.allclose(pos, neg)
+    image, flow = _inputs()
+    run = lambda prompt: pipe(image, flow, prompt=prompt, negative_prompt="blurry", num_inference_steps=2,  # noqa: E731
+                              guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+    cat, dog = run("a cat"), run("a dog")
+    assert cat.shape == (1, 9, 3, H, W) and (cat - dog).abs().max() > 1e-5

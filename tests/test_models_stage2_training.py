@@ -138,3 +138,31 @@ def test_repo_configs_parse(repo_dir):
     assert cfg.model.init == "tiny" and cfg.lora.rank == 0
     lora = load_video_config(repo_dir / "configs" / "train" / "video_motion_lora.yaml")
     assert lora.lora.rank == 16 and lora.data.camera == "static"
+
+
+def test_shard_and_texture_datasets(tmp_path):
+    from flowctrl.train.shards import write_shard
+    from flowctrl.train.video_loop import ShardVideoDataset, TextureMotionDataset
+    from flowctrl.flow.warp import backward_warp
+
+    # shards from `flowctrl prepare-data` (F): resized to the training size, flow scaled with it
+    video = torch.rand(6, 3, 8, 12)
+    flow = torch.zeros(6, 2, 8, 12)
+    flow[:, 0] = 1.0
+    flow[:, 1] = -0.5
+    write_shard(tmp_path / "a.safetensors", video, flow, torch.eye(3), metadata={"caption": "a pan"})
+    item = ShardVideoDataset(str(tmp_path), num_frames=5, height=16, width=24)[0]
+    assert item["video"].shape == (5, 3, 16, 24) and item["caption"] == "a pan"
+    torch.testing.assert_close(item["flow"][:, 0], torch.full((5, 16, 24), 2.0))
+    torch.testing.assert_close(item["flow"][:, 1], torch.full((5, 16, 24), -1.0))
+    with pytest.raises(ConfigError, match="num_frames"):
+        ShardVideoDataset(str(tmp_path), num_frames=9, height=16, width=24)[0]
+    # moving textures: the flow is exact — frame t sampled at p + F_t(p) is frame 0 (interior pixels)
+    ds = TextureMotionDataset(2, 7, 5, 24, 24)
+    it = ds[0]
+    assert torch.equal(it["video"], ds[0]["video"]) and torch.equal(it["flow"][0], torch.zeros(2, 24, 24))
+    v, f = it["video"], it["flow"]
+    warped = backward_warp(v[1:], f[1:], padding="border")
+    err = (warped - v[:1])[..., 5:-5, 5:-5].abs().mean()
+    still = (v[1:] - v[:1])[..., 5:-5, 5:-5].abs().mean()
+    assert err < 0.25 * still

@@ -74,6 +74,9 @@ class VideoModelConfig:
     max_text_seq_length: int = 4
     use_frequency_stabilizer: bool = True
     pixel_flow_scale: float = 4.0
+    # Training from scratch only: a small random flow gate lets the flow branch learn from step 1
+    # (the zero gate exists for exact conversion of pretrained weights, where it must stay 0).
+    flow_gate_init_std: float = 0.0
     vae_block_out_channels: List[int] = field(default_factory=lambda: [16, 16, 32, 32])  # tiny latent mode
     vae_latent_channels: int = 4
 
@@ -232,6 +235,8 @@ def build_pipeline(cfg: VideoTrainConfig):
         flow_in_channels=flow_channels, use_frequency_stabilizer=m.use_frequency_stabilizer,
         stabilizer_frames=latent_frames,
     )
+    if m.flow_gate_init_std > 0:
+        nn.init.normal_(transformer.flow_gate.weight, std=float(m.flow_gate_init_std))
     return FlowCtrlVideoPipeline(transformer=transformer, scheduler=make_scheduler(cfg), vae=vae, flow_codec=codec,
                                  pixel_flow_scale=m.pixel_flow_scale)
 
