@@ -64,7 +64,7 @@ def test_gradcheck_and_learns_lowpass():
     first = None
     for _ in range(150):
         loss = (stab(noisy) - clean).pow(2).mean()
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
