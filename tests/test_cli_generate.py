@@ -135,6 +135,7 @@ def _bad_cases(tmp_path):
         "missing out dir": (base + ["-o", str(tmp_path / "out" / "nodir" / "o.mp4")], "does not exist"),
         "output is input": (["generate", "--image", str(image_copy), "--preview", "-o", str(image_copy)], "input"),
         "bad out type": (base + ["-o", str(tmp_path / "out" / "o.avi")], ".avi"),
+        "png folder not empty": (base + ["-o", str(tmp_path / "in")], "not an empty folder"),
         "diffusion without weights": (base + ["--backend", "diffusion", "-o", out], "--model"),
     }
 

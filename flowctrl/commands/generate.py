@@ -111,7 +111,7 @@ def _check_output(path: Path, flag: str, inputs: Dict[str, Path], kinds: Tuple[s
     if not parent.is_dir():
         raise InputError.at(text, flag, f"folder '{parent}' does not exist", "create it first or choose another path")
     kind = output_kind(path) if "video" in kinds else kinds[0]
-    if "video" not in kinds and kind == "png_dir" and path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if kind == "png_dir" and path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise InputError.at(text, flag, "already exists and is not an empty folder", "give a new folder")
     for name, src in inputs.items():
         if _same_file(Path(text.rstrip("/" + os.sep)), src):
