@@ -56,6 +56,11 @@ def push_pull_fill(video: torch.Tensor, known: torch.Tensor, eps: float = 1e-8) 
     return torch.where(known >= 1, video, color)
 
 
+# Pyramid levels up to this many pixels are pushed densely for all frames at once; larger ones per
+# frame inside the holes' bounding box.
+DENSE_PUSH_PIXELS = 128 * 128
+
+
 def _pool_sum(x: torch.Tensor) -> torch.Tensor:
     """2x2 sums ``(N,C,ceil(h/2),ceil(w/2))`` (zero padding at odd sizes), via strided slices."""
     h, w = x.shape[-2:]
@@ -80,6 +85,10 @@ def _push_pull_sparse(c: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Ten
     c_next = _pool_sum(c).mul_(w_next / sum_w.clamp(min=eps))
     color_next = _push_pull_sparse(c_next, w_next, eps)
     h1, w1 = color_next.shape[-2:]
+    if h * wd <= DENSE_PUSH_PIXELS:
+        # small level: one batched upsample beats a per-frame loop of tiny ops
+        up = _upsample2x(color_next)[..., :h, :wd]
+        return c.addcmul_(up, 1.0 - w)
     partial = w[:, 0] < 1  # (N, h, wd)
     rows = partial.any(dim=2)  # (N, h)
     cols = partial.any(dim=1)  # (N, wd)
