@@ -166,3 +166,25 @@ def test_shard_and_texture_datasets(tmp_path):
     err = (warped - v[:1])[..., 5:-5, 5:-5].abs().mean()
     still = (v[1:] - v[:1])[..., 5:-5, 5:-5].abs().mean()
     assert err < 0.25 * still
+
+
+def test_latent_space_training_with_3d_vae_and_flow_codec(tmp_path):
+    """model.pixel_space: false → a (tiny) CogVideoX VAE + FlowCodec encode video and flow; no latent cache."""
+    cfg = load_video_config(tiny_cfg(tmp_path, max_steps=2, cache_latents=False,
+                                     model={"pixel_space": False, "vae_block_out_channels": [8, 8, 8],
+                                            "vae_latent_channels": 4, "num_layers": 1, "num_attention_heads": 2,
+                                            "attention_head_dim": 16, "patch_size": 2, "time_embed_dim": 32}))
+    result = train(cfg, log=lambda m: None)
+    pipe = result["pipeline"]
+    assert pipe.vae is not None and pipe.flow_codec is not None and result["step"] == 2
+    assert pipe.transformer.config.flow_in_channels == 4
+    from flowctrl.pipelines.diffusion import DiffusionBackend
+
+    backend = DiffusionBackend.from_pretrained(result["final"], num_inference_steps=1, guidance_scale=1.0)
+    g = torch.Generator().manual_seed(0)
+
+    class U:
+        flow = torch.zeros(1, 5, 2, 16, 16)
+
+    video = backend.render(torch.rand(1, 3, 16, 16, generator=g), U(), num_frames=5, generator=g)
+    assert video.shape == (1, 5, 3, 16, 16)

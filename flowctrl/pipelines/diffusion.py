@@ -222,7 +222,7 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
     def encode_flow(self, flow: torch.Tensor) -> torch.Tensor:
         """``flow (B, T, 2, H, W)`` px → flow latent ``(B, T', C_f, h, w)`` (FlowCodec, or scaled pixels)."""
         if self.flow_codec is not None:
-            return self.flow_codec.encode(flow.to(dtype=self.flow_codec.dtype))
+            return self.flow_codec.encode(flow.to(device=self.flow_codec.device, dtype=self.flow_codec.dtype))
         return flow / self.config.pixel_flow_scale
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

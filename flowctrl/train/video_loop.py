@@ -119,6 +119,7 @@ class VideoTrainConfig:
     mixed_precision: str = "bf16"    # applied on GPU only; CPU trains in float32
     flow_dropout: float = 0.1
     image_noise: bool = True         # CogVideoX I2V trick: noise on the image latent, σ ~ logN(−3, 0.5)
+    cache_latents: bool = True       # keep frozen-encoder latents per clip in RAM (off for large shard sets)
     train_parts: str = "all"         # all | new (flow branch + stabilizers only) — ignored with LoRA
     log_every: int = 10
     checkpoint_every: int = 100
@@ -527,7 +528,8 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
         idx = order[start:start + cfg.batch_size]
         items = [dataset[i] for i in idx]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
-        lat = cache.batch(idx, items)
+        lat = cache.batch(idx, items) if cfg.cache_latents else encode_batch(
+            pipe, torch.stack([it["video"] for it in items]), torch.stack([it["flow"] for it in items]))
         text = _text_batch(pipe, items, device)
         with accelerator.accumulate(model):
             with accelerator.autocast():
