@@ -190,3 +190,27 @@ def test_text_prompts_through_a_tiny_t5():
                               guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
     cat, dog = run("a cat"), run("a dog")
     assert cat.shape == (1, 9, 3, H, W) and (cat - dog).abs().max() > 1e-5
+
+
+def test_cogvideox_15_layout_pads_latent_frames_like_diffusers(tmp_path):
+    """patch_size_t = 2 with an odd latent frame count: padded in front, trimmed before decoding."""
+    torch.manual_seed(0)
+    cfg = {**TR, "patch_size_t": 2, "ofs_embed_dim": 32, "use_rotary_positional_embeddings": True,
+           "patch_bias": False}
+    base = CogVideoXTransformer3DModel(**cfg).eval()
+    vae = tiny_vae()
+    sched = CogVideoXDDIMScheduler(prediction_type="v_prediction")
+    base.save_pretrained(tmp_path / "transformer")
+    vae.save_pretrained(tmp_path / "vae")
+    sched.save_pretrained(tmp_path / "scheduler")
+    backend = DiffusionBackend.from_pretrained(tmp_path, num_inference_steps=2, guidance_scale=1.0)
+    image, flow = _inputs()                                      # 9 frames → 3 latent frames → padded to 4
+    ours = backend.pipeline(image, flow, prompt_embeds=EMB, num_inference_steps=2, guidance_scale=1.0,
+                            generator=torch.Generator().manual_seed(5))
+    ref_pipe = CogVideoXImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=base,
+                                             scheduler=CogVideoXDDIMScheduler.from_config(sched.config))
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref = ref_pipe(image=image, prompt_embeds=EMB, height=H, width=W, num_frames=9, num_inference_steps=2,
+                   guidance_scale=1.0, generator=torch.Generator().manual_seed(5), output_type="pt").frames
+    assert ours.shape == (1, 9, 3, H, W)
+    torch.testing.assert_close(ours, ref.float(), atol=1e-4, rtol=0)

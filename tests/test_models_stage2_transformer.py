@@ -116,3 +116,24 @@ def test_gradient_checkpointing_same_gradients():
     model.enable_gradient_checkpointing()
     model(x, text, t, flow_latents=flow).sample.sum().backward()
     torch.testing.assert_close(model.flow_patch_embed.weight.grad, g1, atol=1e-5, rtol=1e-4)
+
+
+def test_cogvideox_15_layout_converts_exactly(tmp_path):
+    """CogVideoX 1.5: temporal patches (patch_size_t = 2), RoPE, ofs embedding."""
+    cfg = {**TINY, "patch_size_t": 2, "ofs_embed_dim": 32, "use_rotary_positional_embeddings": True,
+           "patch_bias": False}
+    base = CogVideoXTransformer3DModel(**cfg).eval()
+    base.save_pretrained(tmp_path)
+    model = FlowCtrlTransformer.from_cogvideox(tmp_path, flow_in_channels=4, stabilizer_frames=4).eval()
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 4, 8, 8, 8, generator=g), torch.randn(1, 4, 16, generator=g)
+    flow = torch.randn(1, 4, 4, 8, 8, generator=g)
+    rope = get_3d_rotary_pos_embed(16, None, (4, 4), 2, grid_type="slice", max_size=(4, 4))
+    ofs = torch.full((1,), 2.0)
+    with torch.no_grad():
+        ref = base(x, text, torch.tensor([500]), ofs=ofs, image_rotary_emb=rope).sample
+        out = model(x, text, torch.tensor([500]), flow_latents=flow, ofs=ofs, image_rotary_emb=rope).sample
+        torch.nn.init.normal_(model.flow_gate.weight, std=0.1)
+        moved = model(x, text, torch.tensor([500]), flow_latents=flow, ofs=ofs, image_rotary_emb=rope).sample
+    assert out.shape == (1, 4, 4, 8, 8) and torch.equal(out, ref)
+    assert (moved - ref).abs().max() > 1e-4

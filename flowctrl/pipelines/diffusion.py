@@ -360,8 +360,18 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         pos, neg = self.encode_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, b, need_neg, device, dtype)
         image_latents = self.encode_image(image.to(device), t, generator).to(dtype)
         flow_latents = self.encode_flow(flow.to(device).float()).to(dtype)
+        # CogVideoX 1.5 (temporal patches of p_t latent frames), as diffusers' I2V pipeline: denoise `pad`
+        # extra latent frames (image latent still in frame 0, zeros after) and drop the first `pad` ones
+        # before decoding; the flow is aligned with the kept frames (front-padded with its frame 0).
+        p_t = self.transformer.config.patch_size_t or 1
+        pad = (-image_latents.shape[1]) % p_t
+        if pad:
+            image_latents = torch.cat([image_latents, torch.zeros_like(image_latents[:, :pad])], dim=1)
+            flow_latents = torch.cat([flow_latents[:, :pad], flow_latents], dim=1)
         rotary = self.rotary_embedding(image_latents.shape[1], image_latents.shape[-2], image_latents.shape[-1], device)
-        return DenoiseCondition(image_latents, flow_latents, pos, neg, rotary, guidance, callback)
+        cond = DenoiseCondition(image_latents, flow_latents, pos, neg, rotary, guidance, callback)
+        cond.pad_frames = pad
+        return cond
 
     @torch.no_grad()
     def __call__(
@@ -406,6 +416,7 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
                                          + tuple(cond.image_latents.shape[3:]), generator, cond.image_latents.device,
                                          cond.image_latents.dtype)
         latents, _ = self.denoise(latents, cond, timesteps, generator=generator, eta=eta)
+        latents = latents[:, cond.pad_frames:]
         if output_type == "latent":
             return latents
         video = self.decode_latents(latents)
@@ -519,6 +530,7 @@ class DenoiseCondition:
         self.callback = callback
         self.progress_offset = 0
         self.progress_total = 0
+        self.pad_frames = 0
 
 
 def _read_json(path: Path, source: Any) -> Dict[str, Any]:
@@ -553,7 +565,8 @@ def _codec_from_vae(vae: AutoencoderKLCogVideoX, root: Path) -> Any:
     from flowctrl.models.flow_codec import FlowCodec
 
     logger.info("no flow_codec/ in %s: wrapping the video VAE as the flow codec (FlowCodec.from_cogvideox_vae)", root)
-    return FlowCodec.from_cogvideox_vae(vae).to(dtype=vae.dtype)
+    codec = FlowCodec.from_cogvideox_vae(vae)
+    return codec if vae.dtype == torch.float32 else codec.to(dtype=vae.dtype)
 
 
 def load_memory_preset(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:

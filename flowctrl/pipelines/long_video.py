@@ -154,15 +154,15 @@ def generate_long_video(
         out, _ = pipe.denoise(latents, cond, timesteps, start=start, state=state, generator=generator, on_step=on_step)
         return out, cond, frames
 
-    def decode(latents: torch.Tensor, frames: int) -> torch.Tensor:
-        return pipe.decode_latents(latents)[:, :frames]
+    def decode(latents: torch.Tensor, frames: int, pad: int = 0) -> torch.Tensor:
+        return pipe.decode_latents(latents[:, pad:])[:, :frames]
 
     windows = plan_windows(n, window)
     k = len(windows)
     chain_nfe = k * steps
     if k == 1:
-        lat, _, frames = run_window(image, flow, 0, steps)
-        video = decode(lat, frames)
+        lat, cond, frames = run_window(image, flow, 0, steps)
+        video = decode(lat, frames, cond.pad_frames)
         pipe.maybe_free_model_hooks()
         return LongVideoResult(video, windows, pipe.num_function_evals, chain_nfe, "single", steps)
 
@@ -185,8 +185,8 @@ def generate_long_video(
                 captured["x0"], captured["eps"] = pipe.x0_and_noise(latents, model_out, timesteps[i])
 
         s0, e0 = windows[0]
-        lat1, _, frames = run_window(image, flow[:, s0:e0], 0, total, on_step=capture)
-        place(decode(lat1, frames), s0, e0)
+        lat1, cond1, frames = run_window(image, flow[:, s0:e0], 0, total, on_step=capture)
+        place(decode(lat1, frames, cond1.pad_frames), s0, e0)
         noises = shared_noise_reschedule(captured["eps"], k, omega, generator, shuffle) if "eps" in captured else []
         offset = steps
         for j, (s, e) in enumerate(windows[1:]):
@@ -197,7 +197,7 @@ def generate_long_video(
                 lat, _, _ = run_window(image, flow[:, s:e], offset, total, start=m, latents=z,
                                        state={"old_x0": captured["x0"].to(lat1.dtype)})
                 offset += steps - m
-            place(decode(lat, e - s), s, e)
+            place(decode(lat, e - s, cond1.pad_frames), s, e)
         pipe.maybe_free_model_hooks()
         return LongVideoResult(out, windows, pipe.num_function_evals, chain_nfe, "phased", m)
 
@@ -211,8 +211,8 @@ def generate_long_video(
         else:
             img = out[:, s].to(image.device, image.dtype)  # the last generated frame at the window start
             wflow = to_reference(consecutive[:, s:e - 1])
-        lat, _, frames = run_window(img, wflow, offset, chain_nfe)
+        lat, cond, frames = run_window(img, wflow, offset, chain_nfe)
         offset += steps
-        place(decode(lat, frames), s, e)
+        place(decode(lat, frames, cond.pad_frames), s, e)
     pipe.maybe_free_model_hooks()
     return LongVideoResult(out, windows, pipe.num_function_evals, chain_nfe, "chain", 0)

@@ -412,6 +412,10 @@ def training_loss(pipe: Any, model: nn.Module, latents: Dict[str, torch.Tensor],
     z0 = latents["z0"].to(device).float()
     img = latents["image"].to(device).float()
     fl = latents["flow"].to(device).float()
+    pad = (-z0.shape[1]) % (pipe.transformer.config.patch_size_t or 1)
+    if pad:  # CogVideoX 1.5: whole temporal patches, laid out as at inference (FlowCtrlVideoPipeline)
+        z0, fl = (torch.cat([x[:, :pad], x], dim=1) for x in (z0, fl))
+        img = torch.cat([img, torch.zeros_like(img[:, :pad])], dim=1)
     if image_noise:
         sigma = torch.exp(torch.randn(b, generator=generator) * 0.5 - 3.0).to(device).view(b, 1, 1, 1, 1)
         first = img[:, :1] + sigma * torch.randn(img[:, :1].shape, generator=generator).to(device)
@@ -426,9 +430,10 @@ def training_loss(pipe: Any, model: nn.Module, latents: Dict[str, torch.Tensor],
         text = torch.zeros(b, cfg.max_text_seq_length, cfg.text_embed_dim, device=device)
     rotary = pipe.rotary_embedding(z0.shape[1], z0.shape[-2], z0.shape[-1], device)
     dtype = next(model.parameters()).dtype
+    ofs = None if cfg.ofs_embed_dim is None else torch.full((1,), 2.0, device=device, dtype=dtype)
     pred = model(hidden_states=torch.cat([zt, img], dim=2).to(dtype), encoder_hidden_states=text.to(dtype),
                  timestep=ts, flow_latents=fl.to(dtype), flow_scale=keep.to(dtype), image_rotary_emb=rotary,
-                 return_dict=False)[0]
+                 ofs=ofs, return_dict=False)[0]
     return F.mse_loss(pred.float(), target.float())
 
 
