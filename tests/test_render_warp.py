@@ -201,7 +201,7 @@ def test_progress_callback_reports_every_frame():
     assert ("splat", 4, 4) in calls and ("fill", 4, 4) in calls
 
 
-@pytest.mark.parametrize("shape", [(3, 17, 23), (2, 32, 32), (1, 9, 2), (2, 1, 1), (1, 5, 40), (2, 261, 140)])
+@pytest.mark.parametrize("shape", [(3, 17, 23), (2, 32, 32), (1, 9, 2), (2, 1, 1), (1, 5, 40), (3, 261, 140), (2, 261, 140)])
 def test_sparse_push_pull_equals_dense_reference(shape):
     from flowctrl.render.fill import push_pull_fill_holes
 
@@ -209,10 +209,12 @@ def test_sparse_push_pull_equals_dense_reference(shape):
     N, H, W = shape
     video = torch.rand(N, 3, H, W, generator=g)
     holes = torch.rand(N, 1, H, W, generator=g) < 0.6
-    if H > 200:  # large frames: a border strip and a blob, so the per-frame bounding-box push runs
+    if H > 200:  # large frames: the bounding-box push, batched (similar boxes) or per frame
         holes = torch.zeros_like(holes)
         holes[0, :, :, :17] = True
         holes[0, :, 100:150, 60:90] = True
+        if N == 3:  # a small far-away box in frame 2 makes the union much larger: per-frame path
+            holes[2, :, 240:250, 120:130] = True
     dense = push_pull_fill(video, (~holes).float())
     sparse = push_pull_fill_holes(video, holes)
     assert torch.allclose(dense, sparse, atol=1e-6)

@@ -93,20 +93,38 @@ def _push_pull_sparse(c: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Ten
     rows = partial.any(dim=2)  # (N, h)
     cols = partial.any(dim=1)  # (N, wd)
     has = rows.any(dim=1)
-    for n in torch.nonzero(has).flatten().tolist():
-        ys = torch.nonzero(rows[n]).flatten()
-        xs = torch.nonzero(cols[n]).flatten()
-        y_lo, y_hi, x_lo, x_hi = int(ys[0]), int(ys[-1]), int(xs[0]), int(xs[-1])
-        # coarse crop [a, b) x [l, r) with one pixel of margin; fine pixels 2a .. 2b-1 map into it
-        a, b = max(0, y_lo // 2 - 1), min(h1, (y_hi + 1) // 2 + 2)
-        l, r = max(0, x_lo // 2 - 1), min(w1, (x_hi + 1) // 2 + 2)
-        up = _upsample2x(color_next[n:n + 1, :, a:b, l:r])  # fine rows 2a.., cols 2l..
-        fy0, fx0 = y_lo - 2 * a, x_lo - 2 * l
-        up = up[0, :, fy0:fy0 + (y_hi - y_lo + 1), fx0:fx0 + (x_hi - x_lo + 1)]
-        cw = c[n, :, y_lo:y_hi + 1, x_lo:x_hi + 1]
-        ww = w[n, :, y_lo:y_hi + 1, x_lo:x_hi + 1]
-        cw.addcmul_(up, 1.0 - ww)
+    # per-frame bounding boxes of the partial pixels, all at once (first / last True index)
+    y_lo = rows.to(torch.uint8).argmax(dim=1)
+    y_hi = h - 1 - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    x_lo = cols.to(torch.uint8).argmax(dim=1)
+    x_hi = wd - 1 - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    frames = torch.nonzero(has).flatten()
+    boxes = torch.stack([y_lo, y_hi, x_lo, x_hi], 1)[frames].tolist()
+    frames = frames.tolist()
+    area = sum((b[1] - b[0] + 1) * (b[3] - b[2] + 1) for b in boxes)
+    union = [min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)]
+    n0, n1 = frames[0], frames[-1] + 1
+    union_area = (n1 - n0) * (union[1] - union[0] + 1) * (union[3] - union[2] + 1)
+    if union_area <= 1.5 * area:
+        # the boxes are similar: one batched push over their union (few large ops beat many small ones)
+        _push_box(c, w, color_next, slice(n0, n1), *union)
+    else:
+        for n, box in zip(frames, boxes):
+            _push_box(c, w, color_next, slice(n, n + 1), *box)
     return c
+
+
+def _push_box(c: torch.Tensor, w: torch.Tensor, color_next: torch.Tensor, frames: slice, y_lo: int, y_hi: int,
+              x_lo: int, x_hi: int) -> None:
+    """``c += (1 - w) * up2x(color_next)`` on ``frames`` inside the fine box ``[y_lo, y_hi] x [x_lo, x_hi]``."""
+    h1, w1 = color_next.shape[-2:]
+    # coarse crop [a, b) x [l, r) with one pixel of margin; fine pixels 2a .. 2b-1 map into it
+    a, b = max(0, y_lo // 2 - 1), min(h1, (y_hi + 1) // 2 + 2)
+    l, r = max(0, x_lo // 2 - 1), min(w1, (x_hi + 1) // 2 + 2)
+    up = _upsample2x(color_next[frames, :, a:b, l:r])  # fine rows 2a.., cols 2l..
+    fy0, fx0 = y_lo - 2 * a, x_lo - 2 * l
+    up = up[:, :, fy0:fy0 + (y_hi - y_lo + 1), fx0:fx0 + (x_hi - x_lo + 1)]
+    c[frames, :, y_lo:y_hi + 1, x_lo:x_hi + 1].addcmul_(up, 1.0 - w[frames, :, y_lo:y_hi + 1, x_lo:x_hi + 1])
 
 
 def _upsample2x(x: torch.Tensor) -> torch.Tensor:
