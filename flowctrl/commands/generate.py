@@ -223,8 +223,11 @@ class StageProgress:
 
         bar = self.bars.get(stage)
         if bar is None:
+            import shutil
+
+            width = min(100, shutil.get_terminal_size((80, 24)).columns or 80)
             bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>10}", unit="frame" if total > 1 else "step",
-                                          file=sys.stderr, leave=True, dynamic_ncols=True)
+                                          file=sys.stderr, leave=True, ncols=width)
         bar.total = total
         bar.n = done
         bar.refresh()
