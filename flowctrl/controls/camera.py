@@ -120,6 +120,8 @@ class CameraTrajectory:
     timestamps: ``(T0,)`` increasing times of the poses (any unit), or None = evenly spaced.
     name: a label (preset name or file name).
     focal_scale: ``(T0,)`` per-frame factor on the focal lengths (zoom presets), or None = constant.
+    scene_depth: the scene depth the path was made for (an orbit's look-at depth), or None; where no
+        depth map is known, stage 1 puts its fallback plane there so the orbit centre stays put.
     """
 
     w2c: torch.Tensor
@@ -127,6 +129,7 @@ class CameraTrajectory:
     timestamps: Optional[torch.Tensor] = None
     name: str = "camera"
     focal_scale: Optional[torch.Tensor] = field(default=None)
+    scene_depth: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.w2c = torch.as_tensor(self.w2c, dtype=torch.float64)
@@ -201,7 +204,7 @@ class CameraTrajectory:
         if scale is not None:
             scale = torch.from_numpy(np.interp(query, times, scale.numpy()))
         return CameraTrajectory(w2c=torch.from_numpy(out), K_normalized=K, timestamps=None, name=self.name,
-                                focal_scale=scale)
+                                focal_scale=scale, scene_depth=self.scene_depth)
 
     def intrinsics_all(self, height: int, width: int) -> torch.Tensor:
         """Per-frame pixel intrinsics ``(T0, 3, 3)`` float64 at an ``height x width`` image."""
@@ -307,7 +310,7 @@ def _increasing(values: Any, source: Any, where: str, n: int) -> torch.Tensor:
 def parse_camera_json(data: Any, source: Any = "camera") -> CameraTrajectory:
     """Validate a parsed flowctrl camera JSON object (module docstring) into a trajectory."""
     obj = expect_object(data, source, "(top level)", '{"frames": [{"w2c": [[...4x4...]]}, ...]}')
-    reject_unknown(obj, ("name", "intrinsics", "frames", "timestamps", "focal_scale", "preset"), source, "")
+    reject_unknown(obj, ("name", "intrinsics", "frames", "timestamps", "focal_scale", "preset", "scene_depth"), source, "")
     frames = expect_list(require(obj, "frames", source, "", '"frames": [{"w2c": 4x4}, ...]'), source, "frames",
                          '[{"w2c": 4x4} or {"R": 3x3, "t": [x, y, z]}, ...]')
     mats = []
@@ -344,7 +347,15 @@ def parse_camera_json(data: Any, source: Any = "camera") -> CameraTrajectory:
     name = obj.get("name", Path(str(source)).stem)
     if not isinstance(name, str):
         raise err(source, "name", f"is {type_name(name)}", "give a string")
-    return CameraTrajectory(w2c=w2c, K_normalized=K, timestamps=timestamps, name=name, focal_scale=scale)
+    scene_depth = obj.get("scene_depth")
+    if scene_depth is None and isinstance(obj.get("preset"), dict) and isinstance(obj["preset"].get("params"), dict):
+        scene_depth = obj["preset"]["params"].get("depth")  # files written from a preset keep its look-at depth
+    if scene_depth is not None:
+        scene_depth = number(scene_depth, source, "scene_depth")
+        if not scene_depth > 0:
+            raise err(source, "scene_depth", f"is {scene_depth}", "give a positive distance in scene units")
+    return CameraTrajectory(w2c=w2c, K_normalized=K, timestamps=timestamps, name=name, focal_scale=scale,
+                            scene_depth=scene_depth)
 
 
 def parse_motionctrl(data: Any, source: Any = "camera") -> CameraTrajectory:

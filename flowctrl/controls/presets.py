@@ -181,7 +181,8 @@ def camera_preset(name: str, **params: float) -> CameraTrajectory:
     w2c[0] = np.eye(4)
     label = base + ("-difficult" if values["difficult"] else "")
     return CameraTrajectory(w2c=torch.from_numpy(w2c), K_normalized=None, timestamps=None, name=label,
-                            focal_scale=torch.from_numpy(scale) if base.startswith("zoom") else None)
+                            focal_scale=torch.from_numpy(scale) if base.startswith("zoom") else None,
+                            scene_depth=float(values["depth"]) if "depth" in values else None)
 
 
 def parse_preset_spec(spec: str) -> Tuple[str, Dict[str, float]]:

@@ -169,7 +169,7 @@ def compute_unified_flow(
     flow_method: str = "dis",
     depth_kind: str = "depth",
     depth_scale: Optional[float] = None,
-    plane_distance: float = 1.0,
+    plane_distance: Optional[float] = None,
 ) -> UnifiedFlow:
     """Turn the controls into one unified flow (stage 1, analytic; deterministic, no weights).
 
@@ -186,11 +186,15 @@ def compute_unified_flow(
         flow_method: ``"dis"`` or ``"raft"`` for a reference video.
         depth_kind, depth_scale: how to read a depth file (:mod:`flowctrl.depth.file`).
         plane_distance: distance of the fallback plane when no depth is available, in the units of
-            the camera translation (RealEstate10K trajectories have an arbitrary SfM scale).
+            the camera translation (RealEstate10K trajectories have an arbitrary SfM scale). None:
+            the trajectory's ``scene_depth`` (an orbit's look-at depth) when it has one, else 1.
     """
     del generator
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
         raise InputError.at(None, "image", f"has shape {tuple(getattr(image, 'shape', ()))}", "give a (1, 3, H, W) tensor in [0, 1]")
+    if plane_distance is None:
+        camera = controls.camera if controls is not None else None
+        plane_distance = getattr(camera, "scene_depth", None) or 1.0
     if not (math.isfinite(plane_distance) and plane_distance > 0):
         raise InputError.at(None, "plane_distance", f"is {plane_distance}", "give a positive distance")
     if int(num_frames) < 2:
