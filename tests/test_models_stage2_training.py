@@ -188,3 +188,40 @@ def test_latent_space_training_with_3d_vae_and_flow_codec(tmp_path):
 
     video = backend.render(torch.rand(1, 3, 16, 16, generator=g), U(), num_frames=5, generator=g)
     assert video.shape == (1, 5, 3, 16, 16)
+
+
+def test_flow_branch_learns_flow_dependent_videos(tmp_path):
+    """Same image, two flows (pan right / pan left): after a short training the model's one-step
+    prediction (t = 999, pure noise) follows the flow it is given, not the other one."""
+    cfg = load_video_config(tiny_cfg(tmp_path))
+    cfg.model.patch_size = 2
+    cfg.model.flow_gate_init_std = 0.02
+    cfg.data.height = cfg.data.width = 8
+    pipe = build_pipeline(cfg)
+    model = pipe.transformer
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(8, 8), mode="bilinear")
+    t = torch.arange(5.0).view(1, 5, 1, 1)
+    flows = torch.zeros(2, 5, 2, 8, 8)
+    flows[0, :, 0] = t[0]                 # content moves right by 1 px per frame
+    flows[1, :, 0] = -t[0]                # content moves left
+    videos = torch.stack([torch.stack([image[0].roll(int(s) * k, dims=-1) for k in range(5)]) for s in (1, -1)])
+    lat = encode_batch(pipe, videos, flows)
+    text = torch.zeros(2, 4, 16)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ts = torch.full((2,), 999)
+
+    def x0(flow_lat):
+        noise = torch.randn(lat["z0"].shape, generator=torch.Generator().manual_seed(1))
+        v = model(torch.cat([noise, lat["image"]], 2), text, ts, flow_latents=flow_lat).sample
+        return -v                          # zero terminal SNR: x0 = -v at t = 999
+
+    for _ in range(150):
+        loss = (x0(lat["flow"]) - lat["z0"]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        right = (x0(lat["flow"]) - lat["z0"]).pow(2).mean()
+        swapped = (x0(lat["flow"].flip(0)) - lat["z0"]).pow(2).mean()
+    assert right < 0.25 * swapped          # measured: 0.003 vs 0.067
