@@ -83,7 +83,7 @@ def _irregular(w2c: Tensor, num_frames: int, rng: np.random.Generator) -> Tensor
     """
     from flowctrl.controls import CameraTrajectory
 
-    gaps = rng.uniform(0.2, 1.0, size=w2c.shape[0] - 1)
+    gaps = np.exp(rng.uniform(np.log(0.1), 0.0, size=w2c.shape[0] - 1))
     times = torch.from_numpy(np.concatenate([[0.0], np.cumsum(gaps)]))
     return CameraTrajectory(w2c=w2c, timestamps=times).resample(num_frames).w2c.to(torch.float64)
 
@@ -95,7 +95,7 @@ def difficult_cases(num_frames: int = 16, height: int = 256, width: int = 256, s
     cases = []
     for i in range(5):
         rng = np.random.default_rng(seed + i)
-        dense = random_trajectory(rng, 4 * num_frames, max_translation=1.2, max_rotation_deg=20.0)
+        dense = random_trajectory(rng, 2 * num_frames, max_translation=1.2, max_rotation_deg=20.0)
         w2c = _irregular(dense, num_frames, rng)
         clip = render_scene(seed + i, _scene_config(num_frames, height, width, w2c))
         cases.append(CameraCase(f"random-{i}", "difficult", clip.video, clip.w2c.double(), clip.K.double(),
