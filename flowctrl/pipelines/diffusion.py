@@ -534,11 +534,12 @@ class DenoiseCondition:
 
 
 def _read_json(path: Path, source: Any) -> Dict[str, Any]:
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise MissingWeightsError.at(source, str(Path(path).relative_to(Path(path).parents[1])) if len(Path(path).parents) > 1 else str(path),
-                                     "not found", WEIGHTS_HINT) from None
+        field = f"{path.parent.name}/{path.name}"  # e.g. transformer/config.json
+        raise MissingWeightsError.at(source, field, "not found", WEIGHTS_HINT) from None
     except json.JSONDecodeError as error:
         raise MissingWeightsError.at(path, None, f"is not valid JSON ({error.msg})", "re-download or re-save the checkpoint") from None
 
