@@ -114,6 +114,16 @@ def test_lora_weights_save_and_load_separately(tmp_path):
     fresh.transformer.eval()
     out = fresh(image, flow, num_inference_steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    from flowctrl.errors import MissingWeightsError
+    from flowctrl.pipelines.diffusion import DiffusionBackend
+
+    via_backend = DiffusionBackend(build_pipeline(cfg), lora=lora_dir, num_inference_steps=2, guidance_scale=1.0)
+    via_backend.pipeline.transformer.eval()
+    out2 = via_backend.pipeline(image, flow, num_inference_steps=2, guidance_scale=1.0,
+                                generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out2, ref, atol=1e-5, rtol=0)
+    with pytest.raises(MissingWeightsError, match="lora"):
+        DiffusionBackend(build_pipeline(cfg), lora=tmp_path / "no_lora")
     plain = build_pipeline(cfg)
     plain.transformer.eval()
     base_out = plain(image, flow, num_inference_steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))

@@ -605,6 +605,8 @@ class DiffusionBackend:
         long_video: ``"phased"`` (paper 004 §3.4) or ``"chain"`` (last frame → next window) for clips
             longer than the model's window; ``gamma`` (0.8) and ``omega`` (0.2) as in the paper.
         cpu_offload, vae_slicing, vae_tiling, dtype, device: memory options.
+        lora: folder (or file) of LoRA weights to load on the transformer (e.g. the rank-16 static-camera
+            motion LoRA written by ``flowctrl train video`` to ``final/lora``); ``lora_scale`` its weight.
     """
 
     def __init__(
@@ -627,6 +629,8 @@ class DiffusionBackend:
         device: Optional[str] = None,
         prompt: Optional[str] = None,
         negative_prompt: Optional[str] = None,
+        lora: Optional[Union[str, os.PathLike]] = None,
+        lora_scale: float = 1.0,
     ) -> None:
         opts: Dict[str, Any] = dict(load_memory_preset(preset)) if preset else {}
         given = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -655,6 +659,12 @@ class DiffusionBackend:
             if sched_cls is None:
                 raise InputError.at(None, "scheduler", f"unknown scheduler '{opts['scheduler']}'", "use ddim or dpm")
             pipeline.scheduler = sched_cls.from_config(pipeline.scheduler.config)
+        if lora is not None:
+            if not Path(lora).exists():
+                raise MissingWeightsError.at(lora, "lora", "not found",
+                                             "give the folder holding pytorch_lora_weights.safetensors (train output final/lora)")
+            pipeline.load_lora_weights(str(lora), adapter_name="flowctrl_lora")
+            pipeline.set_adapters(["flowctrl_lora"], [float(lora_scale)])
         pipeline.apply_memory_options(
             cpu_offload=str(opts.get("cpu_offload", "none")), vae_slicing=bool(opts.get("vae_slicing", False)),
             vae_tiling=bool(opts.get("vae_tiling", False)), device=opts.get("device"),
