@@ -138,6 +138,9 @@ def parse_arrows(data: Any, source: Any = "arrows", image_size: Optional[Size] =
         mask = None
         if item.get("mask") is not None:
             mask_path = resolve_path(item["mask"], base_dir, source, f"{where}.mask")
+            if not mask_path.is_file():
+                raise err(source, f"{where}.mask", f"{item['mask']!r} does not exist (resolved to {mask_path})",
+                          "mask paths are relative to the arrows file")
             mask = load_mask(mask_path, image_size, what=f"{where}.mask")
         arrows.append(Arrow(start=start, end=end, strength=strength, easing=easing, mask=mask))
     return arrows
