@@ -31,6 +31,10 @@ __all__ = ["CameraCase", "basic_cases", "difficult_cases", "re10k_cases", "rende
 # Presets with camera translation (COLMAP cannot triangulate pure rotations or focal zooms).
 BASIC_PRESETS = ("dolly-in", "dolly-out", "truck-left", "truck-right", "pedestal-up", "orbit-left", "orbit-right")
 SUITES = ("basic", "difficult", "re10k")
+# Presets move 0.3-0.5 units (orbits 1 unit around a point 3.7 units ahead); the scene's walls are
+# 3-7 units away, so straight moves are scaled for usable parallax (orbits already have it).
+PRESET_SCALE = {"orbit-left": 1.0, "orbit-right": 1.0}
+DEFAULT_PRESET_SCALE = 3.0
 
 
 @dataclass
@@ -51,10 +55,11 @@ class CameraCase:
     depth: Optional[Tensor] = None
 
 
-def _scene_config(num_frames: int, height: int, width: int, camera: Any):
+def _scene_config(num_frames: int, height: int, width: int, camera: Any, camera_scale: float = 1.0):
     from flowctrl.train.scenes import SceneConfig
 
     return SceneConfig(num_frames=num_frames, height=height, width=width, camera=camera, moving_layers=False,
+                       camera_scale=camera_scale,
                        num_layers=(3, 3), textures=("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"))
 
 
@@ -70,7 +75,8 @@ def basic_cases(num_frames: int = 16, height: int = 256, width: int = 256, seed:
 
     cases = []
     for i, preset in enumerate(BASIC_PRESETS):
-        clip = render_scene(seed + i, _scene_config(num_frames, height, width, _preset_w2c(preset, num_frames)))
+        clip = render_scene(seed + i, _scene_config(num_frames, height, width, _preset_w2c(preset, num_frames),
+                                                    camera_scale=PRESET_SCALE.get(preset, DEFAULT_PRESET_SCALE)))
         cases.append(CameraCase(preset, "basic", clip.video, clip.w2c.double(), clip.K.double(), clip.depth[:1]))
     return cases
 

@@ -211,6 +211,7 @@ def estimate_poses(
     seed: int = 0,
     max_features: int = 4096,
     peak_threshold: float = 0.002,
+    init_min_tri_angle: float = 4.0,
     num_threads: int = -1,
     workdir: Optional[os.PathLike] = None,
     verbose: bool = False,
@@ -224,6 +225,8 @@ def estimate_poses(
         seed: COLMAP's random seed (RANSAC, initial pair choice); vary it across trials.
         max_features: SIFT features per frame.
         peak_threshold: SIFT detection threshold (lower = more features on small frames).
+        init_min_tri_angle: smallest triangulation angle (degrees) of the initial pair; COLMAP's
+            default 16° rejects most 16-frame clips, whose total parallax is a few degrees.
         workdir: keep COLMAP's database and images there (default: a temporary folder).
         verbose: keep COLMAP's log (otherwise only errors).
 
@@ -285,7 +288,7 @@ def estimate_poses(
         options.num_threads = num_threads
         options.min_model_size = 3
         # Short, low-parallax clips (generated videos) rarely reach COLMAP's default thresholds.
-        options.mapper.init_min_tri_angle = 4.0
+        options.mapper.init_min_tri_angle = init_min_tri_angle
         options.mapper.init_min_num_inliers = 50
         (work / "sparse").mkdir(exist_ok=True)
         try:
