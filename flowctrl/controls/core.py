@@ -33,6 +33,7 @@ from flowctrl.controls.camera import CameraTrajectory, load_camera, parse_camera
 from flowctrl.controls.drags import Drag, load_drags, parse_drags
 from flowctrl.controls.masks import load_mask, resize_mask
 from flowctrl.controls.pose import PoseSequence, load_pose, parse_pose
+from flowctrl.errors import ControlFileError
 
 __all__ = ["Controls", "BUNDLE_FIELDS"]
 
@@ -125,11 +126,14 @@ class Controls:
             if has_pixels:
                 raise err("controls", "image_size", "is unknown, pixel coordinates cannot be rescaled",
                           "build the controls with image_size=(H, W) of the input image")
-            old = new
+            # masks / tensors carry their own size; with none of them nothing depends on the size
+            sized = [x for x in (self.motion_mask, self.static_mask, self.depth, self.ref_video)
+                     if isinstance(x, torch.Tensor)]
+            old = tuple(int(v) for v in sized[0].shape[-2:]) if sized else new
         else:
             old = self.image_size
         if old == new:
-            return replace(self, arrows=list(self.arrows), drags=list(self.drags))
+            return replace(self, arrows=list(self.arrows), drags=list(self.drags), image_size=new)
         scale = 0.5 * (new[0] / old[0] + new[1] / old[1])
 
         def resize_tensor(x: Any) -> Any:
@@ -245,7 +249,13 @@ class Controls:
             from flowctrl.controls.presets import is_preset_spec
 
             candidate = resolve_path(camera, base_dir, source, "camera")
-            camera = load_camera(camera if (is_preset_spec(camera) and not candidate.exists()) else candidate)
+            if is_preset_spec(camera) and not candidate.exists():
+                try:
+                    camera = load_camera(camera)
+                except ControlFileError as error:  # name the bundle too: the spec was written there
+                    raise ControlFileError(f"{source}: camera: {error}") from None
+            else:
+                camera = load_camera(candidate)
 
         masks = {}
         for key in ("mask", "static_mask"):
