@@ -49,7 +49,10 @@ def pchip(knots: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarra
     if len(knots) == 2:
         w = (query - knots[0]) / (knots[1] - knots[0])
         return values[0][None] + w[:, None] * (values[1] - values[0])[None]
-    return PchipInterpolator(knots, values, axis=0, extrapolate=True)(query)
+    # near-flat segments (slopes ~1e-308) overflow inside SciPy's harmonic mean; the result is the
+    # correct zero derivative, so the warning is noise
+    with np.errstate(over="ignore", divide="ignore"):
+        return PchipInterpolator(knots, values, axis=0, extrapolate=True)(query)
 
 
 @dataclass
