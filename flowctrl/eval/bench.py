@@ -226,8 +226,12 @@ def _plot_paths(entries: List[Dict[str, Any]], path: Path) -> None:
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
+    handles = {}
+    for ax in axes.flat:  # one legend with every label (a failed row is missing from some panels)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=len(handles), fontsize=7)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
