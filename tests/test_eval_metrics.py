@@ -41,6 +41,7 @@ def test_flow_fidelity_on_a_translating_texture():
     mask[..., :, 20:100] = True
     res = flow_fidelity(true, video, control_mask=mask)
     assert res["EPE_inside"] < 0.3
+    assert flow_fidelity(true[None], video[None], control_mask=mask[None]) == res  # pipeline's batched layout
     wrong = flow_fidelity(torch.zeros_like(true), video, control_mask=mask)
     assert wrong["EPE_inside"] > 10 * res["EPE_inside"] + 1.0
 

@@ -44,7 +44,8 @@ def flow_fidelity(requested: Tensor, video: Tensor, control_mask: Optional[Tenso
     """EPE of the flow measured on a generated video against the requested unified flow.
 
     Args:
-        requested: ``(T,2,H,W)`` reference-form flow the video was asked to follow (px).
+        requested: ``(T,2,H,W)`` reference-form flow the video was asked to follow (px); a leading
+            batch of 1 (``UnifiedFlow.flow``, ``FlowCtrlOutput.video``) is accepted on every tensor.
         video: ``(T,3,H,W)`` generated video in [0, 1].
         control_mask: ``(T|1,1,H,W)`` bool, where the local controls act (``UnifiedFlow.local_mask``).
         valid: ``(T|1,1,H,W)`` bool, pixels that stay in view (others are excluded everywhere).
@@ -54,6 +55,9 @@ def flow_fidelity(requested: Tensor, video: Tensor, control_mask: Optional[Tenso
         ``{"EPE": all pixels, "EPE_inside": inside the control mask, "EPE_outside": outside}`` (px);
         frame 0 (zero flow by definition) is left out.
     """
+    # accept the pipeline's batched tensors (1,T,...) as well
+    requested, video = (x[0] if x.dim() == 5 else x for x in (requested, video))
+    control_mask, valid = (x[0] if x is not None and x.dim() == 5 else x for x in (control_mask, valid))
     measured = measure_flow(video, method)
     shape = requested[:, :1].shape  # (T,1,H,W)
     base = torch.ones(shape, dtype=torch.bool, device=requested.device)
