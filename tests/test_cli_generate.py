@@ -171,5 +171,7 @@ def test_help_shows_an_example():
     for flag in ("--camera", "--arrows", "--drags", "--ref-video", "--pose", "--mask", "--static-mask", "--depth",
                  "--depth-model", "--strength", "--frames", "--fps", "--size", "--backend", "--model",
                  "--flow-model", "--prompt", "--fill", "--side-by-side", "--gif", "--png-dir", "--seed",
-                 "--preview", "--save-flow", "--output"):
+                 "--preview", "--save-flow", "--output", "--negative-prompt", "--steps", "--guidance",
+                 "--flow-guidance", "--preset", "--long-video", "--lora", "--lora-scale"):
         assert flag in text, flag
+    assert "--backend diffusion --model" in text  # the diffusion flags have an example too
