@@ -71,36 +71,85 @@ def gaussian_densify(
     radius = float(default_radius(sigma, threshold) if radius is None else radius)
     m = mask.to(sparse.dtype).reshape(b, t, 1, h * w)
     values = sparse.reshape(b, t, 2, h * w)
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=sparse.dtype, device=sparse.device),
-        torch.arange(w, dtype=sparse.dtype, device=sparse.device),
-        indexing="ij",
-    )
-    grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)  # (HW, 2)
     out = []
     for bi in range(b):
         idx = torch.nonzero(m[bi, :, 0].amax(dim=0) > 0).flatten()  # control pixels
-        if idx.numel() == 0:
-            out.append(torch.zeros_like(values[bi]))
-            continue
-        pts = grid[idx]  # (N, 2)
-        pm = m[bi][:, :, idx]  # (T, 1, N)
-        pv = values[bi][:, :, idx] * pm  # (T, 2, N)
-        num = torch.zeros(t, 2, h * w, dtype=sparse.dtype, device=sparse.device)
-        den = torch.zeros(t, 1, h * w, dtype=sparse.dtype, device=sparse.device)
-        chunk = max(1, max_chunk_elements // max(1, idx.numel()))
-        for s in range(0, h * w, chunk):
-            d2 = torch.cdist(pts, grid[s:s + chunk]).square()  # (N, C)
-            wgt = torch.exp(-d2 / sigma ** 2) * (d2 <= radius ** 2)
-            num[:, :, s:s + chunk] = pv @ wgt
-            den[:, :, s:s + chunk] = pm @ wgt
-        if normalized:
-            dense = num / den.clamp_min(1.0)
-            dense = torch.where(m[bi] > 0, values[bi], dense)  # control pixels interpolate exactly
-        else:
-            # explicit hypot: torch's strided vector_norm over the channel dim is very slow on CPU
-            peak = torch.hypot(pv[:, 0], pv[:, 1]).amax(dim=1)[:, None, None]  # (T, 1, 1)
-            keep = torch.hypot(num[:, 0], num[:, 1])[:, None] > threshold * peak
-            dense = num * keep
-        out.append(dense)
+        out.append(densify_points(idx, values[bi][:, :, idx], m[bi][:, :, idx], h, w, sigma=sigma, radius=radius,
+                                  normalized=normalized, threshold=threshold, max_chunk_elements=max_chunk_elements))
     return torch.stack(out).reshape(b, t, 2, h, w)
+
+
+def densify_points(
+    index: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    height: int,
+    width: int,
+    sigma: Optional[float] = None,
+    radius: Optional[float] = None,
+    normalized: bool = True,
+    threshold: float = THRESHOLD_R,
+    max_chunk_elements: int = 1 << 24,
+) -> torch.Tensor:
+    """:func:`gaussian_densify` of one batch item given only its control pixels.
+
+    The Gaussian weights of the points do not depend on the frame, so the dense field is the
+    low-rank product ``(values · mask)(T·2 × N) @ weights(N × H·W)``: the cost is one pass over the
+    output, never a ``T × H × W`` sparse field.
+
+    Args:
+        index: ``(N,)`` flat pixel indices ``row * W + col`` of the control pixels (ascending, unique).
+        values: ``(T, 2, N)`` sparse flow at those pixels (pixels); mask: ``(T, 1, N)`` in {0, 1}.
+        height, width, sigma, radius, normalized, threshold, max_chunk_elements: as in
+            :func:`gaussian_densify`.
+
+    Returns:
+        ``(T, 2, H, W)`` dense flow in pixels; differentiable with respect to ``values``.
+    """
+    h, w = int(height), int(width)
+    t = values.shape[0]
+    dtype, device = values.dtype, values.device
+    sigma = float(default_sigma(h, w) if sigma is None else sigma)
+    radius = float(default_radius(sigma, threshold) if radius is None else radius)
+    if index.numel() == 0:
+        return torch.zeros(t, 2, h, w, dtype=dtype, device=device)
+    pm = mask.to(dtype)
+    pv = values * pm  # (T, 2, N)
+    # one weight row for all frames when every point acts at every frame (arrows, drags)
+    shared = bool((pm == pm[:1]).all())
+    pm_rows = pm[:1] if shared else pm
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=dtype, device=device),
+        torch.arange(w, dtype=dtype, device=device),
+        indexing="ij",
+    )
+    grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)  # (HW, 2)
+    pts = grid[index]  # (N, 2)
+    n = index.numel()
+    num = torch.empty(t, 2, h * w, dtype=dtype, device=device)
+    den = torch.empty(pm_rows.shape[0], 1, h * w, dtype=dtype, device=device)
+    chunk = max(1, max_chunk_elements // max(1, n))
+    if chunk >= h * w and not (torch.is_grad_enabled() and pv.requires_grad):
+        # one block: products straight into the output, no copy
+        d2 = torch.cdist(pts, grid).square_()
+        wgt = torch.exp(-d2 / sigma ** 2)
+        wgt.mul_(d2 <= radius ** 2)
+        torch.matmul(pv, wgt, out=num)
+        torch.matmul(pm_rows, wgt, out=den)
+        chunk = h * w  # loop below is skipped
+    for s in range(0 if chunk < h * w else h * w, h * w, chunk):
+        d2 = torch.cdist(pts, grid[s:s + chunk]).square()  # (N, C)
+        wgt = torch.exp(-d2 / sigma ** 2) * (d2 <= radius ** 2)
+        num[:, :, s:s + chunk] = pv @ wgt
+        den[:, :, s:s + chunk] = pm_rows @ wgt
+    if normalized:
+        dense = num.div_(den.clamp_min_(1.0)) if not num.requires_grad else num / den.clamp_min(1.0)
+        # control pixels interpolate exactly
+        at = dense[:, :, index]
+        dense[:, :, index] = torch.where(pm > 0, values, at)
+    else:
+        # explicit hypot: torch's strided vector_norm over the channel dim is very slow on CPU
+        peak = torch.hypot(pv[:, 0], pv[:, 1]).amax(dim=1)[:, None, None]  # (T, 1, 1)
+        keep = torch.hypot(num[:, 0], num[:, 1])[:, None] > threshold * peak
+        dense = num * keep
+    return dense.reshape(t, 2, h, w)

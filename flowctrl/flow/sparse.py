@@ -16,6 +16,45 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 
+def sparse_points_from_tracks(
+    tracks: torch.Tensor,
+    starts: torch.Tensor,
+    height: int,
+    width: int,
+    valid: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The non-zero part of :func:`sparse_flow_from_tracks` for one batch item, without the dense field.
+
+    Args:
+        tracks: ``(N, T, 2)`` displacements in pixels; starts: ``(N, 2)`` positions ``(x, y)``;
+        valid: optional ``(N, T)`` bool (same meaning as in :func:`sparse_flow_from_tracks`).
+
+    Returns:
+        ``index (P,)`` long, the flat pixel indices (``row * W + col``, ascending) that some point
+        hits at some frame; ``values (T, 2, P)`` the sparse flow there (points on one pixel averaged,
+        0 where the mask is off) and ``mask (T, 1, P)`` in {0, 1}: exactly
+        ``sparse.reshape(T, 2, H*W)[..., index]`` and ``mask.reshape(T, 1, H*W)[..., index]`` of
+        :func:`sparse_flow_from_tracks`, at the cost of ``T × N`` instead of ``T × H × W``.
+    """
+    n, t, _ = tracks.shape
+    dtype = tracks.dtype if tracks.is_floating_point() else torch.float32
+    col = torch.round(starts[:, 0]).long()
+    row = torch.round(starts[:, 1]).long()
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)  # (N,)
+    use = inside[:, None].expand(n, t)
+    if valid is not None:
+        use = use & valid.bool()
+    flat = row.clamp(0, height - 1) * width + col.clamp(0, width - 1)
+    keep = use.any(dim=1)
+    index, slot = torch.unique(flat[keep], sorted=True, return_inverse=True)
+    p = index.numel()
+    weight = use[keep].to(dtype).t()  # (T, n')
+    vals = tracks[keep].to(dtype).permute(1, 2, 0) * weight[:, None, :]  # (T, 2, n')
+    total = torch.zeros(t, 2, p, dtype=dtype, device=tracks.device).index_add(2, slot, vals)
+    count = torch.zeros(t, 1, p, dtype=dtype, device=tracks.device).index_add(2, slot, weight[:, None, :])
+    return index, total / count.clamp_min(1.0), (count > 0).to(dtype)
+
+
 def sparse_flow_from_tracks(
     tracks: torch.Tensor,
     starts: torch.Tensor,
@@ -45,23 +84,14 @@ def sparse_flow_from_tracks(
     dtype = tracks.dtype if tracks.is_floating_point() else torch.float32
     device = tracks.device
     sparse = torch.zeros(b, t, 2, height * width, dtype=dtype, device=device)
-    count = torch.zeros(b, t, 1, height * width, dtype=dtype, device=device)
-    if n == 0:
-        return sparse.view(b, t, 2, height, width), count.view(b, t, 1, height, width)
-    col = torch.round(starts[..., 0]).long()
-    row = torch.round(starts[..., 1]).long()
-    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)  # (B, N)
-    use = inside[:, :, None].expand(b, n, t)
-    if valid is not None:
-        use = use & valid.bool()
-    flat = (row.clamp(0, height - 1) * width + col.clamp(0, width - 1))  # (B, N)
-    weight = use.to(dtype).permute(0, 2, 1)  # (B, T, N)
-    values = tracks.to(dtype).permute(0, 2, 3, 1) * weight[:, :, None, :]  # (B, T, 2, N)
-    index = flat[:, None, None, :].expand(b, t, 2, n)
-    sparse = sparse.scatter_add(3, index, values)
-    count = count.scatter_add(3, index[:, :, :1], weight[:, :, None, :])
-    sparse = sparse / count.clamp_min(1.0)
-    mask = (count > 0).to(dtype)
+    mask = torch.zeros(b, t, 1, height * width, dtype=dtype, device=device)
+    # only the hit pixels are computed; the rest of the field stays 0 (one write of the output)
+    for bi in range(b):
+        index, values, hit = sparse_points_from_tracks(tracks[bi], starts[bi], height, width,
+                                                       None if valid is None else valid[bi])
+        if index.numel():
+            sparse[bi, :, :, index] = values
+            mask[bi, :, :, index] = hit
     return sparse.view(b, t, 2, height, width), mask.view(b, t, 1, height, width)
 
 

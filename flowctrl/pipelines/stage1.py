@@ -28,8 +28,8 @@ from flowctrl.errors import InputError
 from flowctrl.flow._sampling import backward_warp
 from flowctrl.flow.camera import camera_flow
 from flowctrl.flow.compose import compose_flows
-from flowctrl.flow.densify import THRESHOLD_R, default_sigma, gaussian_densify
-from flowctrl.flow.sparse import pose_tracks, sparse_flow_from_tracks, tracks_from_controls
+from flowctrl.flow.densify import THRESHOLD_R, default_sigma, densify_points
+from flowctrl.flow.sparse import pose_tracks, sparse_flow_from_tracks, sparse_points_from_tracks, tracks_from_controls
 from flowctrl.flow.strength import motion_strength, rescale_to_strength
 
 if TYPE_CHECKING:  # controls import the flow math, not the other way round at import time
@@ -214,18 +214,20 @@ def compute_unified_flow(
     # 1. local motion --------------------------------------------------------------------------
     _progress(callback, "local", 0, 1)
     groups = _local_groups(controls, T, H, W)
-    local = torch.zeros(1, T, 2, H, W)
+    local = None
     all_tracks = [g["tracks"] for g in groups]
     all_starts = [g["starts"] for g in groups]
     all_valid = [g["valid"] if g["valid"] is not None else torch.ones(g["tracks"].shape[:2], dtype=torch.bool) for g in groups]
     for g in groups:
-        sp, sm = sparse_flow_from_tracks(g["tracks"][None], g["starts"][None], H, W,
-                                         None if g["valid"] is None else g["valid"][None])
-        dense = gaussian_densify(sp, sm, sigma=g.get("sigma") or default_sigma(H, W), radius=g.get("radius"),
-                                 normalized=(densify == "normalized"))
+        # the group's control pixels only: no (T, 2, H, W) sparse field per group
+        idx, pv, pm = sparse_points_from_tracks(g["tracks"], g["starts"], H, W, g["valid"])
+        dense = densify_points(idx, pv, pm, H, W, sigma=g.get("sigma") or default_sigma(H, W), radius=g.get("radius"),
+                               normalized=(densify == "normalized"))[None]
         if g["region"] is not None:
-            dense = dense * g["region"].to(dense.dtype).reshape(1, 1, 1, H, W)
-        local = local + dense
+            dense.mul_(g["region"].to(dense.dtype).reshape(1, 1, 1, H, W))
+        local = dense if local is None else local.add_(dense)
+    if local is None:
+        local = torch.zeros(1, T, 2, H, W)
     if all_tracks:
         sparse, smask = sparse_flow_from_tracks(torch.cat(all_tracks)[None], torch.cat(all_starts)[None], H, W,
                                                 torch.cat(all_valid)[None])
