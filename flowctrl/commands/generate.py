@@ -45,8 +45,8 @@ examples:
   # only check how the controls land on the image (writes out.png, nothing else)
   flowctrl generate --image examples/astronaut.png --arrows examples/a.json --preview -o out.png
   # the learned renderer: 24 GB memory preset, 129 frames in phased windows, text + flow guidance, a LoRA
-  flowctrl generate --image photo.jpg --arrows a.json --backend diffusion --model ckpt/flowctrl-5b \
-      --preset 24gb --prompt "a rocket lifts off" --negative-prompt "blurry, distorted" --steps 30 \
+  flowctrl generate --image photo.jpg --arrows a.json --backend diffusion --model ckpt/flowctrl-5b \\
+      --preset 24gb --prompt "a rocket lifts off" --negative-prompt "blurry, distorted" --steps 30 \\
       --guidance 6 --flow-guidance 1.5 --frames 129 --long-video phased --lora runs/motion/final/lora -o out.mp4
 
 outputs: .mp4/.mov/.mkv (H.264), .gif, or a folder path (PNG frames). Exit status 2 on bad input.
@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
                    help="local Depth-Anything weights used when a camera control has no --depth")
     c.add_argument("--strength", type=float, metavar="S", help="target motion strength M_s in px/frame")
     o = p.add_argument_group("rendering")
-    o.add_argument("--frames", type=int, default=49, help="number of frames T >= 2 (default 49)")
+    o.add_argument("--frames", type=int, default=49, metavar="T", help="number of frames T >= 2 (default 49)")
     o.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default 8)")
     o.add_argument("--size", metavar="WxH",
                    help="working size, e.g. 512x512 (default: the image's, long side <= 512, multiples of 8)")
@@ -90,7 +90,7 @@ def register(subparsers: Any) -> None:
     o.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same video")
     d = p.add_argument_group("diffusion backend (only with --backend diffusion; defaults: the preset's, else "
                              "50 steps, guidance 6, flow guidance 1, phased)")
-    d.add_argument("--prompt", default=None, help="text prompt (the warp backend ignores it)")
+    d.add_argument("--prompt", default=None, metavar="TEXT", help="text prompt (the warp backend ignores it)")
     d.add_argument("--negative-prompt", metavar="TEXT", help="what to steer away from (text guidance > 1 only)")
     d.add_argument("--steps", type=int, metavar="N", help="denoising steps per window")
     d.add_argument("--guidance", type=float, metavar="G",
@@ -115,7 +115,7 @@ def register(subparsers: Any) -> None:
     w.add_argument("--save-flow", metavar="FILE", help="also save the unified flow (.safetensors, .npy or .flo)")
     w.add_argument("--preview", action="store_true",
                    help="only draw the controls over the image and write a PNG (the output with .png)")
-    w.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary line")
     p.set_defaults(func=run)
 
 
@@ -188,8 +188,19 @@ def _check_backend_options(args: argparse.Namespace) -> None:
         load_memory_preset(args.preset)  # unknown name / bad YAML -> InputError listing the presets
 
 
-def _validate(args: argparse.Namespace) -> Dict[str, Any]:
-    """All checks that need no rendering; returns the plan: image, size, controls and output paths."""
+@dataclasses.dataclass
+class Plan:
+    """What ``_validate`` resolved before any rendering."""
+
+    image: Any                      # (1,3,h0,w0) float in [0, 1], the input at its own size
+    size: Tuple[int, int]           # (H, W) working size
+    controls: Any = None            # Controls in pixels of the input image
+    outputs: List[Tuple[str, Path]] = dataclasses.field(default_factory=list)  # (flag, path) in write order
+    preview: Optional[Path] = None  # --preview: the PNG to write instead of any video
+
+
+def _validate(args: argparse.Namespace) -> Plan:
+    """All checks that need no rendering; returns the :class:`Plan`."""
     from flowctrl.pipelines.flowctrl_pipeline import load_image, resolve_size
     from flowctrl.render.warp_renderer import MAX_FRAMES, check_render_size
     from flowctrl.video_io import output_kind
@@ -220,32 +231,32 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
             inputs["--" + dest.replace("_", "-")] = Path(value)
 
     output = Path(args.output)
-    plan: Dict[str, Any] = {"image": image, "size": (H, W), "outputs": []}
+    plan = Plan(image=image, size=(H, W))
     if args.preview:
         preview = output if output.suffix.lower() == ".png" else output.with_suffix(".png")
         _check_output(preview, "-o", inputs)
-        plan["preview"] = preview
+        plan.preview = preview
     else:
         kind = output_kind(args.output)  # unsupported suffix -> InputError
         _check_output(output, "-o", inputs, folder=kind == "png_dir")
-        plan["outputs"].append(("-o", output))
+        plan.outputs.append(("-o", output))
         if args.gif is not None:
             gif = Path(args.gif) if args.gif else output.with_suffix(".gif")
             if gif.suffix.lower() != ".gif":
                 raise InputError.at(str(gif), "--gif", "does not end with .gif", "give a .gif path")
             _check_output(gif, "--gif", inputs)
-            plan["outputs"].append(("--gif", gif))
+            plan.outputs.append(("--gif", gif))
         if args.png_dir:
             _check_output(Path(args.png_dir), "--png-dir", inputs, folder=True)
-            plan["outputs"].append(("--png-dir", Path(args.png_dir)))
+            plan.outputs.append(("--png-dir", Path(args.png_dir)))
         if args.save_flow:
             flow_path = Path(args.save_flow)
             if flow_path.suffix.lower() not in (".safetensors", ".npy", ".flo"):
                 raise InputError.at(str(flow_path), "--save-flow", f"unsupported suffix '{flow_path.suffix}'",
                                     "use .safetensors, .npy or .flo")
             _check_output(flow_path, "--save-flow", inputs)
-            plan["outputs"].append(("--save-flow", flow_path))
-        targets = [str(p.resolve()) for _, p in plan["outputs"]]
+            plan.outputs.append(("--save-flow", flow_path))
+        targets = [str(p.resolve()) for _, p in plan.outputs]
         if len(set(targets)) != len(targets):
             raise InputError.at(args.output, None, "two outputs share one path", "give each output its own path")
 
@@ -261,7 +272,7 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
             "arrows", "drags", "camera", "ref_video", "pose", "motion_mask", "static_mask", "depth", "strength")
             if getattr(controls, field) not in (None, [])}
         controls = dataclasses.replace(bundle, **overrides)
-    plan["controls"] = controls
+    plan.controls = controls
     return plan
 
 
@@ -371,12 +382,12 @@ def _write_png(path: Path, image_chw: Any) -> None:
             os.remove(tmp)
 
 
-def _write_outputs(plan: Dict[str, Any], video: Any, flow: Any, fps: float, progress: StageProgress) -> None:
+def _write_outputs(plan: Plan, video: Any, flow: Any, fps: float, progress: StageProgress) -> None:
     """Write every planned output; if one fails, remove the ones already written (no partial set)."""
     from flowctrl.flow.io import save_flow
     from flowctrl.video_io import write_video
 
-    outputs: List[Tuple[str, Path]] = plan["outputs"]
+    outputs = plan.outputs
     written: List[Path] = []
     progress("encode", 0, len(outputs))
     try:
@@ -399,6 +410,10 @@ def _write_outputs(plan: Dict[str, Any], video: Any, flow: Any, fps: float, prog
 
 
 def run(args: argparse.Namespace) -> int:
+    """The subcommand: validate everything, render, write the outputs; 0 on success.
+
+    User errors propagate as ``FlowCtrlError`` (flowctrl.cli prints the one line and exits 2).
+    """
     progress = StageProgress(enabled=not args.quiet and sys.stderr.isatty())
 
     def show(message: Any, *_: Any, **__: Any) -> None:
@@ -414,20 +429,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, progress: StageProgress) -> int:
+    """:func:`run` inside its warning handler; ``progress`` is the stage callback."""
     plan = _validate(args)
     import torch
 
     from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline, _resize_image
 
-    H, W = plan["size"]
-    controls = plan["controls"]
-    image = _resize_image(plan["image"], (H, W))  # (1,3,H,W) at the working size, for overlays
-    if args.preview:
+    H, W = plan.size
+    controls = plan.controls
+    image = _resize_image(plan.image, (H, W))  # (1,3,H,W) at the working size, for overlays
+    if plan.preview is not None:
         from flowctrl.flow.viz import draw_controls
 
-        _write_png(plan["preview"], draw_controls(image[0], controls.resized(H, W), num_frames=args.frames))
+        _write_png(plan.preview, draw_controls(image[0], controls.resized(H, W), num_frames=args.frames))
         if not args.quiet:
-            print(f"wrote {plan['preview']}", file=sys.stderr)
+            print(f"wrote {plan.preview}", file=sys.stderr)
         return 0
 
     if args.backend == "diffusion":
@@ -438,7 +454,7 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     render_kwargs: Dict[str, Any] = {} if args.prompt is None else {"prompt": args.prompt}
     t0 = time.perf_counter()
     progress.start()
-    out = pipe(plan["image"], controls=controls, num_frames=args.frames, height=H, width=W,
+    out = pipe(plan.image, controls=controls, num_frames=args.frames, height=H, width=W,
                generator=torch.Generator().manual_seed(args.seed), callback=progress,
                depth_model=args.depth_model, **render_kwargs)
     if args.side_by_side:
@@ -448,6 +464,6 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     _write_outputs(plan, video, out.flow, args.fps, progress)
     progress.close()
     if not args.quiet:
-        names = ", ".join(str(p) for _, p in plan["outputs"])
+        names = ", ".join(str(p) for _, p in plan.outputs)
         print(f"wrote {names} ({args.frames} frames {W}x{H}, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0
