@@ -132,3 +132,25 @@ def test_resized_maps_every_pixel_quantity():
     assert Controls(camera=cam).resized(10, 10).image_size == (10, 10)
     unsized = Controls(motion_mask=mask).resized(80, 120)  # the mask knows its size
     assert unsized.image_size == (80, 120) and torch.equal(unsized.motion_mask, r.motion_mask)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from flowctrl.controls.core import BUNDLE_FIELDS  # noqa: E402
+
+_leaf = st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 600) | st.sampled_from(
+    ["a.json", "drag.txt", "mask.png", "orbit", "zoom-in:factor=0", "nope.json", "", "."])
+_value = st.recursive(_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(
+    st.sampled_from(["arrows", "start", "end", "frames", "points", "units"]), c, max_size=3), max_leaves=10)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(BUNDLE_FIELDS + ("extra",)), _value, max_size=4))
+def test_bundle_parser_never_crashes(data):
+    """Property: any bundle object gives Controls or a one-line ControlFileError naming the bundle."""
+    try:
+        c = Controls.from_dict(data, base_dir=EXAMPLES, source="b.json", image_size=(512, 512))
+    except ControlFileError as error:
+        assert "\n" not in str(error) and ("b.json" in str(error) or str(EXAMPLES) in str(error)), str(error)
+    else:
+        assert isinstance(c, Controls) and c.image_size is not None

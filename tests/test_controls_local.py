@@ -348,3 +348,64 @@ def test_reference_video(tmp_path):
         load_reference_video(tmp_path / "junk.mp4")
     with pytest.raises(ControlFileError, match="does not exist"):
         load_reference_video(tmp_path / "none.mp4")
+
+
+def test_sixteen_bit_mask_uses_half_the_full_range(tmp_path):
+    from PIL import Image
+
+    a = np.zeros((8, 8), np.uint16)
+    a[:4] = 65535
+    a[4:6] = 20000  # below half of 65535: outside
+    Image.fromarray(a).save(tmp_path / "m16.png")
+    mask = load_mask(tmp_path / "m16.png")
+    assert int(mask.sum()) == 32 and bool(mask[0, :4].all())
+
+
+json_leaf = st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-1000, 1000) | st.text(max_size=4)
+json_any = st.recursive(json_leaf, lambda c: st.lists(c, max_size=5) | st.dictionaries(
+    st.sampled_from(["drags", "points", "radius", "times", "units", "skeleton", "frames", "keypoints", "x"]), c,
+    max_size=4), max_leaves=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_any)
+def test_drag_and_pose_parsers_never_crash(value):
+    """Property: any JSON value gives valid objects or a one-line ControlFileError naming the file."""
+    for parse in (parse_drags, parse_pose):
+        try:
+            out = parse(value, "f.json", SIZE)
+        except ControlFileError as error:
+            assert str(error).startswith("f.json") and "\n" not in str(error)
+        else:
+            if parse is parse_drags:
+                assert all(len(d.points) >= 2 and np.isfinite(d.points).all() for d in out)
+            else:
+                assert out.keypoints.shape[0] >= 2 and torch.isfinite(out.keypoints).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-5, 5), st.floats(-5, 5), st.floats(0, 1)), min_size=17, max_size=17),
+       st.integers(0, 16), st.sampled_from(["nan", "inf", "range", "conf"]))
+def test_pose_parser_rejects_one_bad_value(frame, j, kind):
+    kps = [[20 + x, 20 + y, 0.5 + 0.5 * c] for x, y, c in frame]
+    parse_pose({"frames": [kps, kps]}, "p.json", SIZE)  # valid
+    bad = [list(k) for k in kps]
+    bad[j] = {"nan": [float("nan"), 1, 1], "inf": [1, float("inf"), 1], "range": [20, 1e4, 1],
+              "conf": [20, 20, 2.0]}[kind]
+    with pytest.raises(ControlFileError, match=rf"p.json: frames\[1\]\[{j}\]"):
+        parse_pose({"frames": [kps, bad]}, "p.json", SIZE)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=17, max_size=20),
+                min_size=0, max_size=4))
+def test_re10k_parser_never_crashes(rows):
+    from flowctrl.controls import parse_re10k
+
+    text = "https://youtube.com/x\n" + "\n".join(" ".join(repr(v) for v in r) for r in rows)
+    try:
+        traj = parse_re10k(text, "r.txt")
+    except ControlFileError as error:
+        assert str(error).startswith("r.txt") and "\n" not in str(error)
+    else:
+        assert torch.allclose(torch.linalg.det(traj.w2c[:, :3, :3]), torch.ones(len(traj), dtype=torch.float64))

@@ -33,7 +33,11 @@ def load_mask(path: PathLike, image_size: Optional[Size] = None, what: str = "ma
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            if image.mode.startswith(("I", "F")):  # 16-bit / float grayscale: 50 % of the full range
+                values = np.asarray(image, dtype=np.float64)
+                full = 1.0 if image.mode.startswith("F") else 65535.0
+                gray = np.where(values > full / 2, 255, 0).astype(np.uint8)
+            elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 rgba = np.asarray(image.convert("RGBA"))
                 alpha = rgba[..., 3]
                 gray = alpha if alpha.min() != alpha.max() else np.asarray(image.convert("L"))

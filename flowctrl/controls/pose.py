@@ -141,7 +141,7 @@ def parse_pose(data: Any, source: Any = "pose", image_size: Optional[Size] = Non
     obj = expect_object(data, source, "(top level)", '{"skeleton": "coco17", "frames": [[[x, y, c], ...], ...]}')
     reject_unknown(obj, ("skeleton", "units", "frames"), source, "")
     skeleton = obj.get("skeleton", "coco17")
-    if skeleton not in SKELETONS:
+    if not isinstance(skeleton, str) or skeleton not in SKELETONS:
         raise err(source, "skeleton", f"is {skeleton!r}", f"use one of {', '.join(SKELETONS)}")
     units = parse_units(obj, source)
     J = len(KEYPOINT_NAMES[skeleton])
