@@ -129,6 +129,7 @@ def densify_points(
     num = torch.empty(t, 2, h * w, dtype=dtype, device=device)
     den = torch.empty(pm_rows.shape[0], 1, h * w, dtype=dtype, device=device)
     chunk = max(1, max_chunk_elements // max(1, n))
+    first = 0
     if chunk >= h * w and not (torch.is_grad_enabled() and pv.requires_grad):
         # one block: products straight into the output, no copy
         d2 = torch.cdist(pts, grid).square_()
@@ -136,8 +137,8 @@ def densify_points(
         wgt.mul_(d2 <= radius ** 2)
         torch.matmul(pv, wgt, out=num)
         torch.matmul(pm_rows, wgt, out=den)
-        chunk = h * w  # loop below is skipped
-    for s in range(0 if chunk < h * w else h * w, h * w, chunk):
+        first = h * w  # nothing left for the loop below
+    for s in range(first, h * w, chunk):
         d2 = torch.cdist(pts, grid[s:s + chunk]).square()  # (N, C)
         wgt = torch.exp(-d2 / sigma ** 2) * (d2 <= radius ** 2)
         num[:, :, s:s + chunk] = pv @ wgt
