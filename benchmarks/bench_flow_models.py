@@ -61,6 +61,9 @@ def main() -> int:
     ap.add_argument("--work", default=str(REPO / "runs" / "bench_flow_models"))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--skip-train", action="store_true", help="evaluate the models already in --work")
+    ap.add_argument("--methods", default="gaussian,refiner,fgm,fgm_crm",
+                    help="comma list of methods to train/evaluate (the Gaussian baseline needs no training)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (flow_models<tag>.md)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on shared cores 2 threads ran 6x slower per step than 1)")
     args = ap.parse_args()
@@ -70,30 +73,38 @@ def main() -> int:
     data = {"data": {"source": "synthetic", "num_scenes": args.train_scenes, "num_frames": 16, "height": 64, "width": 64}}
     big = 10 ** 6
     budgets = {}
+    wanted = [m for m in args.methods.split(",") if m]
+    diffusion = [m for m in wanted if m in ("fgm", "fgm_crm")]
     if not args.skip_train:
         cm = args.codec_minutes or args.minutes
-        run_training("codec", "configs/train/fgm_codec_tiny.yaml", work, cm, {**data, "max_steps": big, "checkpoint_every": big})
-        run_training("refiner", "configs/train/refiner_tiny.yaml", work, args.minutes, {**data, "max_steps": big, "checkpoint_every": big})
+        if diffusion:
+            run_training("codec", "configs/train/fgm_codec_tiny.yaml", work, cm, {**data, "max_steps": big, "checkpoint_every": big})
+        if "refiner" in wanted:
+            run_training("refiner", "configs/train/refiner_tiny.yaml", work, args.minutes, {**data, "max_steps": big, "checkpoint_every": big})
         codec = str(work / "codec" / "final")
-        run_training("fgm", "configs/train/fgm_tiny.yaml", work, args.minutes,
-                     {**data, "max_steps": big, "checkpoint_every": big, "codec_path": codec, "crm": None})
-        run_training("fgm_crm", "configs/train/fgm_tiny.yaml", work, args.minutes,
-                     {**data, "max_steps": big, "checkpoint_every": big, "codec_path": codec})
+        if "fgm" in wanted:
+            run_training("fgm", "configs/train/fgm_tiny.yaml", work, args.minutes,
+                         {**data, "max_steps": big, "checkpoint_every": big, "codec_path": codec, "crm": None})
+        if "fgm_crm" in wanted:
+            run_training("fgm_crm", "configs/train/fgm_tiny.yaml", work, args.minutes,
+                         {**data, "max_steps": big, "checkpoint_every": big, "codec_path": codec})
     from flowctrl.models.flow_codec import FlowCodec
     from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
 
-    codec = FlowCodec.from_pretrained(str(work / "codec" / "final")).eval()
-    pipes = {name: FlowGenerationPipeline.from_pretrained(work / name / "final") for name in ("refiner", "fgm", "fgm_crm")}
+    codec = FlowCodec.from_pretrained(str(work / "codec" / "final")).eval() if diffusion else None
+    pipes = {name: FlowGenerationPipeline.from_pretrained(work / name / "final") for name in ("refiner", "fgm", "fgm_crm")
+             if name in wanted}
     test = SyntheticFlowDataset(SyntheticConfig(num_scenes=args.test_scenes, seed=10_000, num_frames=16, height=64, width=64,
                                                 with_dense=False))
-    methods = ("gaussian", "refiner", "fgm", "fgm_crm")
+    methods = tuple(m for m in ("gaussian", "refiner", "fgm", "fgm_crm") if m == "gaussian" or m in wanted)
     errs = {m: {mode: [] for mode in MODES} for m in methods}
     codec_err = []
     t0 = time.time()
     for i in range(args.test_scenes):
         clip = test.clip(i)
-        with torch.no_grad():
-            codec_err.append(epe(codec.decode(codec.encode(clip["flow"][None]), 16), clip["flow"]))
+        if codec is not None:
+            with torch.no_grad():
+                codec_err.append(epe(codec.decode(codec.encode(clip["flow"][None]), 16), clip["flow"]))
         for k, mode in enumerate(MODES):
             g = torch.Generator().manual_seed(777 * i + k)
             sparse, mask, _ = sample_condition(clip["image"], clip["flow"], clip["visibility"], ConditionConfig(mode=mode), g)
@@ -101,12 +112,12 @@ def main() -> int:
             errs["gaussian"][mode].append(epe(dense, clip["flow"]))
             unified = SimpleNamespace(flow=dense[None], sparse_flow=sparse[None], sparse_mask=mask[None], num_frames=16,
                                       size=(64, 64), K=None, w2c=None, camera_flow=None)
-            with torch.no_grad():
-                ref = pipes["refiner"]
-                refined = ref.refiner(clip["image"][None], dense[None], mask[None])[0]
-            errs["refiner"][mode].append(epe(refined, clip["flow"]))
+            if "refiner" in pipes:
+                with torch.no_grad():
+                    refined = pipes["refiner"].refiner(clip["image"][None], dense[None], mask[None])[0]
+                errs["refiner"][mode].append(epe(refined, clip["flow"]))
             strength = float(clip["strength"])
-            for name in ("fgm", "fgm_crm"):
+            for name in diffusion:
                 u = unified
                 pipe = pipes[name]
                 gen = torch.Generator().manual_seed(1000 + i)
@@ -126,14 +137,15 @@ def main() -> int:
     base_local = rows[0][-1]
     names = {"gaussian": "Gaussian interpolation (eq. 6–7)", "refiner": "refinement net T", "fgm": "FGM",
              "fgm_crm": "FGM + CRM"}
-    curves = {name: read_metrics(work / name) for name in ("codec", "refiner", "fgm", "fgm_crm")}
+    curves = {name: read_metrics(work / name) for name in ("codec", "refiner", "fgm", "fgm_crm")
+              if name in wanted or (name == "codec" and diffusion)}
     lines = [
         "# Learned stage 1 vs Gaussian interpolation (held-out synthetic scenes)",
         "",
         f"{args.test_scenes} held-out scenes (seeds 10000+), 64×64, 16 frames; identical sparse conditions per scene and "
         f"mode; EPE in px over frames 1–15 (lower is better). Training budget {args.minutes:g} min per model on "
         f"2 shared CPU cores, {args.train_scenes} training scenes. FGM sampling: DDIM {args.steps} steps, "
-        f"guidance {args.guidance}. Codec round-trip EPE on the test flows: {mean(codec_err):.3f} px.",
+        f"guidance {args.guidance}." + (f" Codec round-trip EPE on the test flows: {mean(codec_err):.3f} px." if codec_err else ""),
         "",
         "| method | random | grid | edge | camera-only | local (random+grid+edge) | vs Gaussian (local) |",
         "|---|---|---|---|---|---|---|",
@@ -145,12 +157,13 @@ def main() -> int:
     for name, c in curves.items():
         if c:
             lines.append(f"- {name}: {c[-1]['step']} steps, {c[-1]['time']:.0f}s, loss {c[0]['loss']:.4f} → {c[-1]['loss']:.4f}")
-    lines += ["", f"Reproduce: `python benchmarks/bench_flow_models.py --minutes {args.minutes:g}`", ""]
+    extra = f" --methods {args.methods}" if args.methods != ap.get_default("methods") else ""
+    lines += ["", f"Reproduce: `python benchmarks/bench_flow_models.py --minutes {args.minutes:g}{extra}`", ""]
     text = "\n".join(lines)
-    (results / "flow_models.md").write_text(text)
-    (results / "flow_models.json").write_text(json.dumps({"errors": errs, "codec_epe": codec_err}, indent=1))
+    (results / f"flow_models{args.tag}.md").write_text(text)
+    (results / f"flow_models{args.tag}.json").write_text(json.dumps({"errors": errs, "codec_epe": codec_err}, indent=1))
     print(text)
-    _plot(curves, results / "flow_models_curves.png")
+    _plot(curves, results / f"flow_models{args.tag}_curves.png")
     return 0
 
 
@@ -167,7 +180,8 @@ def _plot(curves, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    axes = axes[0]
     for ax, (name, c) in zip(axes, curves.items()):
         if not c:
             continue
