@@ -37,7 +37,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("flow", help=HELP, description=HELP, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True, help="input image (PNG/JPEG)")
-    p.add_argument("--bundle", help="control bundle JSON (individual flags below override its entries)")
+    p.add_argument("--controls", "--bundle", dest="bundle", metavar="FILE",
+                   help="control bundle JSON (individual flags below override its entries); "
+                        "--bundle is an alias")
     p.add_argument("--arrows", help="arrows JSON")
     p.add_argument("--drags", help="drags JSON or a Tora/MotionCtrl .txt trajectory")
     p.add_argument("--camera", help="camera file (flowctrl JSON, RealEstate10K .txt, MotionCtrl JSON) or preset, e.g. orbit")
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_viz:
         outputs["--viz"] = Path(args.viz) if args.viz else out.with_name(out.stem + "_flow.mp4")
         outputs["--overlay"] = Path(args.overlay) if args.overlay else out.with_name(out.stem + "_controls.png")
-    inputs = {name: Path(v) for name, v in (("--image", args.image), ("--bundle", args.bundle), ("--arrows", args.arrows),
+    inputs = {name: Path(v) for name, v in (("--image", args.image), ("--controls", args.bundle), ("--arrows", args.arrows),
                                             ("--drags", args.drags), ("--camera", args.camera), ("--ref-video", args.ref_video),
                                             ("--pose", args.pose), ("--mask", args.mask), ("--static-mask", args.static_mask),
                                             ("--depth", args.depth)) if v}
