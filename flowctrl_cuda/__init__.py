@@ -102,11 +102,15 @@ def splat(
     weight: Optional[torch.Tensor] = None,
     mode: str = "sum",
     return_norm: bool = False,
+    out: Optional[torch.Tensor] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Forward splatting (sum / avg / softmax); see :func:`flowctrl_cuda.reference.splat`.
 
     Args:
         x: (N, C, H, W); flow: (N, 2, H, W) pixels; weight: (N, 1, H, W) importance Z or None.
+            A source broadcast over N (``image.expand(N, ...)``) is read without a copy on the
+            compiled CPU path.
+        out: optional (N, C, H, W) tensor to receive the result (in place; not with autograd).
     Returns:
         out (N, C, H, W) [, norm (N, 1, H, W), 0 = hole].
     """
@@ -116,12 +120,19 @@ def splat(
     if impl == "cuda":
         from flowctrl_cuda import _cuda
 
-        return _cuda.splat(x, flow, weight, mode, return_norm)
-    if impl == "cpu":
+        result = _cuda.splat(x, flow, weight, mode, return_norm)
+    elif impl == "cpu":
         from flowctrl_cuda import _cpu
 
-        return _cpu.splat(x, flow, weight, mode, return_norm)
-    return reference.splat(x, flow, weight, mode, return_norm)
+        result = _cpu.splat(x, flow, weight, mode, return_norm, out=out)
+    else:
+        result = reference.splat(x, flow, weight, mode, return_norm)
+    if out is None:
+        return result
+    res = result[0] if return_norm else result
+    if res.data_ptr() != out.data_ptr():
+        out.copy_(res)
+    return (out, result[1]) if return_norm else out
 
 
 def freq_adaptor(x: torch.Tensor, weight: torch.Tensor, dim: int = 1) -> torch.Tensor:

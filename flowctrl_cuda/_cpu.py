@@ -115,10 +115,12 @@ def _load() -> Optional[ctypes.CDLL]:
         i64, f32p, i32 = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int
         lib.fc_splat_f32.argtypes = [f32p, f32p, f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
         lib.fc_splat_f32.restype = i32
+        lib.fc_splat_strided_f32.argtypes = [f32p, i64, f32p, f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
+        lib.fc_splat_strided_f32.restype = i32
         lib.fc_backward_warp_f32.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
         lib.fc_backward_warp_f32.restype = i32
         lib.fc_cpu_abi_version.restype = i32
-        if lib.fc_cpu_abi_version() != 2:
+        if lib.fc_cpu_abi_version() != 3:
             raise RuntimeError("cached library has an unexpected ABI version")
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
@@ -154,25 +156,46 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+def _writable(t: Optional[torch.Tensor], shape: Tuple[int, ...]) -> bool:
+    return (t is not None and t.shape == shape and t.dtype == torch.float32 and t.device.type == "cpu"
+            and t.is_contiguous())
+
+
 def splat(
     x: torch.Tensor,
     flow: torch.Tensor,
     weight: Optional[torch.Tensor],
     mode: str,
     return_norm: bool,
+    out: Optional[torch.Tensor] = None,
+    norm_out: Optional[torch.Tensor] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-    """Compiled splat; same contract as :func:`flowctrl_cuda.reference.splat` (float32 CPU, no grad)."""
+    """Compiled splat; same contract as :func:`flowctrl_cuda.reference.splat` (float32 CPU, no grad).
+
+    ``x`` may be one image broadcast over the batch (``image.expand(N, ...)``, batch stride 0): it is
+    read in place, not copied. ``out`` / ``norm_out``: optional contiguous float32 ``(N, C, H, W)`` /
+    ``(N, 1, H, W)`` tensors written in place (and returned); others are ignored (new tensors).
+    """
     lib = _load()
     assert lib is not None, "call available() first"
     n, c, h, w = x.shape
-    x = x.detach().contiguous()
+    x = x.detach()
+    if n > 1 and x.stride(0) == 0 and x[0].is_contiguous():
+        x_stride = 0  # the same image for every item: no (N, C, H, W) copy
+    else:
+        x = x.contiguous()
+        x_stride = c * h * w
     flow = flow.detach().contiguous()
     weight = weight.detach().contiguous() if weight is not None else None
-    out = torch.empty(n, c, h, w, dtype=torch.float32)  # the kernel writes every element
-    norm = torch.empty(n, 1, h, w, dtype=torch.float32) if return_norm else None
-    rc = lib.fc_splat_f32(_ptr(x), _ptr(flow), _ptr(weight), _ptr(out), _ptr(norm), n, c, h, w, _MODES[mode], _threads())
+    if not _writable(out, (n, c, h, w)):
+        out = torch.empty(n, c, h, w, dtype=torch.float32)  # the kernel writes every element
+    norm = None
+    if return_norm:
+        norm = norm_out if _writable(norm_out, (n, 1, h, w)) else torch.empty(n, 1, h, w, dtype=torch.float32)
+    rc = lib.fc_splat_strided_f32(_ptr(x), x_stride, _ptr(flow), _ptr(weight), _ptr(out), _ptr(norm), n, c, h, w,
+                                  _MODES[mode], _threads())
     if rc != 0:
-        raise RuntimeError(f"fc_splat_f32 returned {rc}")
+        raise RuntimeError(f"fc_splat_strided_f32 returned {rc}")
     return (out, norm) if return_norm else out
 
 

@@ -207,10 +207,15 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
                 Z = importance_from_flow(fm, alpha)
                 if valid is not None:
                     Z.masked_fill_(~valid[0, start:stop][run].bool(), INVALID_Z)
-            src = image.expand(m, -1, -1, -1)
-            out, norm = splat(src, fm, weight=Z.contiguous(), mode="softmax", return_norm=True)
-            video[0, start:stop][run] = out  # a convex combination of the image: in [0, 1] up to rounding
-            holes[0, start:stop][run] = norm <= hole_eps
+            src = image.expand(m, -1, -1, -1)  # broadcast: the compiled splat reads it without a copy
+            # a convex combination of the image: in [0, 1] up to rounding. Written straight into the
+            # video when the moving frames are a contiguous run.
+            target = video[0, start:stop][run] if isinstance(run, slice) else None
+            out, norm = splat(src, fm, weight=Z.contiguous(), mode="softmax", return_norm=True, out=target)
+            if target is None:
+                video[0, start:stop][run] = out
+            torch.le(norm, hole_eps, out=holes[0, start:stop][run]) if isinstance(run, slice) else \
+                holes[0, start:stop].index_put_((run,), norm <= hole_eps)
         timings["splat"] += time.perf_counter() - t0
         if callback is not None:
             callback("splat", stop, T)

@@ -275,12 +275,14 @@ void warp_rows(const float* __restrict__ x, const float* __restrict__ flow, floa
 
 extern "C" {
 
-int fc_cpu_abi_version() { return 2; }
+int fc_cpu_abi_version() { return 3; }
 
 // x (N,C,H,W), flow (N,2,H,W), weight (N,1,H,W) or null; out (N,C,H,W) and norm (N,1,H,W) are
 // fully written (norm may be null). Returns 0 on success.
-int fc_splat_f32(const float* x, const float* flow, const float* weight, float* out, float* norm, int64_t N,
-                 int64_t C, int64_t H, int64_t W, int mode, int threads) {
+// x_stride: elements between consecutive images of x; 0 reads one image for all N (a broadcast
+// source, e.g. the same reference image splatted along every frame's flow, without a copy).
+int fc_splat_strided_f32(const float* x, int64_t x_stride, const float* flow, const float* weight, float* out,
+                         float* norm, int64_t N, int64_t C, int64_t H, int64_t W, int mode, int threads) {
   if (mode < kSum || mode > kSoftmax) return 1;
   const int64_t HW = H * W;
   if (N <= 0 || HW <= 0) return 0;
@@ -303,7 +305,7 @@ int fc_splat_f32(const float* x, const float* flow, const float* weight, float* 
           en = ebuf.data();
         }
         std::fill(acc.begin(), acc.end(), 0.0f);
-        splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, acc.data(), C, H, W, 0, H);
+        splat_rows_any(x + n * x_stride, flow + n * 2 * HW, en, acc.data(), C, H, W, 0, H);
         const float* bufs[1] = {acc.data()};
         finish_any(bufs, 1, out + n * C * HW, norm != nullptr ? norm + n * HW : nullptr, C, HW, divide, 0, HW);
       }
@@ -325,7 +327,7 @@ int fc_splat_f32(const float* x, const float* flow, const float* weight, float* 
     }
     parallel_for(H, T, [&](int64_t rb, int64_t re, int t) {
       std::fill(acc[t].begin(), acc[t].end(), 0.0f);
-      splat_rows_any(x + n * C * HW, flow + n * 2 * HW, en, acc[t].data(), C, H, W, rb, re);
+      splat_rows_any(x + n * x_stride, flow + n * 2 * HW, en, acc[t].data(), C, H, W, rb, re);
     });
     parallel_for(HW, T, [&](int64_t pb, int64_t pe, int) {
       finish_any(bufs.data(), T, out + n * C * HW, norm != nullptr ? norm + n * HW : nullptr, C, HW, divide, pb, pe);
@@ -352,6 +354,12 @@ int fc_backward_warp_f32(const float* x, const float* flow, float* out, int64_t 
     }
   });
   return 0;
+}
+
+// x (N,C,H,W) contiguous: fc_splat_strided_f32 with x_stride = C*H*W.
+int fc_splat_f32(const float* x, const float* flow, const float* weight, float* out, float* norm, int64_t N,
+                 int64_t C, int64_t H, int64_t W, int mode, int threads) {
+  return fc_splat_strided_f32(x, C * H * W, flow, weight, out, norm, N, C, H, W, mode, threads);
 }
 
 }  // extern "C"
