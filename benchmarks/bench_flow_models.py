@@ -72,7 +72,6 @@ def main() -> int:
     results.mkdir(parents=True, exist_ok=True)
     data = {"data": {"source": "synthetic", "num_scenes": args.train_scenes, "num_frames": 16, "height": 64, "width": 64}}
     big = 10 ** 6
-    budgets = {}
     wanted = [m for m in args.methods.split(",") if m]
     diffusion = [m for m in wanted if m in ("fgm", "fgm_crm")]
     if not args.skip_train:

@@ -14,7 +14,6 @@ Gradients are first-order (``once_differentiable``).
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Tuple, Union

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "examples" / "astronaut.png"
 ARROWS = REPO / "examples" / "a.json"
 
-pytestmark = pytest.mark.filterwarnings("ignore:no depth given")
+pytestmark = [pytest.mark.filterwarnings("ignore:no depth given"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 class FakeTTY(io.StringIO):
@@ -25,14 +25,6 @@ class FakeTTY(io.StringIO):
 
     def isatty(self) -> bool:
         return True
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The Controls object: bundle JSON (paths relative to the bundle), from_files, resized, and examples/."""
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -8,12 +8,7 @@ from flowctrl.models.transformer import FlowCtrlTransformer
 from flowctrl.pipelines.diffusion import FlowCtrlVideoPipeline
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

@@ -12,12 +12,7 @@ from flowctrl.pipelines.long_video import (generate_long_video, phased_steps, pl
                                            shared_noise_reschedule)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pixel_pipeline(scheduler=CogVideoXDDIMScheduler):

@@ -10,13 +10,7 @@ from flowctrl.models.guider import ConditionEncoder, group_frames, latent_num_fr
 from flowctrl.models.refiner import RefinementNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Shared cores: one torch thread per process runs these tiny models several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = dict(num_attention_heads=2, attention_head_dim=8, time_embed_dim=32, num_layers=2,

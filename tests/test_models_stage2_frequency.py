@@ -7,12 +7,7 @@ import torch
 from flowctrl.models.frequency import FrequencyStabilizer, temporal_flicker
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("t", [9, 8, 13, 5, 1])

@@ -9,12 +9,7 @@ from flowctrl.train.video_loop import (build_pipeline, encode_batch, load_video_
                                        setup_trainable, train, training_loss)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(tmp_path, **top):

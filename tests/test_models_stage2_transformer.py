@@ -12,12 +12,7 @@ TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_cha
             max_text_seq_length=4, temporal_compression_ratio=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(seed=0):

@@ -1,7 +1,5 @@
 """Warp renderer: softmax splatting along the unified flow + hole filling (known true answers)."""
-import math
 
-import numpy as np
 import pytest
 import torch
 

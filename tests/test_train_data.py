@@ -12,13 +12,7 @@ from flowctrl.train.scenes import SceneConfig, render_scene
 from flowctrl.train.shards import ShardDataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Shared cores: one torch thread per process runs these tiny models several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -21,13 +21,7 @@ from flowctrl.train.config import load_config
 from flowctrl.train.flow_loop import diffusion_loss, make_scheduler, read_metrics, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Shared cores: one torch thread per process runs these tiny models several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 REPO = Path(__file__).resolve().parents[1]

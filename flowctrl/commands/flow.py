@@ -128,8 +128,6 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from flowctrl.depth.plane import FlatDepthWarning
     from flowctrl.flow.io import save_flow
     from flowctrl.flow.viz import draw_controls, flow_video

@@ -96,7 +96,6 @@ def _build(cls, data: Dict[str, Any], source: str, prefix: str = ""):
     for key, value in data.items():
         if key not in names:
             raise ConfigError.at(source, prefix + key, "is not a known key", f"use one of {sorted(names)}")
-        ftype = names[key].type
         if key == "data":
             value = _build(DataConfig, value or {}, source, "data.")
         elif key == "scheduler":

@@ -27,7 +27,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -182,9 +182,10 @@ def prepare_shards(
         raise InputError.at(video_dir, "VIDEO_DIR", "is not a folder", "give a folder of videos")
     if out_dir.resolve() == video_dir.resolve():
         raise InputError.at(out_dir, "-o", "is the input folder", "write shards to a separate folder")
+    estimate_poses = None
     if poses:
         try:
-            from flowctrl.eval.camera import estimate_poses  # noqa: F401  (E's pycolmap wrapper)
+            from flowctrl.eval.camera import estimate_poses
         except ImportError as err:
             raise InputError.at(None, "--poses", f"camera-pose estimation is unavailable ({err})",
                                 "install pycolmap and the eval extras, or drop --poses") from None
@@ -212,9 +213,7 @@ def prepare_shards(
                 clip = video[k * num_frames:(k + 1) * num_frames]
                 flow = estimate_flow(clip, method=flow_method)[0]
                 w2c = registered = None
-                if poses:
-                    from flowctrl.eval.camera import estimate_poses
-
+                if estimate_poses is not None:
                     est = estimate_poses(clip, K)
                     if est.w2c is not None:
                         w2c, registered = est.w2c.float(), est.registered
