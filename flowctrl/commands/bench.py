@@ -39,8 +39,9 @@ def register(subparsers: Any) -> None:
     cam.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     cam.add_argument("--size", type=int, default=256, help="frame height; synthetic scenes are square (default 256)")
     cam.add_argument("--matcher", default="sequential", choices=["sequential", "exhaustive"])
-    cam.add_argument("--plane-distance", type=float, default=2.0,
-                     help="depth of the fallback plane for real clips (their SfM scale is arbitrary)")
+    cam.add_argument("--plane-distance", type=float, default=None,
+                     help="depth of the plane used for real clips (their SfM scale is arbitrary); "
+                          "default: fitted per clip to the clip's measured flow")
     cam.add_argument("--seed", type=int, default=0)
     cam.add_argument("-o", "--output", default="outputs/bench/camera", help="output folder")
     cam.set_defaults(func=run)
@@ -50,7 +51,8 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--re10k", default=None, help="folder of RealEstate10K <id>.mp4 + <id>.txt (default ../shared/data/re10k)")
     rec.add_argument("--frames", type=int, default=16)
     rec.add_argument("--size", type=int, nargs=2, default=[256, 384], metavar=("H", "W"))
-    rec.add_argument("--plane-distance", type=float, default=2.0)
+    rec.add_argument("--plane-distance", type=float, default=None,
+                     help="plane depth for the camera control (default: fitted per clip to its flow)")
     rec.add_argument("--lpips", default=None, help="TorchScript LPIPS model (optional)")
     rec.add_argument("-o", "--output", default="outputs/bench/reconstruct", help="output folder")
     rec.set_defaults(func=run)
