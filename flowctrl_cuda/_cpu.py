@@ -117,10 +117,13 @@ def _load() -> Optional[ctypes.CDLL]:
         lib.fc_splat_f32.restype = i32
         lib.fc_splat_strided_f32.argtypes = [f32p, i64, f32p, f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
         lib.fc_splat_strided_f32.restype = i32
+        u8p, f32 = ctypes.POINTER(ctypes.c_uint8), ctypes.c_float
+        lib.fc_camera_flow_f32.argtypes = [f32p, f32p, f32p, f32p, u8p, i64, i64, i64, f32, f32, i32, i32]
+        lib.fc_camera_flow_f32.restype = i32
         lib.fc_backward_warp_f32.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
         lib.fc_backward_warp_f32.restype = i32
         lib.fc_cpu_abi_version.restype = i32
-        if lib.fc_cpu_abi_version() != 3:
+        if lib.fc_cpu_abi_version() != 4:
             raise RuntimeError("cached library has an unexpected ABI version")
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
@@ -211,3 +214,30 @@ def backward_warp(x: torch.Tensor, flow: torch.Tensor, padding: str) -> torch.Te
     if rc != 0:
         raise RuntimeError(f"fc_backward_warp_f32 returned {rc}")
     return out
+
+
+def camera_flow(z0: torch.Tensor, E: torch.Tensor, q: torch.Tensor, height: int, width: int, min_depth: float,
+                tolerance: float, occlusion: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Compiled per-pixel part of :func:`flowctrl.flow.camera.camera_flow` for one batch item (float32, no grad).
+
+    Args:
+        z0: ``(H*W,)`` reference z-depth; E: ``(T, 3, 3)`` ``K_t R_t K_0⁻¹ − I``; q: ``(T, 3)`` ``K_t t_t``.
+        min_depth: points with ``z <= min_depth`` are behind the camera; tolerance: z-buffer margin.
+    Returns:
+        ``flow (T, 2, H, W)`` float32 pixels and ``valid (T, 1, H, W)`` bool.
+    """
+    lib = _load()
+    assert lib is not None, "call available() first"
+    t = E.shape[0]
+    z0 = z0.detach().to(torch.float32).contiguous()
+    E = E.detach().to(torch.float32).contiguous()
+    q = q.detach().to(torch.float32).contiguous()
+    flow = torch.empty(t, 2, height, width, dtype=torch.float32)
+    valid = torch.empty(t, 1, height, width, dtype=torch.uint8)
+    tol = float(torch.tensor(1.0 + tolerance, dtype=torch.float32))
+    rc = lib.fc_camera_flow_f32(_ptr(z0), _ptr(E), _ptr(q), _ptr(flow),
+                                ctypes.cast(valid.data_ptr(), ctypes.POINTER(ctypes.c_uint8)), t, height, width,
+                                float(min_depth), tol, int(bool(occlusion)), _threads())
+    if rc != 0:
+        raise RuntimeError(f"fc_camera_flow_f32 returned {rc}")
+    return flow, valid.view(torch.bool)

@@ -89,6 +89,16 @@ def camera_flow(
     grid = pix[:2]
     K0_inv = torch.linalg.inv(Kt[:, 0])
     eye = torch.eye(3, dtype=torch.float64, device=depth.device)
+    if _compiled_ok(depth, Kt, w2c):
+        # inference on float32 CPU: the per-pixel work (flow, visibility, z-buffer) in one compiled
+        # pass per frame instead of ~30 tensor passes; same formulas in the same order.
+        from flowctrl_cuda import _cpu
+
+        E = torch.stack([Kt[:, i] @ w2c[:, i, :3, :3] @ K0_inv - eye for i in range(t)], dim=1)  # (B, T, 3, 3)
+        q = torch.stack([(Kt[:, i] @ w2c[:, i, :3, 3:])[..., 0] for i in range(t)], dim=1)  # (B, T, 3)
+        outs = [_cpu.camera_flow(z0[bi], E[bi].to(work), q[bi].to(work), h, w, MIN_DEPTH, ZBUFFER_TOLERANCE, occlusion)
+                for bi in range(b)]
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
     flows, valids = [], []
     for i in range(t):
         # Written as a deviation from the identity so small motions keep full float32 precision
@@ -111,6 +121,18 @@ def camera_flow(
         flows.append(flow.reshape(b, 2, h, w).to(torch.float32))
         valids.append(valid.reshape(b, 1, h, w))
     return torch.stack(flows, dim=1), torch.stack(valids, dim=1)
+
+
+def _compiled_ok(depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> bool:
+    if depth.dtype != torch.float32 or depth.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (depth, K, w2c)):
+        return False
+    try:
+        from flowctrl_cuda import _cpu
+    except ImportError:  # pragma: no cover - partial install
+        return False
+    return _cpu.available()
 
 
 def _occluded(proj: torch.Tensor, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,13 @@ void parallel_dynamic(int64_t n, int threads, int64_t grain, F&& body) {
 
 inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// Round half to even for |v| <= 2^22 in the default rounding mode (no libm call): adding and
+// subtracting 1.5 * 2^23 leaves v rounded to an integer.
+inline float round_even(float v) {
+  const float big = 12582912.0f;  // not folded to v: no -ffast-math / -fassociative-math here
+  return (v + big) - big;
+}
+
 // floor() of a finite float already clamped to a small range, without a libm call (plain -O3
 // targets baseline x86-64, where std::floor is not a single instruction). Exact there.
 inline int64_t floor_int(float v) {
@@ -275,7 +282,7 @@ void warp_rows(const float* __restrict__ x, const float* __restrict__ flow, floa
 
 extern "C" {
 
-int fc_cpu_abi_version() { return 3; }
+int fc_cpu_abi_version() { return 4; }
 
 // x (N,C,H,W), flow (N,2,H,W), weight (N,1,H,W) or null; out (N,C,H,W) and norm (N,1,H,W) are
 // fully written (norm may be null). Returns 0 on success.
@@ -360,6 +367,74 @@ int fc_backward_warp_f32(const float* x, const float* flow, float* out, int64_t 
 int fc_splat_f32(const float* x, const float* flow, const float* weight, float* out, float* norm, int64_t N,
                  int64_t C, int64_t H, int64_t W, int mode, int threads) {
   return fc_splat_strided_f32(x, C * H * W, flow, weight, out, norm, N, C, H, W, mode, threads);
+}
+
+// Camera reprojection flow of one reference frame under T cameras (flowctrl/flow/camera.py,
+// camera_flow, float32 path). Per frame t: E = K_t R_t K_0^-1 - I (3x3, row-major), q = K_t t_t;
+// Ep = E [x, y, 1], dz = z0 (Ep)_z + q_z, z = z0 + dz,
+// flow = (z0 (Ep)_xy + q_xy - p dz) / z (z replaced by 1 where z <= min_depth),
+// valid = z > min_depth and p + flow inside (-0.5, W-0.5) x (-0.5, H-0.5); with `occlusion` also
+// not hidden: a z-buffer over the rounded (half to even) target pixels keeps the nearest z, and a
+// pixel whose z exceeds that nearest by more than the factor `tol` (1 + tolerance) is occluded.
+// z0 (H*W), E (T*9), q (T*3); flow (T,2,H,W) and valid (T,H,W) bytes are fully written.
+int fc_camera_flow_f32(const float* z0, const float* E, const float* q, float* flow, unsigned char* valid, int64_t T,
+                       int64_t H, int64_t W, float min_depth, float tol, int occlusion, int threads) {
+  const int64_t HW = H * W;
+  if (T <= 0 || HW <= 0) return 0;
+  threads = std::max(1, threads);
+  std::atomic<int64_t> next(0);
+  parallel_for(threads, threads, [&](int64_t, int64_t, int) {
+    std::vector<float> zbuf(occlusion ? HW : 0), zt(occlusion ? HW : 0);
+    std::vector<int32_t> target(occlusion ? HW : 0);
+    for (int64_t t = next.fetch_add(1); t < T; t = next.fetch_add(1)) {
+      const float* e = E + t * 9;
+      const float* qt = q + t * 3;
+      float* fx = flow + t * 2 * HW;
+      float* fy = fx + HW;
+      unsigned char* v = valid + t * HW;
+      const float xmax = static_cast<float>(W) - 0.5f, ymax = static_cast<float>(H) - 0.5f;
+      for (int64_t y = 0; y < H; ++y) {
+        const float yf = static_cast<float>(y);
+        for (int64_t xc = 0; xc < W; ++xc) {
+          const int64_t p = y * W + xc;
+          const float xf = static_cast<float>(xc);
+          const float ex = e[0] * xf + e[1] * yf + e[2];
+          const float ey = e[3] * xf + e[4] * yf + e[5];
+          const float ez = e[6] * xf + e[7] * yf + e[8];
+          const float zr = z0[p];
+          const float dz = zr * ez + qt[2];
+          const float z = zr + dz;
+          const bool front = z > min_depth;
+          const float sz = front ? z : 1.0f;
+          const float u = (zr * ex + qt[0] - xf * dz) / sz;
+          const float w = (zr * ey + qt[1] - yf * dz) / sz;
+          fx[p] = u;
+          fy[p] = w;
+          const float px = xf + u, py = yf + w;
+          v[p] = front && px > -0.5f && px < xmax && py > -0.5f && py < ymax;
+          if (occlusion) zt[p] = v[p] ? z : INFINITY;
+        }
+        if (!occlusion) continue;
+        for (int64_t xc = 0; xc < W; ++xc) {  // target pixel: round half to even, as torch.round
+          const int64_t p = y * W + xc;
+          float cx = round_even(clampf(static_cast<float>(xc) + fx[p], -1.0f, static_cast<float>(W)));
+          float cy = round_even(clampf(yf + fy[p], -1.0f, static_cast<float>(H)));
+          cx = cx == cx ? clampf(cx, 0.0f, static_cast<float>(W - 1)) : 0.0f;  // NaN reads pixel 0
+          cy = cy == cy ? clampf(cy, 0.0f, static_cast<float>(H - 1)) : 0.0f;
+          target[p] = static_cast<int32_t>(cy) * static_cast<int32_t>(W) + static_cast<int32_t>(cx);
+        }
+      }
+      if (!occlusion) continue;
+      std::fill(zbuf.begin(), zbuf.end(), INFINITY);
+      for (int64_t p = 0; p < HW; ++p) {
+        float& b = zbuf[target[p]];
+        b = zt[p] < b ? zt[p] : b;
+      }
+      for (int64_t p = 0; p < HW; ++p)
+        if (v[p] && zt[p] > zbuf[target[p]] * tol) v[p] = 0;
+    }
+  });
+  return 0;
 }
 
 }  // extern "C"
