@@ -120,10 +120,12 @@ def _load() -> Optional[ctypes.CDLL]:
         u8p, f32 = ctypes.POINTER(ctypes.c_uint8), ctypes.c_float
         lib.fc_camera_flow_f32.argtypes = [f32p, f32p, f32p, f32p, u8p, i64, i64, i64, f32, f32, i32, i32]
         lib.fc_camera_flow_f32.restype = i32
+        lib.fc_compose_f32.argtypes = [f32p, f32p, u8p, f32p, u8p, i64, i64, i64, i32]
+        lib.fc_compose_f32.restype = i32
         lib.fc_backward_warp_f32.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
         lib.fc_backward_warp_f32.restype = i32
         lib.fc_cpu_abi_version.restype = i32
-        if lib.fc_cpu_abi_version() != 4:
+        if lib.fc_cpu_abi_version() != 5:
             raise RuntimeError("cached library has an unexpected ABI version")
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
@@ -240,4 +242,29 @@ def camera_flow(z0: torch.Tensor, E: torch.Tensor, q: torch.Tensor, height: int,
                                 float(min_depth), tol, int(bool(occlusion)), _threads())
     if rc != 0:
         raise RuntimeError(f"fc_camera_flow_f32 returned {rc}")
+    return flow, valid.view(torch.bool)
+
+
+def compose(local: torch.Tensor, camera: Optional[torch.Tensor], cam_valid: Optional[torch.Tensor]
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Compiled :func:`flowctrl.flow.compose.compose_with_visibility` body (float32 CPU, no grad).
+
+    Args:
+        local, camera: ``(N, 2, H, W)`` pixels (camera may be None); cam_valid: ``(N, 1, H, W)`` bool or None.
+    Returns:
+        ``flow (N, 2, H, W)`` float32 and ``valid (N, 1, H, W)`` bool.
+    """
+    lib = _load()
+    assert lib is not None, "call available() first"
+    n, _, h, w = local.shape
+    local = local.detach().contiguous()
+    camera = camera.detach().contiguous() if camera is not None else None
+    cv = cam_valid.detach().contiguous().view(torch.uint8) if cam_valid is not None else None
+    flow = torch.empty(n, 2, h, w, dtype=torch.float32)
+    valid = torch.empty(n, 1, h, w, dtype=torch.uint8)
+    u8 = ctypes.POINTER(ctypes.c_uint8)
+    rc = lib.fc_compose_f32(_ptr(local), _ptr(camera), None if cv is None else ctypes.cast(cv.data_ptr(), u8),
+                            _ptr(flow), ctypes.cast(valid.data_ptr(), u8), n, h, w, _threads())
+    if rc != 0:
+        raise RuntimeError(f"fc_compose_f32 returned {rc}")
     return flow, valid.view(torch.bool)

@@ -34,3 +34,21 @@ def test_compiled_camera_flow_matches_tensor_path(occlusion):
     assert torch.allclose(fast_flow, slow_flow.detach(), atol=1e-4, rtol=1e-5)
     assert torch.equal(fast_valid, slow_valid)
     assert (~fast_valid[:, 1:]).any()  # the test scene does hide / lose some points
+
+
+def test_compiled_composition_matches_tensor_path():
+    from flowctrl.flow.compose import compose_flows, compose_with_visibility
+
+    g = torch.Generator().manual_seed(5)
+    h, w, t = 19, 27, 4
+    local = torch.randn(1, t, 2, h, w, generator=g) * 3
+    local[:, :, :, ::4, ::3] = torch.round(local[:, :, :, ::4, ::3])  # integer targets: tap edge cases
+    cam = torch.randn(1, t, 2, h, w, generator=g) * 4
+    valid = torch.rand(1, t, 1, h, w, generator=g) > 0.3
+    static = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    static[..., :5, :5] = True
+    fast_flow, fast_valid = compose_with_visibility(local, cam, valid, static)
+    slow_flow, slow_valid = compose_with_visibility(local.clone().requires_grad_(), cam, valid, static)
+    assert torch.equal(fast_flow, slow_flow.detach()) and torch.equal(fast_valid, slow_valid)
+    assert torch.equal(fast_flow, compose_flows(local, cam, static))
+    assert fast_valid.any() and (~fast_valid).any()

@@ -13,7 +13,7 @@ sampling is exact, and otherwise accurate to the bilinear interpolation error; t
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -47,6 +47,54 @@ def compose_flows(
             sm = sm[:, None]
         local = local * (1.0 - (sm > 0.5).to(local.dtype))
     return local + _warp_seq(camera, local, padding="border")
+
+
+def compose_with_visibility(
+    local: torch.Tensor, camera: torch.Tensor, valid: torch.Tensor, static_mask: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`compose_flows` and the visibility of the composed motion, in one pass where compiled.
+
+    Args:
+        local, camera: ``(B, T, 2, H, W)`` pixels; valid: ``(B, T, 1, H, W)`` bool visibility of the
+            camera motion (:func:`flowctrl.flow.camera.camera_flow`); static_mask as in :func:`compose_flows`.
+
+    Returns:
+        ``flow (B, T, 2, H, W)`` = :func:`compose_flows` and ``valid (B, T, 1, H, W)`` bool: a pixel
+        moved by local motion is seen where the camera sees the point it moved to
+        (``valid`` sampled bilinearly at ``p + local(p)``, zeros padding, ``> 0.5``), and it lands
+        inside the frame (``p + flow(p)`` within ``(-0.5, W - 0.5) × (-0.5, H - 0.5)``).
+    """
+    b, t, _, h, w = local.shape
+    if static_mask is not None:
+        sm = static_mask.to(local.dtype)
+        if sm.dim() == 4:
+            sm = sm[:, None]
+        local = local * (1.0 - (sm > 0.5).to(local.dtype))
+    if _compiled_ok(local, camera):
+        from flowctrl_cuda import _cpu
+
+        flow, vis = _cpu.compose(local.reshape(b * t, 2, h, w), camera.reshape(b * t, 2, h, w),
+                                 valid.reshape(b * t, 1, h, w).bool())
+        return flow.reshape(b, t, 2, h, w), vis.reshape(b, t, 1, h, w)
+    flow = local + _warp_seq(camera, local, padding="border")
+    moved = backward_warp(valid.reshape(b * t, 1, h, w).to(local.dtype), local.reshape(b * t, 2, h, w), padding="zeros")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype, device=flow.device),
+                            torch.arange(w, dtype=flow.dtype, device=flow.device), indexing="ij")
+    tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
+    in_view = ((tx > -0.5) & (tx < w - 0.5) & (ty > -0.5) & (ty < h - 0.5))[:, :, None]
+    return flow, (moved.reshape(b, t, 1, h, w) > 0.5) & in_view
+
+
+def _compiled_ok(*tensors: torch.Tensor) -> bool:
+    if any(x.dtype != torch.float32 or x.device.type != "cpu" for x in tensors):
+        return False
+    if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+        return False
+    try:
+        from flowctrl_cuda import _cpu
+    except ImportError:  # pragma: no cover - partial install
+        return False
+    return _cpu.available()
 
 
 def to_reference(consecutive: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from flowctrl.errors import InputError
-from flowctrl.flow._sampling import backward_warp
 from flowctrl.flow.camera import camera_flow
-from flowctrl.flow.compose import compose_flows
+from flowctrl.flow.compose import compose_with_visibility
 from flowctrl.flow.densify import THRESHOLD_R, default_sigma, densify_points
 from flowctrl.flow.sparse import pose_tracks, sparse_flow_from_tracks, sparse_points_from_tracks, tracks_from_controls
 from flowctrl.flow.strength import motion_strength, rescale_to_strength
@@ -291,15 +290,16 @@ def compute_unified_flow(
             sparse = sparse * scale
         else:
             logger.warning("motion strength %.3g requested but there is no local motion to rescale", controls.strength)
-    flow = compose_flows(local, cam, static) if controls.camera is not None else local
     if controls.camera is not None:
-        # a pixel moved by local motion is seen where the camera sees the point it moved to
-        moved = backward_warp(valid.reshape(T, 1, H, W).float(), local.reshape(T, 2, H, W), padding="zeros")
-        valid = moved.reshape(1, T, 1, H, W) > 0.5
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
-    tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
-    in_view = ((tx > -0.5) & (tx < W - 0.5) & (ty > -0.5) & (ty < H - 0.5))[:, :, None]
-    valid = valid & in_view
+        # a pixel moved by local motion is seen where the camera sees the point it moved to, and
+        # must land inside the frame (one compiled pass on CPU)
+        flow, valid = compose_with_visibility(local, cam, valid, static)
+    else:
+        flow = local
+        ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
+        tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
+        in_view = ((tx > -0.5) & (tx < W - 0.5) & (ty > -0.5) & (ty < H - 0.5))[:, :, None]
+        valid = valid & in_view
     flow[:, 0] = 0.0
     _progress(callback, "compose", 1, 1)
     return UnifiedFlow(flow=flow.contiguous(), depth=depth_map, local_mask=local_mask, valid=valid, K=K, w2c=w2c,

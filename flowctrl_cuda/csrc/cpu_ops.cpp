@@ -280,9 +280,110 @@ void warp_rows(const float* __restrict__ x, const float* __restrict__ flow, floa
 }  // namespace
 
 
+
+// Bilinear sample of plane(s) at (qx, qy) exactly as warp_rows (same clamping, taps and order).
+struct Taps {
+  int64_t q[4];
+  float w[4];
+  bool ok;
+};
+inline Taps bilinear_taps(float qx, float qy, int64_t H, int64_t W, bool border) {
+  Taps t;
+  if (!std::isfinite(qx) || !std::isfinite(qy)) {
+    t.ok = false;
+    return t;
+  }
+  t.ok = true;
+  const float lo = border ? 0.0f : -2.0f;
+  qx = clampf(qx, lo, border ? static_cast<float>(W - 1) : static_cast<float>(W + 1));
+  qy = clampf(qy, lo, border ? static_cast<float>(H - 1) : static_cast<float>(H + 1));
+  const int64_t x0 = floor_int(qx), y0 = floor_int(qy);
+  const float ax = qx - static_cast<float>(x0), ay = qy - static_cast<float>(y0);
+  t.w[0] = (1.0f - ax) * (1.0f - ay);
+  t.w[1] = ax * (1.0f - ay);
+  t.w[2] = (1.0f - ax) * ay;
+  t.w[3] = ax * ay;
+  const int64_t q00 = y0 * W + x0;
+  if (x0 >= 0 && x0 + 1 < W && y0 >= 0 && y0 + 1 < H) {
+    t.q[0] = q00;
+    t.q[1] = q00 + 1;
+    t.q[2] = q00 + W;
+    t.q[3] = q00 + W + 1;
+  } else {
+    const bool vx0 = x0 >= 0 && x0 < W, vx1 = x0 + 1 >= 0 && x0 + 1 < W;
+    const bool vy0 = y0 >= 0 && y0 < H, vy1 = y0 + 1 >= 0 && y0 + 1 < H;
+    const bool valid[4] = {vx0 && vy0, vx1 && vy0, vx0 && vy1, vx1 && vy1};
+    const int64_t qq[4] = {q00, q00 + 1, q00 + W, q00 + W + 1};
+    for (int k = 0; k < 4; ++k) {
+      t.q[k] = valid[k] ? qq[k] : 0;
+      t.w[k] = valid[k] ? t.w[k] : 0.0f;
+    }
+  }
+  return t;
+}
+inline float sample(const float* plane, const Taps& t) {
+  return t.ok ? plane[t.q[0]] * t.w[0] + plane[t.q[1]] * t.w[1] + plane[t.q[2]] * t.w[2] + plane[t.q[3]] * t.w[3]
+              : 0.0f;
+}
+
 extern "C" {
 
-int fc_cpu_abi_version() { return 4; }
+// Stage-1 composition (flowctrl/flow/compose.py): with p' = p + local(p),
+// flow = local + camera(p') (bilinear, border padding) and, when cam_valid is given,
+// valid = [bilinear(cam_valid as 0/1, zeros padding)(p') > 0.5] and p + flow inside
+// (-0.5, W-0.5) x (-0.5, H-0.5) (without cam_valid: only the inside test).
+// local, camera (T,2,H,W) float; cam_valid (T,H,W) bytes or null; camera may be null (flow = local).
+// out_flow (T,2,H,W) and out_valid (T,H,W) are fully written.
+int fc_compose_f32(const float* local, const float* camera, const unsigned char* cam_valid, float* out_flow,
+                   unsigned char* out_valid, int64_t T, int64_t H, int64_t W, int threads) {
+  const int64_t HW = H * W;
+  if (T <= 0 || HW <= 0) return 0;
+  threads = std::max(1, threads);
+  const float xmax = static_cast<float>(W) - 0.5f, ymax = static_cast<float>(H) - 0.5f;
+  parallel_dynamic(T * H, threads, 16, [&](int64_t rb, int64_t re) {
+    std::vector<float> vrow(cam_valid != nullptr ? 4 : 0);
+    for (int64_t r = rb; r < re; ++r) {
+      const int64_t t = r / H, y = r % H;
+      const float yf = static_cast<float>(y);
+      const float* lx = local + t * 2 * HW;
+      const float* ly = lx + HW;
+      float* ox = out_flow + t * 2 * HW;
+      float* oy = ox + HW;
+      unsigned char* ov = out_valid + t * HW;
+      for (int64_t xc = 0; xc < W; ++xc) {
+        const int64_t p = y * W + xc;
+        const float xf = static_cast<float>(xc);
+        float fx = lx[p], fy = ly[p];
+        bool ok = true;
+        if (camera != nullptr) {
+          const float qx = xf + fx, qy = yf + fy;
+          const Taps tb = bilinear_taps(qx, qy, H, W, true);
+          const float* cx = camera + t * 2 * HW;
+          fx = fx + sample(cx, tb);
+          fy = fy + sample(cx + HW, tb);
+          if (cam_valid != nullptr) {
+            const Taps tz = bilinear_taps(qx, qy, H, W, false);
+            const unsigned char* v = cam_valid + t * HW;
+            float vs = 0.0f;
+            if (tz.ok) {
+              const float v0 = v[tz.q[0]] ? 1.0f : 0.0f, v1 = v[tz.q[1]] ? 1.0f : 0.0f;
+              const float v2 = v[tz.q[2]] ? 1.0f : 0.0f, v3 = v[tz.q[3]] ? 1.0f : 0.0f;
+              vs = v0 * tz.w[0] + v1 * tz.w[1] + v2 * tz.w[2] + v3 * tz.w[3];
+            }
+            ok = vs > 0.5f;
+          }
+        }
+        ox[p] = fx;
+        oy[p] = fy;
+        const float tx = xf + fx, ty = yf + fy;
+        ov[p] = ok && tx > -0.5f && tx < xmax && ty > -0.5f && ty < ymax;
+      }
+    }
+  });
+  return 0;
+}
+
+int fc_cpu_abi_version() { return 5; }
 
 // x (N,C,H,W), flow (N,2,H,W), weight (N,1,H,W) or null; out (N,C,H,W) and norm (N,1,H,W) are
 // fully written (norm may be null). Returns 0 on success.
