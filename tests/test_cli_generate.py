@@ -130,6 +130,7 @@ def _bad_cases(tmp_path):
         "wrong json": (base + ["--arrows", str(wrong), "-o", out], "wrong.json"),
         "unknown preset": (base + ["--camera", "barrel-roll", "-o", out], "barrel-roll"),
         "frames 1": (base + ["--frames", "1", "-o", out], "--frames"),
+        "negative plane distance": (base + ["--plane-distance", "-2", "-o", out], "--plane-distance"),
         "absurd size": (base + ["--size", "100000x100000", "-o", out], "--size"),
         "bad size text": (base + ["--size", "big", "-o", out], "--size"),
         "missing out dir": (base + ["-o", str(tmp_path / "out" / "nodir" / "o.mp4")], "does not exist"),

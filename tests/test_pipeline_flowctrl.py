@@ -107,6 +107,25 @@ def test_camera_truck_translates_the_image():
     assert out.masks["holes"][0, -1].any()  # content entered at one border
 
 
+def test_flat_depth_fallback_sits_at_the_orbit_look_at_depth_or_where_asked():
+    # No depth: the plane goes to the trajectory's scene depth (an orbit keeps its look-at point, the
+    # image centre, in place), or to plane_distance; truck parallax is inversely proportional to it.
+    arr = _uint8_image(32, 32)
+    orbit = Controls(camera=load_camera("orbit:degrees=20,depth=3"), image_size=(32, 32))
+    with pytest.warns(UserWarning, match="no depth given"):
+        out = FlowCtrlPipeline()(arr, controls=orbit, num_frames=3)
+    assert float(out.depth.mean()) == pytest.approx(3.0)
+    centre = out.flow[0, -1, :, 15:17, 15:17]
+    assert float(centre.abs().max()) < 0.6  # the look-at point stays near the centre pixel
+    truck = Controls(camera=load_camera("truck-right"), image_size=(32, 32))
+    shifts = []
+    for distance in (1.0, 2.0):
+        with pytest.warns(UserWarning, match="no depth given"):
+            out = FlowCtrlPipeline()(arr, controls=truck, num_frames=3, plane_distance=distance)
+        shifts.append(float(out.flow[0, -1, 0].mean()))
+    assert shifts[0] == pytest.approx(2 * shifts[1], rel=1e-4)
+
+
 def test_default_and_requested_sizes():
     assert default_size(600, 450) == (512, 384)
     assert default_size(450, 600) == (384, 512)

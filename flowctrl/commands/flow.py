@@ -53,9 +53,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--depth-scale", type=float, default=None,
                    help="depth file scale (default: 1/1000 for 16-bit PNG depth, else 1)")
     p.add_argument("--depth-model", help="Depth-Anything hub id or folder (local only; no downloads)")
-    p.add_argument("--plane-distance", type=float, default=1.0,
+    p.add_argument("--plane-distance", type=float, default=None,
                    help="distance of the fallback depth plane when no depth is given, in camera-translation units "
-                        "(RealEstate10K poses have an arbitrary scale; default 1)")
+                        "(RealEstate10K poses have an arbitrary scale; default: the trajectory's scene depth, "
+                        "e.g. an orbit's look-at distance, else 1)")
     p.add_argument("--strength", type=float, help="target motion strength M_s (px/frame at the image size) of the local motion")
     p.add_argument("--frames", type=int, default=49, help="number of frames T (default 49)")
     p.add_argument("--size", help="working size WIDTHxHEIGHT (default: image scaled to a long side <= 512, multiple of 8)")

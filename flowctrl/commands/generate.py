@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -75,6 +76,9 @@ def register(subparsers: Any) -> None:
     c.add_argument("--depth", metavar="FILE", help="depth map (PNG16/npy/exr) for camera controls")
     c.add_argument("--depth-model", metavar="PATH|HUB_ID",
                    help="local Depth-Anything weights used when a camera control has no --depth")
+    c.add_argument("--plane-distance", type=float, metavar="D",
+                   help="distance of the flat depth plane used when no depth is given, in camera-translation "
+                        "units (default: the trajectory's scene depth, e.g. an orbit's look-at distance, else 1)")
     c.add_argument("--strength", type=float, metavar="S", help="target motion strength M_s in px/frame")
     o = p.add_argument_group("rendering")
     o.add_argument("--frames", type=int, default=49, metavar="T", help="number of frames T >= 2 (default 49)")
@@ -212,6 +216,9 @@ def _validate(args: argparse.Namespace) -> Plan:
                             f"give at most {MAX_FRAMES}")
     if not args.fps > 0:
         raise InputError.at("--fps", None, f"is {args.fps}", "give a positive frame rate, e.g. 8")
+    if args.plane_distance is not None and not (math.isfinite(args.plane_distance) and args.plane_distance > 0):
+        raise InputError.at("--plane-distance", None, f"is {args.plane_distance}",
+                            "give a positive distance in camera-translation units, e.g. 2")
     size = parse_size(args.size)
     if size is not None:
         check_render_size(size[0], size[1], args.frames, source="--size", field=None)
@@ -456,7 +463,7 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     progress.start()
     out = pipe(plan.image, controls=controls, num_frames=args.frames, height=H, width=W,
                generator=torch.Generator().manual_seed(args.seed), callback=progress,
-               depth_model=args.depth_model, **render_kwargs)
+               depth_model=args.depth_model, plane_distance=args.plane_distance, **render_kwargs)
     if args.side_by_side:
         video = side_by_side(image, controls.resized(H, W), out.flow, out.video[0])
     else:

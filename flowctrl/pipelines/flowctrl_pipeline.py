@@ -245,7 +245,7 @@ class FlowCtrlPipeline:
     def compute_flow(self, image: torch.Tensor, controls: Any, num_frames: int, *,
                      depth: Any = None, depth_model: Optional[str] = None, densify: str = "normalized",
                      generator: Optional[torch.Generator] = None, callback: Optional[ProgressCallback] = None,
-                     flow_steps: int = 25) -> Any:
+                     flow_steps: int = 25, plane_distance: Optional[float] = None) -> Any:
         """Stage 1 on a prepared image: the analytic unified flow, then the flow model if any.
 
         Returns a ``UnifiedFlow`` (flow ``(1,T,2,H,W)`` px, depth, local_mask, valid, K, w2c, ...).
@@ -254,7 +254,7 @@ class FlowCtrlPipeline:
 
         unified = compute_unified_flow(
             image, controls, int(num_frames), depth=depth, depth_model=depth_model or self.depth_model,
-            densify=densify, generator=generator, callback=callback,
+            densify=densify, generator=generator, callback=callback, plane_distance=plane_distance,
         )
         if self.flow_model is not None:
             flow = self.flow_model(image, unified, num_inference_steps=flow_steps, generator=generator,
@@ -274,7 +274,7 @@ class FlowCtrlPipeline:
                  generator: Optional[torch.Generator] = None, return_flow: bool = True,
                  callback: Optional[ProgressCallback] = None, *, depth: Any = None,
                  depth_model: Optional[str] = None, densify: str = "normalized", flow_steps: int = 25,
-                 **render_kwargs: Any) -> FlowCtrlOutput:
+                 plane_distance: Optional[float] = None, **render_kwargs: Any) -> FlowCtrlOutput:
         """Animate ``image`` with ``controls``.
 
         Args:
@@ -291,6 +291,8 @@ class FlowCtrlPipeline:
             depth_model: Depth-Anything folder / hub id for camera controls.
             densify: ``"normalized"`` | ``"gaussian"`` sparse-to-dense mode of stage 1.
             flow_steps: sampling steps of the learned flow model.
+            plane_distance: distance of the flat depth plane used when no depth is known (camera
+                units); default the trajectory's ``scene_depth`` (an orbit's look-at depth), else 1.
             **render_kwargs: backend options (e.g. ``fill`` for warp, ``prompt`` for diffusion).
         Returns:
             :class:`FlowCtrlOutput`.
@@ -300,7 +302,8 @@ class FlowCtrlPipeline:
         if depth is None:
             depth = getattr(controls, "depth", None)
         unified = self.compute_flow(img, controls, T, depth=depth, depth_model=depth_model, densify=densify,
-                                    generator=generator, callback=callback, flow_steps=flow_steps)
+                                    generator=generator, callback=callback, flow_steps=flow_steps,
+                                    plane_distance=plane_distance)
         masks: Dict[str, torch.Tensor] = {}
         if isinstance(self.backend, WarpBackend):
             fill = render_kwargs.pop("fill", None)
