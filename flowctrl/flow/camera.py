@@ -98,6 +98,8 @@ def camera_flow(
         q = torch.stack([(Kt[:, i] @ w2c[:, i, :3, 3:])[..., 0] for i in range(t)], dim=1)  # (B, T, 3)
         outs = [_cpu.camera_flow(z0[bi], E[bi].to(work), q[bi].to(work), h, w, MIN_DEPTH, ZBUFFER_TOLERANCE, occlusion)
                 for bi in range(b)]
+        if b == 1:  # a view, not a 100 MB copy
+            return outs[0][0][None], outs[0][1][None]
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
     flows, valids = [], []
     for i in range(t):

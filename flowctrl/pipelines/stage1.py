@@ -261,7 +261,7 @@ def compute_unified_flow(
     # 2. camera ---------------------------------------------------------------------------------
     depth_src = depth if depth is not None else controls.depth
     depth_map, K, w2c, K_frames = None, None, None, None
-    cam = torch.zeros_like(local)
+    cam = None  # camera flow, only with a camera
     valid = torch.ones(1, T, 1, H, W, dtype=torch.bool)
     if controls.camera is not None or depth_src is not None or depth_model is not None:
         _progress(callback, "depth", 0, 1)
