@@ -341,7 +341,6 @@ int fc_compose_f32(const float* local, const float* camera, const unsigned char*
   threads = std::max(1, threads);
   const float xmax = static_cast<float>(W) - 0.5f, ymax = static_cast<float>(H) - 0.5f;
   parallel_dynamic(T * H, threads, 16, [&](int64_t rb, int64_t re) {
-    std::vector<float> vrow(cam_valid != nullptr ? 4 : 0);
     for (int64_t r = rb; r < re; ++r) {
       const int64_t t = r / H, y = r % H;
       const float yf = static_cast<float>(y);
@@ -362,7 +361,10 @@ int fc_compose_f32(const float* local, const float* camera, const unsigned char*
           fx = fx + sample(cx, tb);
           fy = fy + sample(cx + HW, tb);
           if (cam_valid != nullptr) {
-            const Taps tz = bilinear_taps(qx, qy, H, W, false);
+            // inside [0, W-1] x [0, H-1] both paddings clamp nothing: the same taps
+            const bool inside = qx >= 0.0f && qx <= static_cast<float>(W - 1) && qy >= 0.0f &&
+                                qy <= static_cast<float>(H - 1);
+            const Taps tz = inside ? tb : bilinear_taps(qx, qy, H, W, false);
             const unsigned char* v = cam_valid + t * HW;
             float vs = 0.0f;
             if (tz.ok) {
