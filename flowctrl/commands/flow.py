@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fps", type=float, default=8.0, help="visualization frame rate (default 8)")
     p.add_argument("--all-tensors", action="store_true",
                    help="also save sparse_flow/sparse_mask (the FGM condition) and the local/camera components (.safetensors)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 
