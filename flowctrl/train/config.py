@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -107,20 +108,30 @@ def _build(cls, data: Dict[str, Any], source: str, prefix: str = ""):
         raise ConfigError.at(source, prefix, str(err), "check the keys") from None
 
 
-def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
-    """Read a YAML config (or defaults when ``path`` is None) and apply CLI overrides."""
+def read_config_data(path: Optional[os.PathLike], overrides: Optional[Dict[str, Any]] = None,
+                     example: str = "configs/train/fgm_tiny.yaml") -> Dict[str, Any]:
+    """The top-level mapping of a YAML config file (empty when ``path`` is None) with the non-None
+    CLI ``overrides`` applied; a missing or unparsable file is a one-line :class:`ConfigError`."""
     data: Dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError.at(path, "--config", "does not exist", "give a YAML file such as configs/train/fgm_tiny.yaml")
+            raise ConfigError.at(path, "--config", "does not exist", f"give a YAML file such as {example}")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError.at(path, "yaml", f"cannot be parsed ({str(err).splitlines()[0]})", "fix the YAML syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError.at(path, "(top level)", f"is {type(data).__name__}", "write a mapping of keys to values")
     for k, v in (overrides or {}).items():
         if v is not None:
             data[k] = v
+    return data
+
+
+def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """Read a YAML config (or defaults when ``path`` is None) and apply CLI overrides."""
+    data = read_config_data(path, overrides)
     cfg = _build(TrainConfig, data, str(path or "<defaults>"))
     src = str(path or "<defaults>")
     if cfg.model not in MODELS:

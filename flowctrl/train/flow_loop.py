@@ -279,6 +279,58 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+
+def start_run(accelerator, out: Path, config: Dict[str, Any], resume: Optional[str],
+              log: Callable[[str], None]) -> Tuple[int, Path]:
+    """Shared start of a training run in ``out`` (stage 1 and stage 2 loops).
+
+    Loads the accelerator state when resuming, writes ``config`` to ``train_config.json`` and makes
+    ``metrics.jsonl`` match the starting step (truncated on resume, removed on a fresh start).
+    Returns ``(start_step, metrics_path)``.
+    """
+    step = 0
+    ckpt = resolve_resume(str(out), resume)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+        log(f"resumed from {ckpt} at step {step}")
+    metrics = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(config, indent=1))
+        if ckpt is not None or resume:
+            _truncate_metrics(metrics, step)
+        elif metrics.exists():
+            metrics.unlink()
+    accelerator.wait_for_everyone()
+    return step, metrics
+
+
+def optimizer_step(accelerator, loss: torch.Tensor, params, optimizer, lr_sched, grad_clip: float) -> None:
+    """Backward, optional gradient clipping (on synchronizing steps), optimizer and LR-scheduler step.
+    Call inside ``accelerator.accumulate(model)``."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and grad_clip > 0:
+        accelerator.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    lr_sched.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def record_step(accelerator, metrics: Path, step: int, loss: torch.Tensor, lr_sched, t0: float,
+                log_every: int, max_steps: int, log: Callable[[str], None]) -> float:
+    """The loss averaged over processes; the main process appends it to ``metrics.jsonl`` and logs
+    every ``log_every`` steps. Returns the averaged loss."""
+    loss_value = float(accelerator.reduce(loss.detach().float(), reduction="mean"))
+    if accelerator.is_main_process:
+        lr = lr_sched.get_last_lr()[0]
+        with open(metrics, "a") as f:
+            f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, "time": round(time.time() - t0, 3)}) + "\n")
+        if step % log_every == 0 or step == max_steps:
+            log(f"step {step}/{max_steps} loss {loss_value:.5f} lr {lr:.2e} ({time.time() - t0:.1f}s)")
+    return loss_value
+
+
 def read_metrics(output_dir: os.PathLike) -> List[Dict[str, float]]:
     """The per-step log of a run: list of ``{"step", "loss", "lr", "time"}``."""
     p = Path(output_dir) / "metrics.jsonl"
@@ -331,21 +383,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     cache = LatentCache(models["codec"], models["image_codec"]) if cfg.model == "fgm" else None
     flow_scale = float(models["codec"].config.flow_scale) if cfg.model == "fgm" else 0.0
 
-    step = 0
-    ckpt = resolve_resume(cfg.output_dir, resume)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
-        log(f"resumed from {ckpt} at step {step}")
-    metrics = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-        if ckpt is not None or resume:
-            _truncate_metrics(metrics, step)
-        elif metrics.exists():
-            metrics.unlink()
-    accelerator.wait_for_everyone()
+    step, metrics = start_run(accelerator, out, config_to_dict(cfg), resume, log)
 
     module.train()
     loss_value = float("nan")
@@ -365,21 +403,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
         batch = {k: v.to(device) for k, v in batch.items()}
         with accelerator.accumulate(module):
             loss = module(batch, gen) if cfg.model == "codec" else module(batch)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            lr_sched.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, loss, params, optimizer, lr_sched, cfg.grad_clip)
         step += 1
         done_here += 1
-        loss_value = float(accelerator.reduce(loss.detach().float(), reduction="mean"))
-        if accelerator.is_main_process:
-            with open(metrics, "a") as f:
-                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr_sched.get_last_lr()[0],
-                                    "time": round(time.time() - t0, 3)}) + "\n")
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                log(f"step {step}/{cfg.max_steps} loss {loss_value:.5f} lr {lr_sched.get_last_lr()[0]:.2e} ({time.time() - t0:.1f}s)")
+        loss_value = record_step(accelerator, metrics, step, loss, lr_sched, t0, cfg.log_every, cfg.max_steps, log)
         if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
             _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
         if stop_after is not None and done_here >= stop_after:

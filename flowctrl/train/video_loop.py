@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -39,7 +38,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from flowctrl.errors import ConfigError
@@ -148,19 +146,10 @@ def _build(cls, data: Any, source: str, prefix: str = ""):
 
 def load_video_config(path: Optional[os.PathLike], overrides: Optional[Dict[str, Any]] = None) -> VideoTrainConfig:
     """Read and validate a YAML config (defaults when ``path`` is None); ``overrides`` set top-level keys."""
-    data: Dict[str, Any] = {}
+    from flowctrl.train.config import read_config_data
+
     src = str(path or "<defaults>")
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError.at(path, "--config", "does not exist", "give a YAML file such as configs/train/video_tiny.yaml")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError.at(path, "yaml", f"cannot be parsed ({str(err).splitlines()[0]})", "fix the YAML syntax") from None
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            data[k] = v
+    data = read_config_data(path, overrides, example="configs/train/video_tiny.yaml")
     cfg = _build(VideoTrainConfig, data, src)
     checks = [
         (cfg.data.source in ("synthetic", "textures", "shards"), "data.source", f"is {cfg.data.source!r}",
@@ -477,7 +466,7 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
     from diffusers.optimization import get_scheduler
 
     from flowctrl.train.data import num_batches, seeded_order
-    from flowctrl.train.flow_loop import _save_checkpoint, _truncate_metrics, resolve_resume
+    from flowctrl.train.flow_loop import _save_checkpoint, optimizer_step, record_step, start_run
 
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no",
@@ -503,21 +492,7 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
 
     dataset = build_dataset(cfg)
     cache = _LatentCache(pipe)
-    step = 0
-    ckpt = resolve_resume(cfg.output_dir, resume)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
-        log(f"resumed from {ckpt} at step {step}")
-    metrics = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-        if ckpt is not None or resume:
-            _truncate_metrics(metrics, step)
-        elif metrics.exists():
-            metrics.unlink()
-    accelerator.wait_for_everyone()
+    step, metrics = start_run(accelerator, out, config_to_dict(cfg), resume, log)
 
     model.train()
     loss_value, done_here, t0 = float("nan"), 0, time.time()
@@ -540,21 +515,10 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
             with accelerator.autocast():
                 loss = training_loss(pipe, model, lat, gen, flow_dropout=cfg.flow_dropout,
                                      image_noise=cfg.image_noise, text=text)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            lr_sched.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, loss, params, optimizer, lr_sched, cfg.grad_clip)
         step += 1
         done_here += 1
-        loss_value = float(accelerator.reduce(loss.detach().float(), reduction="mean"))
-        if accelerator.is_main_process:
-            with open(metrics, "a") as f:
-                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr_sched.get_last_lr()[0],
-                                    "time": round(time.time() - t0, 3)}) + "\n")
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                log(f"step {step}/{cfg.max_steps} loss {loss_value:.5f} lr {lr_sched.get_last_lr()[0]:.2e} ({time.time() - t0:.1f}s)")
+        loss_value = record_step(accelerator, metrics, step, loss, lr_sched, t0, cfg.log_every, cfg.max_steps, log)
         if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
             _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
         if stop_after is not None and done_here >= stop_after:
