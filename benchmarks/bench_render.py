@@ -40,8 +40,6 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 def run_stages(image_path: Path, arrows: Path, camera: Path, size: int, frames: int, out: Path) -> Dict[str, float]:
     """One pass control files -> mp4 with a timer around every stage; returns seconds per stage."""
-    import torch
-
     from flowctrl.controls import Controls
     from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
     from flowctrl.pipelines.stage1 import compute_unified_flow

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict
 
+from flowctrl.commands._common import same_file
 from flowctrl.errors import InputError
 
 FLOW_SUFFIXES = (".safetensors", ".npy", ".flo")
@@ -74,15 +75,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def _check_outputs(outputs: Dict[str, Path], inputs: Dict[str, Path]) -> None:
     seen: Dict[Path, str] = {}
     for flag, path in outputs.items():
@@ -90,7 +82,7 @@ def _check_outputs(outputs: Dict[str, Path], inputs: Dict[str, Path]) -> None:
         if not parent.is_dir():
             raise InputError.at(path, flag, f"folder '{parent}' does not exist", "create it first or choose another path")
         for name, src in inputs.items():
-            if _same(path, src):
+            if same_file(path, src):
                 raise InputError.at(path, flag, f"is the same file as the input {name}", "choose an output path that is not an input")
         key = path.resolve()
         if key in seen:

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
+from flowctrl.commands._common import same_file
 from flowctrl.errors import InputError, MissingWeightsError
 
 # Flags of the diffusion backend: (argparse dest, flag, DiffusionBackend keyword). All default to None
@@ -138,15 +139,6 @@ def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
     return height, width
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def _check_output(path: Path, flag: str, inputs: Dict[str, Path], *, folder: bool = False) -> None:
     """Refuse an output whose folder is missing, that is an input, or (``folder``) a non-empty folder."""
     text = str(path)
@@ -157,7 +149,7 @@ def _check_output(path: Path, flag: str, inputs: Dict[str, Path], *, folder: boo
     if folder and path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise InputError.at(text, flag, "already exists and is not an empty folder", "give a new folder")
     for name, src in inputs.items():
-        if _same_file(target, src):
+        if same_file(target, src):
             raise InputError.at(text, flag, f"is the same file as the input {name}",
                                 "choose an output path that is not an input")
 

@@ -190,7 +190,6 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
         stop = min(T, start + chunk)
         t0 = time.perf_counter()
         f = flow[0, start:stop]  # (n,2,H,W)
-        n = f.shape[0]
         # Frames without motion (always frame 0) are the image itself, exactly.
         still = ~f.flatten(1).any(dim=1)
         moving_idx = torch.nonzero(~still).flatten()
