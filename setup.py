@@ -22,6 +22,7 @@ CORE = [
     "ninja>=1.11",
     "matplotlib>=3.7",
     "scikit-image>=0.22",
+    "scipy>=1.10",  # PCHIP drags and rotation slerp (also needed by scikit-image)
 ]
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "scipy>=1.10", "pycolmap>=0.6", "peft>=0.12"],
