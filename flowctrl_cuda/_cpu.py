@@ -124,8 +124,12 @@ def _load() -> Optional[ctypes.CDLL]:
         lib.fc_compose_f32.restype = i32
         lib.fc_backward_warp_f32.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32]
         lib.fc_backward_warp_f32.restype = i32
+        lib.fc_push_pull_f32.argtypes = [f32p, u8p, i64, i64, i64, i64, f32, i32]
+        lib.fc_push_pull_f32.restype = i32
+        lib.fc_to_uint8_hwc_f32.argtypes = [f32p, u8p, i64, i64, i64, i64, i32]
+        lib.fc_to_uint8_hwc_f32.restype = i32
         lib.fc_cpu_abi_version.restype = i32
-        if lib.fc_cpu_abi_version() != 5:
+        if lib.fc_cpu_abi_version() != 7:
             raise RuntimeError("cached library has an unexpected ABI version")
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
@@ -268,3 +272,43 @@ def compose(local: torch.Tensor, camera: Optional[torch.Tensor], cam_valid: Opti
     if rc != 0:
         raise RuntimeError(f"fc_compose_f32 returned {rc}")
     return flow, valid.view(torch.bool)
+
+
+def push_pull_holes(video: torch.Tensor, holes: torch.Tensor, eps: float) -> None:
+    """Compiled :func:`flowctrl.render.fill.push_pull_fill_holes`, in place (float32 CPU, no grad).
+
+    Args:
+        video: contiguous ``(N, C, H, W)`` float32, overwritten: known pixels unchanged, holes filled.
+        holes: ``(N, 1, H, W)`` bool, True where a pixel is missing.
+        eps: weight floor of the normalisations (the tensor code's ``eps``).
+    """
+    lib = _load()
+    assert lib is not None, "call available() first"
+    assert video.is_contiguous() and video.dtype == torch.float32
+    n, c, h, w = video.shape
+    mask = holes.detach().reshape(n, h, w).contiguous().view(torch.uint8)
+    eps32 = float(torch.tensor(eps, dtype=torch.float32))
+    rc = lib.fc_push_pull_f32(_ptr(video), ctypes.cast(mask.data_ptr(), ctypes.POINTER(ctypes.c_uint8)), n, c, h, w,
+                              eps32, _threads())
+    if rc != 0:
+        raise RuntimeError(f"fc_push_pull_f32 returned {rc}")
+
+
+def to_uint8_hwc(video: torch.Tensor) -> torch.Tensor:
+    """Compiled ``(x * 255 + 0.5).clamp(0, 255).to(uint8).permute(0, 2, 3, 1)`` in one pass.
+
+    Args:
+        video: ``(N, C, H, W)`` float32 CPU frames in [0, 1].
+    Returns:
+        ``(N, H, W, C)`` contiguous uint8.
+    """
+    lib = _load()
+    assert lib is not None, "call available() first"
+    n, c, h, w = video.shape
+    x = video.detach().contiguous()
+    out = torch.empty(n, h, w, c, dtype=torch.uint8)
+    rc = lib.fc_to_uint8_hwc_f32(_ptr(x), ctypes.cast(out.data_ptr(), ctypes.POINTER(ctypes.c_uint8)), n, c, h, w,
+                                 _threads())
+    if rc != 0:
+        raise RuntimeError(f"fc_to_uint8_hwc_f32 returned {rc}")
+    return out

@@ -175,9 +175,36 @@ def push_pull_fill_holes(video: torch.Tensor, holes: torch.Tensor, inplace: bool
     Returns:
         ``(N, C, H, W)`` filled frames (``video`` itself when ``inplace``).
     """
+    if _compiled_ok(video, holes):
+        from flowctrl_cuda import _cpu
+
+        out = video if inplace and video.is_contiguous() else video.contiguous().clone()
+        _cpu.push_pull_holes(out, holes, eps)  # same steps in C++, frames across threads
+        return out
+    return push_pull_fill_holes_reference(video, holes, inplace=inplace, eps=eps)
+
+
+def push_pull_fill_holes_reference(video: torch.Tensor, holes: torch.Tensor, inplace: bool = False,
+                                   eps: float = 1e-8) -> torch.Tensor:
+    """Tensor implementation of :func:`push_pull_fill_holes` (any dtype/device, differentiable)."""
     out = video if inplace else video.clone()
     out.masked_fill_(holes, 0.0)  # premultiplied colour at level 0 (weight 1 or 0)
     return _push_pull_sparse(out, (~holes).to(video.dtype), eps)
+
+
+def _compiled_ok(video: torch.Tensor, holes: torch.Tensor) -> bool:
+    """float32 CPU frames without autograd and a bool mask: the compiled fill (flowctrl_cuda/_cpu.py)."""
+    if video.dtype != torch.float32 or video.device.type != "cpu" or holes.device.type != "cpu":
+        return False
+    if holes.dtype != torch.bool or holes.shape != (video.shape[0], 1, *video.shape[2:]):
+        return False
+    if torch.is_grad_enabled() and video.requires_grad:
+        return False
+    try:
+        from flowctrl_cuda import _cpu
+    except ImportError:  # pragma: no cover - partial install
+        return False
+    return _cpu.available()
 
 
 def inpaint_fill(video: torch.Tensor, holes: torch.Tensor, radius: float = 3.0, method: str = "telea") -> torch.Tensor:

@@ -385,7 +385,187 @@ int fc_compose_f32(const float* local, const float* camera, const unsigned char*
   return 0;
 }
 
-int fc_cpu_abi_version() { return 5; }
+// Push-pull hole fill of flowctrl/render/fill.py (push_pull_fill_holes) for a binary hole mask.
+// video (N,C,H,W) is filled in place: known pixels stay bit-exact, holes take the pushed colour.
+// holes (N,H,W) bytes, nonzero = missing. The pyramid depth is the batch's (the first level at which
+// every frame has weight > 0 everywhere, or 1x1), as in the tensor code, so frames agree with it
+// even when their own holes close earlier. Same operations in the same order as the tensor code:
+// pull sum ((a + b) + c) + d of the 2x2 block (zero padded), w' = min(s, 1), c' = sum_c * (w' / max(s, eps));
+// top colour c / max(w, eps); push c += up2x(colour) * (1 - w) with the separable 0.75 / 0.25 upsample
+// (horizontal first, edge clamped).
+int fc_push_pull_f32(float* video, const unsigned char* holes, int64_t N, int64_t C, int64_t H, int64_t W,
+                     float eps, int threads) {
+  if (N <= 0 || H <= 0 || W <= 0) return 0;
+  // level sizes down to 1x1
+  std::vector<int64_t> hs{H}, ws{W};
+  while (hs.back() > 1 || ws.back() > 1) {
+    hs.push_back((hs.back() + 1) / 2);
+    ws.push_back((ws.back() + 1) / 2);
+  }
+  const int top_max = static_cast<int>(hs.size()) - 1;
+  // 1) per frame, the first level where every pixel has some known pixel below it (OR pyramid)
+  std::vector<int> depth(N, 0);
+  parallel_dynamic(N, threads, 1, [&](int64_t nb, int64_t ne) {
+    std::vector<unsigned char> cur, nxt;
+    for (int64_t n = nb; n < ne; ++n) {
+      const unsigned char* m = holes + n * H * W;
+      cur.resize(H * W);
+      bool all = true;
+      for (int64_t i = 0; i < H * W; ++i) {
+        cur[i] = m[i] == 0;
+        all = all && cur[i];
+      }
+      int k = 0;
+      while (!all && k < top_max) {
+        const int64_t h = hs[k], w = ws[k], h1 = hs[k + 1], w1 = ws[k + 1];
+        nxt.assign(h1 * w1, 0);
+        for (int64_t y = 0; y < h; ++y)
+          for (int64_t x = 0; x < w; ++x) nxt[(y >> 1) * w1 + (x >> 1)] |= cur[y * w + x];
+        all = true;
+        for (int64_t i = 0; i < h1 * w1; ++i) all = all && nxt[i];
+        cur.swap(nxt);
+        ++k;
+      }
+      depth[n] = k;
+    }
+  });
+  const int D = *std::max_element(depth.begin(), depth.end());
+  if (D == 0) return 0;  // no holes: c / 1 == c
+  // 2) per frame: pull to level D, then push back down. Level 0 is read from video and the mask
+  // directly (holes count as 0, the tensor code's masked_fill), so it is never copied.
+  parallel_dynamic(N, threads, 1, [&](int64_t nb, int64_t ne) {
+    std::vector<std::vector<float>> cl(D + 1), wl(D + 1);
+    std::vector<float> zeros(W + 2, 0.0f), ratio, masked(2 * (W + 1));
+    for (int64_t n = nb; n < ne; ++n) {
+      float* v = video + n * C * H * W;
+      const unsigned char* m = holes + n * H * W;
+      wl[0].resize(H * W);
+      for (int64_t i = 0; i < H * W; ++i) wl[0][i] = m[i] ? 0.0f : 1.0f;
+      for (int k = 0; k < D; ++k) {
+        const int64_t h = hs[k], w = ws[k], h1 = hs[k + 1], w1 = ws[k + 1];
+        cl[k + 1].resize(C * h1 * w1);
+        wl[k + 1].resize(h1 * w1);
+        ratio.resize(h1 * w1);
+        // 2x2 sums ((a + b) + c) + d, a = (2i, 2j), b = (2i+1, 2j), c = (2i, 2j+1), d = (2i+1, 2j+1);
+        // rows / columns past the edge read zeros (the tensor code's zero padding)
+        auto pool = [&](const float* p, float* q, const float* scale) {
+          for (int64_t i = 0; i < h1; ++i) {
+            const float* r0 = p + 2 * i * w;
+            const float* r1 = 2 * i + 1 < h ? r0 + w : zeros.data();
+            for (int64_t j = 0; j < w1; ++j) {
+              const int64_t x = 2 * j;
+              const float c0 = x + 1 < w ? r0[x + 1] : 0.0f, c1 = x + 1 < w ? r1[x + 1] : 0.0f;
+              const float s = ((r0[x] + r1[x]) + c0) + c1;
+              q[i * w1 + j] = scale ? s * scale[i * w1 + j] : s;
+            }
+          }
+        };
+        pool(wl[k].data(), wl[k + 1].data(), nullptr);
+        for (int64_t i = 0; i < h1 * w1; ++i) {
+          const float s = wl[k + 1][i], wn = std::min(s, 1.0f);
+          wl[k + 1][i] = wn;
+          ratio[i] = wn / std::max(s, eps);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          if (k > 0) {
+            pool(cl[k].data() + c * h * w, cl[k + 1].data() + c * h1 * w1, ratio.data());
+            continue;
+          }
+          const float* p = v + c * H * W;
+          float* q = cl[1].data() + c * h1 * w1;
+          for (int64_t i = 0; i < h1; ++i) {
+            // the two source rows with holes zeroed (row 2i+1 past the edge: zeros)
+            float* m0 = masked.data();
+            float* m1 = m0 + (W + 1);
+            for (int64_t x = 0; x < W; ++x) m0[x] = m[2 * i * W + x] ? 0.0f : p[2 * i * W + x];
+            if (2 * i + 1 < H) {
+              for (int64_t x = 0; x < W; ++x) m1[x] = m[(2 * i + 1) * W + x] ? 0.0f : p[(2 * i + 1) * W + x];
+            } else {
+              std::fill(m1, m1 + W, 0.0f);
+            }
+            m0[W] = 0.0f;
+            m1[W] = 0.0f;
+            for (int64_t j = 0; j < w1; ++j) {
+              const int64_t x = 2 * j;
+              const float s = ((m0[x] + m1[x]) + m0[x + 1]) + m1[x + 1];
+              q[i * w1 + j] = s * ratio[i * w1 + j];
+            }
+          }
+        }
+      }
+      {  // top colour
+        const int64_t hw = hs[D] * ws[D];
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t i = 0; i < hw; ++i) cl[D][c * hw + i] = cl[D][c * hw + i] / std::max(wl[D][i], eps);
+      }
+      for (int k = D - 1; k >= 0; --k) {
+        const int64_t h = hs[k], w = ws[k], h1 = hs[k + 1], w1 = ws[k + 1];
+        float* dst = k == 0 ? v : cl[k].data();
+        const float* fine_c = k == 0 ? nullptr : cl[k].data();  // level 0: holes hold colour 0
+        const float* wk = wl[k].data();
+        std::vector<unsigned char> row_open(h);  // rows with a pixel of weight < 1 (others unchanged)
+        for (int64_t y = 0; y < h; ++y) {
+          bool any = false;
+          for (int64_t x = 0; x < w; ++x) any |= wk[y * w + x] < 1.0f;
+          row_open[y] = any;
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const float* t = cl[k + 1].data() + c * h1 * w1;
+          // horizontal pass of coarse row r at fine column x
+          auto hor = [&](int64_t r, int64_t x) {
+            const float* row = t + r * w1;
+            const int64_t j = x >> 1;
+            if ((x & 1) == 0) return j >= 1 ? row[j] * 0.75f + 0.25f * row[j - 1] : row[0];
+            return j < w1 - 1 ? row[j] * 0.75f + 0.25f * row[j + 1] : row[w1 - 1];
+          };
+          for (int64_t y = 0; y < h; ++y) {
+            if (!row_open[y]) continue;
+            const int64_t i = y >> 1;
+            int64_t r2 = -1;  // second coarse row, -1 at the clamped edges
+            if ((y & 1) == 0 && i >= 1) r2 = i - 1;
+            if ((y & 1) == 1 && i < h1 - 1) r2 = i + 1;
+            for (int64_t x = 0; x < w; ++x) {
+              const float wt = wk[y * w + x];
+              if (!(wt < 1.0f)) continue;  // known: c + up * 0 == c
+              const float a = hor(i, x);
+              const float up = r2 >= 0 ? a * 0.75f + 0.25f * hor(r2, x) : a;
+              const int64_t idx = c * h * w + y * w + x;
+              dst[idx] = (fine_c ? fine_c[idx] : 0.0f) + up * (1.0f - wt);
+            }
+          }
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// Float frames (N,C,H,W) in [0, 1] -> uint8 (N,H,W,C) in one pass: trunc(clamp(x * 255 + 0.5, 0, 255)),
+// the steps of flowctrl/video_io.py's tensor conversion (mul, add, clamp, cast, permute). NaN -> 0.
+int fc_to_uint8_hwc_f32(const float* x, unsigned char* out, int64_t N, int64_t C, int64_t H, int64_t W,
+                        int threads) {
+  if (N <= 0 || C <= 0 || H <= 0 || W <= 0) return 0;
+  const int64_t HW = H * W;
+  parallel_dynamic(N * H, threads, 16, [&](int64_t rb, int64_t re) {
+    for (int64_t r = rb; r < re; ++r) {
+      const int64_t n = r / H, y = r % H;
+      const float* src = x + n * C * HW + y * W;
+      unsigned char* dst = out + (n * HW + y * W) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const float* s = src + c * HW;
+        for (int64_t i = 0; i < W; ++i) {
+          float v = s[i] * 255.0f;
+          v = v + 0.5f;
+          v = v > 0.0f ? (v < 255.0f ? v : 255.0f) : 0.0f;  // NaN fails v > 0: 0
+          dst[i * C + c] = static_cast<unsigned char>(static_cast<int>(v));
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+int fc_cpu_abi_version() { return 7; }
 
 // x (N,C,H,W), flow (N,2,H,W), weight (N,1,H,W) or null; out (N,C,H,W) and norm (N,1,H,W) are
 // fully written (norm may be null). Returns 0 on success.
