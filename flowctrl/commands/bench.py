@@ -24,12 +24,21 @@ def _default_re10k() -> Optional[str]:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("bench", help=HELP, description=HELP)
+    raw = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "bench", help=HELP, description=HELP, formatter_class=raw,
+        epilog="examples:\n"
+               "  flowctrl bench camera --suite re10k --re10k ../shared/data/re10k --trials 3\n"
+               "  flowctrl bench camera --suite basic difficult --size 192\n"
+               "  flowctrl bench reconstruct --re10k ../shared/data/re10k")
     sub = p.add_subparsers(dest="bench", required=True, metavar="{camera,reconstruct}")
     cam = sub.add_parser("camera", help="oracle vs generated RotErr/TransErr/CamMC + failure rate",
                          description="For each trajectory of the suites, render with a backend, estimate poses "
                                      "with COLMAP (intrinsics fixed) and compare with the requested path; the oracle "
-                                     "row runs the same estimator on the ground-truth video.")
+                                     "row runs the same estimator on the ground-truth video.",
+                         formatter_class=raw,
+                         epilog="example:\n  flowctrl bench camera --suite re10k --re10k ../shared/data/re10k --trials 3 "
+                                "-o outputs/bench/camera_re10k")
     cam.add_argument("--suite", nargs="+", default=["basic", "difficult", "re10k"],
                      choices=["basic", "difficult", "re10k"], help="trajectory suites (default: all)")
     cam.add_argument("--backend", default="warp", help="stage-2 backend for the generated row: warp | diffusion | none")
@@ -46,7 +55,9 @@ def register(subparsers: Any) -> None:
     cam.set_defaults(func=run)
     rec = sub.add_parser("reconstruct", help="Table 2 protocol: PSNR/SSIM(/LPIPS) of animated real clips",
                          description="Animate frame 0 of each real clip with the flow estimated from the clip and "
-                                     "with its camera trajectory; compare every frame with the real one.")
+                                     "with its camera trajectory; compare every frame with the real one.",
+                         formatter_class=raw,
+                         epilog="example:\n  flowctrl bench reconstruct --re10k ../shared/data/re10k -o outputs/bench/reconstruct")
     rec.add_argument("--re10k", default=None, help="folder of RealEstate10K <id>.mp4 + <id>.txt (default ../shared/data/re10k)")
     rec.add_argument("--frames", type=int, default=16)
     rec.add_argument("--size", type=int, nargs=2, default=[256, 384], metavar=("H", "W"))

@@ -1,6 +1,10 @@
 """``flowctrl prepare-data VIDEO_DIR -o SHARDS``: real videos → training shards (frames, reference-form
 flow, optional camera poses and captions). Streaming (one video in memory), resumable (videos listed in
 SHARDS/manifest.jsonl are skipped), a progress bar; undecodable videos are reported and skipped.
+
+examples:
+  flowctrl prepare-data videos/ -o shards/ --num-frames 16 --size 64x64
+  flowctrl prepare-data videos/ -o shards/ --clips-per-video 4 --stride 2 --poses --captions captions.json
 """
 from __future__ import annotations
 

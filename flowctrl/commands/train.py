@@ -1,6 +1,7 @@
 """``flowctrl train flow|video``: train the learned stage 1 (FGM + CRM, refinement net T, flow codec) or
 the stage-2 video model (dispatched to ``flowctrl.train.video_loop.main``).
 
+examples:
 Single process::          flowctrl train flow --config configs/train/fgm_tiny.yaml
 Two CPU processes (gloo): accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \\
                               -m flowctrl train flow --config configs/train/fgm_tiny.yaml
@@ -26,10 +27,26 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train the learned models (flow: stage 1, video: stage 2)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="train_target", metavar="TARGET")
-    flow = sub.add_parser("flow", help="FGM + CRM, refinement net T or flow codec (model: in the config)")
+    raw = argparse.RawDescriptionHelpFormatter
+    flow = sub.add_parser(
+        "flow", help="FGM + CRM, refinement net T or flow codec (model: in the config)", formatter_class=raw,
+        description="Train a learned stage-1 model; the config's `model:` picks FGM + CRM, the refinement net T "
+                    "or the flow codec.",
+        epilog="examples:\n"
+               "  flowctrl train flow --config configs/train/fgm_tiny.yaml --output-dir runs/fgm_tiny\n"
+               "  flowctrl train flow --config configs/train/refiner_tiny.yaml --max-steps 200\n"
+               "  flowctrl train flow --config configs/train/fgm_tiny.yaml --output-dir runs/fgm_tiny --resume latest\n"
+               "  accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \\\n"
+               "      -m flowctrl train flow --config configs/train/fgm_tiny.yaml")
     _common(flow)
     flow.set_defaults(func=run)
-    video = sub.add_parser("video", help="the flow-conditioned video DiT (stage 2)")
+    video = sub.add_parser(
+        "video", help="the flow-conditioned video DiT (stage 2)", formatter_class=raw,
+        description="Train the stage-2 flow-conditioned video DiT (full fine-tuning or LoRA, per the config).",
+        epilog="examples:\n"
+               "  flowctrl train video --config configs/train/video_tiny.yaml --output-dir runs/video_tiny\n"
+               "  flowctrl train video --config configs/train/video_motion_lora.yaml   # rank-16 LoRA (GPU)\n"
+               "  flowctrl train video --config configs/train/video_tiny.yaml --resume latest")
     _common(video)
     video.set_defaults(func=run)
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
