@@ -2,10 +2,10 @@
 the stage-2 video model (dispatched to ``flowctrl.train.video_loop.main``).
 
 examples:
-Single process::          flowctrl train flow --config configs/train/fgm_tiny.yaml
-Two CPU processes (gloo): accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \\
+  single process:           flowctrl train flow --config configs/train/fgm_tiny.yaml
+  two CPU processes (gloo): accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \\
                               -m flowctrl train flow --config configs/train/fgm_tiny.yaml
-Continue a run:           flowctrl train flow --config ... --resume latest
+  continue a run:           flowctrl train flow --config ... --resume latest
 """
 from __future__ import annotations
 
