@@ -107,6 +107,24 @@ def _disc(center: Tuple[float, float], radius: float, height: int, width: int) -
     return ((xs - center[0]) ** 2 + (ys - center[1]) ** 2 <= radius ** 2)[None]
 
 
+def _acting(local: torch.Tensor, smask: torch.Tensor) -> torch.Tensor:
+    """``(1, 1, 1, H, W)`` bool: where ``local (1, T, 2, H, W)`` is non-zero or ``smask (1, T, 1, H, W)`` > 0 at some frame.
+
+    Same result as ``(local != 0).any((1, 2)) | (smask > 0).any(1)`` (NaN counts as acting), reduced one
+    ``(H*W,)`` row at a time instead of through ``(T, 2, H, W)`` bool temporaries.
+    """
+    h, w = local.shape[-2:]
+    rows = local.reshape(-1, h * w)
+    peak = rows[0].abs()
+    buf = torch.empty_like(peak)
+    for row in rows[1:]:
+        torch.maximum(peak, torch.abs(row, out=buf), out=peak)  # NaN propagates, and NaN != 0
+    acting = peak != 0
+    for row in smask.reshape(-1, h * w):
+        acting |= row > 0
+    return acting.reshape(1, 1, 1, h, w)
+
+
 def _local_groups(controls, num_frames: int, height: int, width: int) -> List[dict]:
     """Tracks grouped by the region they act in (None = densified together, unrestricted)."""
     free_tracks, free_starts, free_valid = [], [], []
@@ -253,16 +271,17 @@ def compute_unified_flow(
         smask = smask * controls.motion_mask.to(smask.dtype).reshape(1, 1, 1, H, W)
     if static is not None:
         smask = smask * (1.0 - static.to(smask.dtype)[:, None])
-    sparse = sparse * smask
-    acting = (local != 0).any(dim=2, keepdim=True).any(dim=1, keepdim=True) | (smask > 0).any(dim=1, keepdim=True)
-    local_mask = acting.expand(1, T, 1, H, W).float()
+    if controls.motion_mask is not None or static is not None:
+        # without these masks smask is in {0, 1} and sparse is already 0 wherever smask is 0
+        sparse = sparse * smask
+    local_mask = _acting(local, smask).to(torch.float32).expand(1, T, 1, H, W).contiguous()
     _progress(callback, "local", 1, 1)
 
     # 2. camera ---------------------------------------------------------------------------------
     depth_src = depth if depth is not None else controls.depth
     depth_map, K, w2c, K_frames = None, None, None, None
     cam = None  # camera flow, only with a camera
-    valid = torch.ones(1, T, 1, H, W, dtype=torch.bool)
+    valid = None  # the camera's visibility; all visible without a camera
     if controls.camera is not None or depth_src is not None or depth_model is not None:
         _progress(callback, "depth", 0, 1)
         from flowctrl.depth import resolve_depth
@@ -299,7 +318,7 @@ def compute_unified_flow(
         ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
         tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
         in_view = ((tx > -0.5) & (tx < W - 0.5) & (ty > -0.5) & (ty < H - 0.5))[:, :, None]
-        valid = valid & in_view
+        valid = in_view
     flow[:, 0] = 0.0
     _progress(callback, "compose", 1, 1)
     return UnifiedFlow(flow=flow.contiguous(), depth=depth_map, local_mask=local_mask, valid=valid, K=K, w2c=w2c,
