@@ -111,13 +111,18 @@ def end_to_end_cli(image_path: Path, arrows: Path, camera: Path, size: int, fram
     return time.perf_counter() - t0
 
 
-def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_input_args(parser: argparse.ArgumentParser) -> None:
+    """The quick-start inputs every render benchmark measures (also used by bench_stage_cpu.py)."""
     parser.add_argument("--image", default=str(REPO / "examples" / "astronaut.png"))
     parser.add_argument("--arrows", default=str(REPO / "examples" / "a.json"))
     parser.add_argument("--camera", default=str(REPO / "configs" / "camera" / "orbit.json"))
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--frames", type=int, default=49)
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_args(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")

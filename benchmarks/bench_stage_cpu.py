@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_render import add_input_args  # noqa: E402  (sibling script: the same inputs)
 
 
 def one_run(image_path: Path, arrows: Path, camera: Path, size: int, frames: int, out: Path) -> Dict[str, float]:
@@ -57,11 +59,7 @@ def one_run(image_path: Path, arrows: Path, camera: Path, size: int, frames: int
 
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", default=str(REPO / "examples" / "astronaut.png"))
-    parser.add_argument("--arrows", default=str(REPO / "examples" / "a.json"))
-    parser.add_argument("--camera", default=str(REPO / "configs" / "camera" / "orbit.json"))
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--frames", type=int, default=49)
+    add_input_args(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

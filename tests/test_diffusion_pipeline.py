@@ -133,15 +133,21 @@ def test_save_pretrained_round_trip(tmp_path):
     assert torch.equal(ref, out)
 
 
+def _save_i2v_folder(folder, transformer):
+    """Write a tiny CogVideoX-I2V folder (transformer, VAE, v-prediction DDIM); returns (vae, scheduler)."""
+    vae = tiny_vae()
+    sched = CogVideoXDDIMScheduler(prediction_type="v_prediction")
+    transformer.save_pretrained(folder / "transformer")
+    vae.save_pretrained(folder / "vae")
+    sched.save_pretrained(folder / "scheduler")
+    return vae, sched
+
+
 def test_cogvideox_i2v_folder_converts_and_matches_diffusers_pipeline(tmp_path):
     """An untrained conversion of a CogVideoX-I2V folder reproduces diffusers' own I2V pipeline."""
     torch.manual_seed(0)
     base = CogVideoXTransformer3DModel(**TR).eval()
-    vae = tiny_vae()
-    sched = CogVideoXDDIMScheduler(prediction_type="v_prediction")
-    base.save_pretrained(tmp_path / "transformer")
-    vae.save_pretrained(tmp_path / "vae")
-    sched.save_pretrained(tmp_path / "scheduler")
+    vae, sched = _save_i2v_folder(tmp_path, base)
     backend = DiffusionBackend.from_pretrained(tmp_path, num_inference_steps=2, guidance_scale=1.0)
     assert backend.pipeline.transformer.config.flow_in_channels == 4   # codec wrapped around the VAE
     image, flow = _inputs()
@@ -193,11 +199,7 @@ def test_cogvideox_15_layout_pads_latent_frames_like_diffusers(tmp_path):
     cfg = {**TR, "patch_size_t": 2, "ofs_embed_dim": 32, "use_rotary_positional_embeddings": True,
            "patch_bias": False}
     base = CogVideoXTransformer3DModel(**cfg).eval()
-    vae = tiny_vae()
-    sched = CogVideoXDDIMScheduler(prediction_type="v_prediction")
-    base.save_pretrained(tmp_path / "transformer")
-    vae.save_pretrained(tmp_path / "vae")
-    sched.save_pretrained(tmp_path / "scheduler")
+    vae, sched = _save_i2v_folder(tmp_path, base)
     backend = DiffusionBackend.from_pretrained(tmp_path, num_inference_steps=2, guidance_scale=1.0)
     image, flow = _inputs()                                      # 9 frames → 3 latent frames → padded to 4
     ours = backend.pipeline(image, flow, prompt_embeds=EMB, num_inference_steps=2, guidance_scale=1.0,

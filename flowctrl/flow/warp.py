@@ -6,13 +6,14 @@ pure-PyTorch reference (which defines the semantics) otherwise.
 
 * ``backward_warp(x (N,C,H,W), flow (N,2,H,W) px, mode="bilinear", padding="zeros"|"border")``
   → ``out(p) = x(p + flow(p))``.
-* ``splat(x, flow, weight=None, mode="sum"|"avg"|"softmax", return_norm=False)`` → out
-  ``(N,C,H,W)`` [, norm ``(N,1,H,W)``, 0 = hole].
+* ``splat(x, flow, weight=None, mode="sum"|"avg"|"softmax", return_norm=False, out=None)`` → out
+  ``(N,C,H,W)`` [, norm ``(N,1,H,W)``, 0 = hole]; ``x`` may be a broadcast view.
 * ``freq_adaptor(x (B,T,N,C), weight (T//2+1,C,2), dim=1)`` → the temporal frequency filter.
 """
 from __future__ import annotations
 
-from flowctrl_cuda import (
+import flowctrl_cuda
+from flowctrl_cuda import (  # noqa: F401  (re-exported)
     PADDING_MODES,
     SPLAT_MODES,
     backward_warp,
@@ -22,12 +23,4 @@ from flowctrl_cuda import (
     splat,
 )
 
-__all__ = [
-    "backward_warp",
-    "splat",
-    "freq_adaptor",
-    "freq_adaptor_matrix",
-    "implementation",
-    "SPLAT_MODES",
-    "PADDING_MODES",
-]
+__all__ = list(flowctrl_cuda.__all__)
