@@ -129,7 +129,7 @@ def _load() -> Optional[ctypes.CDLL]:
         lib.fc_to_uint8_hwc_f32.argtypes = [f32p, u8p, i64, i64, i64, i64, i32]
         lib.fc_to_uint8_hwc_f32.restype = i32
         lib.fc_cpu_abi_version.restype = i32
-        if lib.fc_cpu_abi_version() != 7:
+        if lib.fc_cpu_abi_version() != 8:
             raise RuntimeError("cached library has an unexpected ABI version")
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:

@@ -57,13 +57,21 @@ def test_all_holes_but_one_pixel_spreads_that_colour() -> None:
     torch.testing.assert_close(got[1], video[1, :, 0, 18, None, None].expand(3, 23, 19), atol=1e-6, rtol=0)
 
 
-def test_frames_with_different_depths_follow_the_batch_depth() -> None:
-    # frame 0 has one tiny hole (closes after one level), frame 1 a large one: the batch pyramid is deep
+def test_frames_are_filled_independently() -> None:
+    # frame 0 has one tiny hole (closes after one level), frame 1 a large one (a deep pyramid): each
+    # frame keeps its own depth, so the batch equals the frames filled one at a time (chunked renders
+    # equal whole renders), for the compiled, tensor and dense fills alike
     video, _ = _case(2, 40, 36, 0.0, 7)
     holes = torch.zeros(2, 1, 40, 36, dtype=torch.bool)
     holes[0, 0, 3, 4] = True
     holes[1, 0, 5:35, 2:30] = True
     _check(video, holes)
+    for fill in (push_pull_fill_holes, push_pull_fill_holes_reference):
+        batch = fill(video, holes)
+        single = torch.cat([fill(video[n:n + 1], holes[n:n + 1]) for n in range(2)])
+        assert torch.equal(batch, single)
+    dense = push_pull_fill(video, (~holes).float())
+    assert torch.equal(dense[:1], push_pull_fill(video[:1], (~holes[:1]).float()))
 
 
 def test_all_holes_frame_gives_zeros_and_matches() -> None:

@@ -11,7 +11,7 @@ moves to camera ``t`` as ``X_t = R_t X + t_t`` and projects (with ``K_t``) to ``
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from kornia.geometry.depth import depth_to_3d_v2
@@ -54,7 +54,8 @@ def _move(pts0: torch.Tensor, w2c_t: torch.Tensor) -> torch.Tensor:
 
 
 def camera_flow(
-    depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, occlusion: bool = True
+    depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, occlusion: bool = True,
+    K_ref: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Reprojection flow of the reference frame under a camera trajectory.
 
@@ -63,6 +64,9 @@ def camera_flow(
         K: ``(B, 3, 3)`` or ``(B, T, 3, 3)`` intrinsics in pixels.
         w2c: ``(B, T, 4, 4)`` world-to-camera relative to frame 0.
         occlusion: also mark pixels hidden by nearer reference pixels (a z-buffer test).
+        K_ref: optional ``(B, 3, 3)`` intrinsics of the reference frame (default ``K[:, 0]``); give it
+            when ``K``/``w2c`` are a run of frames ``a..b`` of a longer trajectory (chunked
+            rendering): every frame's result depends only on its own camera and the reference.
 
     Returns:
         ``flow (B, T, 2, H, W)`` float32 pixels and ``valid (B, T, 1, H, W)`` bool: false where the
@@ -87,7 +91,7 @@ def camera_flow(
     pix = torch.stack([xs, ys, ones], dim=0).reshape(3, h * w)
     z0 = depth[:, 0].reshape(b, h * w).to(work)
     grid = pix[:2]
-    K0_inv = torch.linalg.inv(Kt[:, 0])
+    K0_inv = torch.linalg.inv(Kt[:, 0] if K_ref is None else K_ref.to(torch.float64))
     eye = torch.eye(3, dtype=torch.float64, device=depth.device)
     if _compiled_ok(depth, Kt, w2c):
         # inference on float32 CPU: the per-pixel work (flow, visibility, z-buffer) in one compiled

@@ -207,6 +207,121 @@ def compute_unified_flow(
             the trajectory's ``scene_depth`` (an orbit's look-at depth) when it has one, else 1.
     """
     del generator
+    plan = plan_unified_flow(image, controls, num_frames, depth=depth, depth_model=depth_model, densify=densify,
+                             callback=callback, flow_method=flow_method, depth_kind=depth_kind,
+                             depth_scale=depth_scale, plane_distance=plane_distance)
+    sparse, smask = plan.sparse_condition()
+    local_mask = _acting(plan.local_unscaled, smask).to(torch.float32).expand(1, plan.num_frames, 1, plan.height,
+                                                                              plan.width).contiguous()
+    # camera flow and composition run together, frame by frame
+    _progress(callback, "compose", 0, 1)
+    flow, valid, cam = plan.frames(0, plan.num_frames, with_camera_flow=True)
+    _progress(callback, "compose", 1, 1)
+    return UnifiedFlow(flow=flow.contiguous(), depth=plan.depth, local_mask=local_mask, valid=valid, K=plan.K,
+                       w2c=plan.w2c, sparse_flow=sparse, sparse_mask=smask, K_frames=plan.K_frames,
+                       local_flow=plan.local, camera_flow=cam, strength_scale=float(plan.strength_scale))
+
+
+@dataclass
+class Stage1Plan:
+    """Everything of stage 1 that spans all frames, computed once; :meth:`frames` finishes any run of frames.
+
+    The composed flow and visibility of frame ``t`` depend only on ``local[:, t]``, the depth and
+    frame ``t``'s camera, so a renderer can evaluate and consume the video a few frames at a time
+    (:mod:`flowctrl.pipelines.streaming`) with results equal to :func:`compute_unified_flow`'s.
+
+    local: ``(1, T, 2, H, W)`` local (object) flow after masks and strength, pixels.
+    local_unscaled: the same before the strength rescale (what ``local_mask`` is computed from).
+    depth: ``(1, 1, H, W)`` or None; K ``(1, 3, 3)``, K_frames ``(1, T, 3, 3)``, w2c ``(1, T, 4, 4)`` or None.
+    static: ``(1, 1, H, W)`` static mask or None. strength_scale: factor applied to the local flow.
+    """
+
+    num_frames: int
+    height: int
+    width: int
+    local: torch.Tensor
+    local_unscaled: torch.Tensor
+    depth: Optional[torch.Tensor]
+    K: Optional[torch.Tensor]
+    K_frames: Optional[torch.Tensor]
+    w2c: Optional[torch.Tensor]
+    static: Optional[torch.Tensor]
+    strength_scale: float
+    tracks: Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]
+    video_flow: Optional[torch.Tensor]
+    motion_mask: Optional[torch.Tensor]
+
+    @property
+    def has_camera(self) -> bool:
+        return self.w2c is not None
+
+    def frames(self, start: int, stop: int, with_camera_flow: bool = False
+               ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """The unified flow of frames ``start..stop-1``.
+
+        Returns:
+            ``flow (1, n, 2, H, W)`` pixels (frame 0 exactly zero), ``valid (1, n, 1, H, W)`` bool and,
+            with ``with_camera_flow``, the camera flow ``(1, n, 2, H, W)`` (else None). Without a camera
+            the flow is a view of :attr:`local` (zeroing frame 0 writes through, as before composition).
+        """
+        H, W = self.height, self.width
+        local = self.local[:, start:stop]
+        cam = None
+        if self.has_camera:
+            # a pixel moved by local motion is seen where the camera sees the point it moved to, and
+            # must land inside the frame (one compiled pass on CPU)
+            cam, cam_valid = camera_flow(self.depth, self.K_frames[:, start:stop], self.w2c[:, start:stop],
+                                         K_ref=self.K_frames[:, 0])
+            flow, valid = compose_with_visibility(local, cam, cam_valid, self.static)
+        else:
+            flow = local
+            ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
+            tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
+            valid = ((tx > -0.5) & (tx < W - 0.5) & (ty > -0.5) & (ty < H - 0.5))[:, :, None]
+        if start == 0:
+            flow[:, 0] = 0.0
+        return flow, valid, cam if with_camera_flow else None
+
+    def sparse_condition(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The eq. 5 sparse condition ``(1, T, 2, H, W)`` and its mask ``(1, T, 1, H, W)``, masks and strength applied."""
+        T, H, W = self.num_frames, self.height, self.width
+        all_tracks, all_starts, all_valid = self.tracks
+        if all_tracks:
+            sparse, smask = sparse_flow_from_tracks(torch.cat(all_tracks)[None], torch.cat(all_starts)[None], H, W,
+                                                    torch.cat(all_valid)[None])
+        else:
+            sparse, smask = torch.zeros(1, T, 2, H, W), torch.zeros(1, T, 1, H, W)
+        if self.video_flow is not None:
+            sparse = torch.where(smask > 0, sparse, self.video_flow)  # the video is a dense condition
+            smask = torch.ones_like(smask)
+        # the sparse condition obeys the same masks as the dense field it stands for
+        if self.motion_mask is not None:
+            smask = smask * self.motion_mask.to(smask.dtype).reshape(1, 1, 1, H, W)
+        if self.static is not None:
+            smask = smask * (1.0 - self.static.to(smask.dtype)[:, None])
+        if self.motion_mask is not None or self.static is not None:
+            # without these masks smask is in {0, 1} and sparse is already 0 wherever smask is 0
+            sparse = sparse * smask
+        if self.strength_scale != 1.0:
+            sparse = sparse * self.strength_scale
+        return sparse, smask
+
+
+def plan_unified_flow(
+    image: torch.Tensor,
+    controls: Optional["Controls"] = None,
+    num_frames: int = 16,
+    *,
+    depth: Union[None, str, Path, torch.Tensor] = None,
+    depth_model: Union[None, str, Path, Callable[[torch.Tensor], torch.Tensor]] = None,
+    densify: str = "normalized",
+    callback: Optional[Callback] = None,
+    flow_method: str = "dis",
+    depth_kind: str = "depth",
+    depth_scale: Optional[float] = None,
+    plane_distance: Optional[float] = None,
+) -> Stage1Plan:
+    """The all-frames part of :func:`compute_unified_flow` (same arguments): local flow, depth, camera, strength."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
         raise InputError.at(None, "image", f"has shape {tuple(getattr(image, 'shape', ()))}", "give a (1, 3, H, W) tensor in [0, 1]")
     if plane_distance is None:
@@ -245,19 +360,13 @@ def compute_unified_flow(
         local = dense if local is None else local.add_(dense)
     if local is None:
         local = torch.zeros(1, T, 2, H, W)
-    if all_tracks:
-        sparse, smask = sparse_flow_from_tracks(torch.cat(all_tracks)[None], torch.cat(all_starts)[None], H, W,
-                                                torch.cat(all_valid)[None])
-    else:
-        sparse, smask = torch.zeros(1, T, 2, H, W), torch.zeros(1, T, 1, H, W)
+    video_flow = None
     if controls.ref_video is not None:
         _progress(callback, "reference video", 0, 1)
         from flowctrl.flow.estimate import estimate_flow
 
         video_flow = estimate_flow(_load_video(controls.ref_video, T, H, W), method=flow_method)
         local = local + video_flow
-        sparse = torch.where(smask > 0, sparse, video_flow)  # the video is a dense condition
-        smask = torch.ones_like(smask)
         _progress(callback, "reference video", 1, 1)
     if controls.motion_mask is not None:
         brush = controls.motion_mask.to(local.dtype).reshape(1, 1, 1, H, W)
@@ -266,22 +375,11 @@ def compute_unified_flow(
     if controls.static_mask is not None:
         static = controls.static_mask.reshape(1, 1, H, W)
         local = local * (1.0 - static.to(local.dtype)[:, None])
-    # the sparse condition obeys the same masks as the dense field it stands for
-    if controls.motion_mask is not None:
-        smask = smask * controls.motion_mask.to(smask.dtype).reshape(1, 1, 1, H, W)
-    if static is not None:
-        smask = smask * (1.0 - static.to(smask.dtype)[:, None])
-    if controls.motion_mask is not None or static is not None:
-        # without these masks smask is in {0, 1} and sparse is already 0 wherever smask is 0
-        sparse = sparse * smask
-    local_mask = _acting(local, smask).to(torch.float32).expand(1, T, 1, H, W).contiguous()
     _progress(callback, "local", 1, 1)
 
     # 2. camera ---------------------------------------------------------------------------------
     depth_src = depth if depth is not None else controls.depth
     depth_map, K, w2c, K_frames = None, None, None, None
-    cam = None  # camera flow, only with a camera
-    valid = None  # the camera's visibility; all visible without a camera
     if controls.camera is not None or depth_src is not None or depth_model is not None:
         _progress(callback, "depth", 0, 1)
         from flowctrl.depth import resolve_depth
@@ -294,33 +392,18 @@ def compute_unified_flow(
         K_frames = traj.intrinsics_all(H, W).to(torch.float32)[None]
         w2c = traj.w2c.to(torch.float32)[None]
         K = K_frames[:, 0].clone()
-        _progress(callback, "camera", 0, 1)
-        cam, valid = camera_flow(depth_map, K_frames, w2c)
-        _progress(callback, "camera", 1, 1)
 
-    # 3. strength + composition -----------------------------------------------------------------
-    _progress(callback, "compose", 0, 1)
+    # 3. strength (camera flow and composition are per frame: Stage1Plan.frames) -----------------
     scale = 1.0
+    unscaled = local
     if controls.strength is not None:
         if float(local.abs().max()) > 0:
             # the target is eq. 8 of the local (object) motion: seed 004 measures M_s with a static
             # camera, and the camera's own speed is set by its trajectory
             local, scale = rescale_to_strength(local, controls.strength)
-            sparse = sparse * scale
         else:
             logger.warning("motion strength %.3g requested but there is no local motion to rescale", controls.strength)
-    if controls.camera is not None:
-        # a pixel moved by local motion is seen where the camera sees the point it moved to, and
-        # must land inside the frame (one compiled pass on CPU)
-        flow, valid = compose_with_visibility(local, cam, valid, static)
-    else:
-        flow = local
-        ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
-        tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
-        in_view = ((tx > -0.5) & (tx < W - 0.5) & (ty > -0.5) & (ty < H - 0.5))[:, :, None]
-        valid = in_view
-    flow[:, 0] = 0.0
-    _progress(callback, "compose", 1, 1)
-    return UnifiedFlow(flow=flow.contiguous(), depth=depth_map, local_mask=local_mask, valid=valid, K=K, w2c=w2c,
-                       sparse_flow=sparse, sparse_mask=smask, K_frames=K_frames, local_flow=local,
-                       camera_flow=cam if controls.camera is not None else None, strength_scale=float(scale))
+    return Stage1Plan(num_frames=T, height=H, width=W, local=local, local_unscaled=unscaled, depth=depth_map, K=K,
+                      K_frames=K_frames, w2c=w2c, static=static, strength_scale=float(scale),
+                      tracks=(all_tracks, all_starts, all_valid), video_flow=video_flow,
+                      motion_mask=controls.motion_mask)

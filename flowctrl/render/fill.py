@@ -21,7 +21,9 @@ def push_pull_fill(video: torch.Tensor, known: torch.Tensor, eps: float = 1e-8) 
 
     Pull: halve the resolution repeatedly, each level the weight-normalized 2x2 sum of the finer one,
     with weights clamped to 1, until a level has no holes. Push: from coarse to fine, each hole takes
-    the bilinearly upsampled coarser colour in proportion to its missing weight.
+    the bilinearly upsampled coarser colour in proportion to its missing weight. Every frame has its
+    own pyramid depth, so a frame's result does not depend on the other frames it is batched with
+    (a video rendered in chunks of frames equals the video rendered at once).
 
     Args:
         video: ``(N, C, H, W)`` float frames; values in holes are ignored.
@@ -32,6 +34,8 @@ def push_pull_fill(video: torch.Tensor, known: torch.Tensor, eps: float = 1e-8) 
     """
     if video.ndim != 4 or known.ndim != 4 or known.shape[1] != 1 or known.shape[0] != video.shape[0]:
         raise ValueError(f"push_pull_fill: video {tuple(video.shape)} / known {tuple(known.shape)} mismatch")
+    if video.shape[0] > 1:
+        return torch.cat([push_pull_fill(video[n:n + 1], known[n:n + 1], eps) for n in range(video.shape[0])])
     w = known.to(video.dtype).clamp(0, 1)
     c = video * w
     levels = []
@@ -189,7 +193,12 @@ def push_pull_fill_holes_reference(video: torch.Tensor, holes: torch.Tensor, inp
     """Tensor implementation of :func:`push_pull_fill_holes` (any dtype/device, differentiable)."""
     out = video if inplace else video.clone()
     out.masked_fill_(holes, 0.0)  # premultiplied colour at level 0 (weight 1 or 0)
-    return _push_pull_sparse(out, (~holes).to(video.dtype), eps)
+    weight = (~holes).to(video.dtype)
+    for n in range(out.shape[0]):  # each frame with its own pyramid depth (frames are independent)
+        filled = _push_pull_sparse(out[n:n + 1], weight[n:n + 1], eps)
+        if filled.data_ptr() != out[n:n + 1].data_ptr():
+            out[n:n + 1] = filled
+    return out
 
 
 def _compiled_ok(video: torch.Tensor, holes: torch.Tensor) -> bool:

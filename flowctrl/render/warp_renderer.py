@@ -90,9 +90,12 @@ def importance_from_depth(depth: torch.Tensor, alpha: float = DEFAULT_ALPHA, K: 
         pix = torch.stack([xs, ys, torch.ones_like(xs)], 0).reshape(1, 3, H * W)  # (1,3,HW)
         rays = torch.linalg.solve(K.float(), pix.expand(B, 3, H * W))  # (B,3,HW), z-component 1
         points = rays * depth.float().reshape(B, 1, H * W)  # frame-0 camera coordinates
-        R_z = w2c[..., 2, :3].float()  # (B,T,3): the z row of each rotation
-        t_z = w2c[..., 2, 3].float()  # (B,T)
-        z = torch.baddbmm(t_z.unsqueeze(-1), R_z, points)  # (B,T,HW): z in frame t's camera
+        R_z = w2c[..., 2, :3].float().unsqueeze(-1)  # (B,T,3,1): the z row of each rotation
+        t_z = w2c[..., 2, 3].float().unsqueeze(-1)  # (B,T,1)
+        # z in frame t's camera, (B,T,HW). Elementwise in a fixed order (not a batched matmul, whose
+        # rounding may depend on T), so every frame's value is the same however frames are batched.
+        z = torch.addcmul(t_z, R_z[:, :, 0], points[:, None, 0])
+        z.addcmul_(R_z[:, :, 1], points[:, None, 1]).addcmul_(R_z[:, :, 2], points[:, None, 2])
         z = z.reshape(B, -1, 1, H, W)
     else:
         z = depth.float().clone().unsqueeze(1)  # (B,1,1,H,W)
@@ -164,10 +167,27 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
     if flow.ndim != 5 or flow.shape[0] != 1 or flow.shape[2] != 2 or flow.shape[-2:] != image.shape[-2:]:
         raise InputError.at(None, "flow", f"has shape {tuple(flow.shape)} for an image of {tuple(image.shape)}",
                             "give (1, T, 2, H, W) at the image's size")
+    check_render_size(image.shape[-2], image.shape[-1], flow.shape[1])
+    return render_warp_frames(image, flow, depth=depth, valid=valid, K=K, w2c=w2c, fill=fill, alpha=alpha,
+                              importance=importance, callback=callback)
+
+
+def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torch.Tensor] = None,
+                       valid: Optional[torch.Tensor] = None, K: Optional[torch.Tensor] = None,
+                       w2c: Optional[torch.Tensor] = None, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA,
+                       importance: Optional[torch.Tensor] = None,
+                       callback: Optional[ProgressCallback] = None) -> WarpRender:
+    """:func:`render_warp` for any run of frames ``flow (1, n, 2, H, W)``, ``n >= 1``, without the size limits.
+
+    Every output frame depends only on its own flow, validity and camera (importance, splat and fill
+    are per frame), so a video rendered chunk by chunk (``flow[:, a:b]`` with ``w2c[:, a:b]``) equals
+    the video rendered at once; :mod:`flowctrl.pipelines.streaming` relies on it.
+    """
+    from flowctrl.flow.warp import splat
+
     fill = normalize_fill_mode(fill)
     T = flow.shape[1]
     H, W = image.shape[-2:]
-    check_render_size(H, W, T)
     image = image.float()
     flow = flow.float()
     timings = {"splat": 0.0, "fill": 0.0}

@@ -387,9 +387,8 @@ int fc_compose_f32(const float* local, const float* camera, const unsigned char*
 
 // Push-pull hole fill of flowctrl/render/fill.py (push_pull_fill_holes) for a binary hole mask.
 // video (N,C,H,W) is filled in place: known pixels stay bit-exact, holes take the pushed colour.
-// holes (N,H,W) bytes, nonzero = missing. The pyramid depth is the batch's (the first level at which
-// every frame has weight > 0 everywhere, or 1x1), as in the tensor code, so frames agree with it
-// even when their own holes close earlier. Same operations in the same order as the tensor code:
+// holes (N,H,W) bytes, nonzero = missing. The pyramid depth is the frame's own (the first level at
+// which the frame has weight > 0 everywhere, or 1x1), as in the tensor code: frames are independent. Same operations in the same order as the tensor code:
 // pull sum ((a + b) + c) + d of the 2x2 block (zero padded), w' = min(s, 1), c' = sum_c * (w' / max(s, eps));
 // top colour c / max(w, eps); push c += up2x(colour) * (1 - w) with the separable 0.75 / 0.25 upsample
 // (horizontal first, edge clamped).
@@ -429,14 +428,17 @@ int fc_push_pull_f32(float* video, const unsigned char* holes, int64_t N, int64_
       depth[n] = k;
     }
   });
-  const int D = *std::max_element(depth.begin(), depth.end());
-  if (D == 0) return 0;  // no holes: c / 1 == c
-  // 2) per frame: pull to level D, then push back down. Level 0 is read from video and the mask
-  // directly (holes count as 0, the tensor code's masked_fill), so it is never copied.
+  const int Dmax = *std::max_element(depth.begin(), depth.end());
+  if (Dmax == 0) return 0;  // no holes: c / 1 == c
+  // 2) per frame: pull to the frame's own level D, then push back down (each frame is filled on its
+  // own, so a frame's result does not depend on the other frames of the call). Level 0 is read from
+  // video and the mask directly (holes count as 0, the tensor code's masked_fill), so it is never copied.
   parallel_dynamic(N, threads, 1, [&](int64_t nb, int64_t ne) {
-    std::vector<std::vector<float>> cl(D + 1), wl(D + 1);
+    std::vector<std::vector<float>> cl(Dmax + 1), wl(Dmax + 1);
     std::vector<float> zeros(W + 2, 0.0f), ratio, masked(2 * (W + 1));
     for (int64_t n = nb; n < ne; ++n) {
+      const int D = depth[n];
+      if (D == 0) continue;  // no holes in this frame
       float* v = video + n * C * H * W;
       const unsigned char* m = holes + n * H * W;
       wl[0].resize(H * W);
@@ -565,7 +567,7 @@ int fc_to_uint8_hwc_f32(const float* x, unsigned char* out, int64_t N, int64_t C
   return 0;
 }
 
-int fc_cpu_abi_version() { return 7; }
+int fc_cpu_abi_version() { return 8; }
 
 // x (N,C,H,W), flow (N,2,H,W), weight (N,1,H,W) or null; out (N,C,H,W) and norm (N,1,H,W) are
 // fully written (norm may be null). Returns 0 on success.
