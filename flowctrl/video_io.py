@@ -124,59 +124,155 @@ def write_video(path: PathLike, video: Union[torch.Tensor, np.ndarray], fps: flo
     H.264 with yuv420p needs even sizes: an odd height/width is padded by repeating the last
     row/column (the decoded video is then one pixel larger on that side).
     """
-    if not fps or fps <= 0:
-        raise InputError.at(None, "fps", f"is {fps}", "give a positive frame rate, e.g. 8")
     frames = to_uint8_frames(video)
-    if frames.shape[0] < 1:
-        raise InputError.at(None, "video", "has no frames", "render at least one frame")
-    target = Path(os.fspath(path).rstrip("/" + os.sep) or os.fspath(path))
-    kind = output_kind(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError.at(str(path), None, f"folder '{parent}' does not exist", "create it or choose another output path")
-    if kind == "png_dir":
-        _write_png_dir(target, frames)
-    else:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=parent)
+    with VideoWriter(path, fps=fps, preset=preset, crf=crf) as writer:
+        writer.write(frames)
+    return writer.path
+
+
+class VideoWriter:
+    """Write a video a few frames at a time, atomically: :func:`write_video` for frames that arrive in chunks.
+
+    ::
+
+        with VideoWriter("out.mp4", fps=8) as writer:
+            for chunk in chunks:          # (n, H, W, 3) uint8, or (n, 3, H, W) float in [0, 1]
+                writer.write(chunk)
+        # out.mp4 exists only now; an exception inside the block leaves no file behind
+
+    mp4 frames are encoded as they arrive (H.264 settings as :func:`write_video`, so the same frames
+    give the same bytes however they are chunked); PNG frames are written as they arrive into a
+    temporary folder; a GIF is assembled when the writer closes. The target is checked when the
+    writer is created (unsupported suffix, missing folder: :class:`InputError`).
+    """
+
+    def __init__(self, path: PathLike, fps: float = 8, preset: Optional[str] = None, crf: Optional[int] = None) -> None:
+        if not fps or fps <= 0:
+            raise InputError.at(None, "fps", f"is {fps}", "give a positive frame rate, e.g. 8")
+        self.kind = output_kind(path)
+        self.path = Path(os.fspath(path).rstrip("/" + os.sep) or os.fspath(path))
+        self.fps = fps
+        self.preset = preset or H264_PRESET
+        self.crf = H264_CRF if crf is None else int(crf)
+        self.parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not self.parent.is_dir():
+            raise InputError.at(str(path), None, f"folder '{self.parent}' does not exist",
+                                "create it or choose another output path")
+        if self.kind == "png_dir" and self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise InputError.at(str(self.path), None, "already exists and is not an empty folder",
+                                "choose a new folder for the PNG frames")
+        self.count = 0
+        self._tmp: Optional[Path] = None
+        self._container = None
+        self._stream = None
+        self._gif_frames: list = []
+        self._closed = False
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _open(self, height: int, width: int) -> None:
+        if self.kind == "png_dir":
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.parent))
+            return
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix, dir=self.parent)
         os.close(fd)
-        tmp = Path(tmp_name)
+        self._tmp = Path(tmp_name)
+        if self.kind == "mp4":
+            import av
+            from fractions import Fraction
+
+            self._container = av.open(str(self._tmp), mode="w", format=_container_format(self._tmp))
+            stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            # yuv420p needs even sizes: odd ones are padded (write pads each frame)
+            stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+            stream.options = {"preset": self.preset, "crf": str(self.crf), **H264_EXTRA_OPTIONS}
+            self._stream = stream
+
+    def write(self, frames: Union[torch.Tensor, np.ndarray, Sequence[np.ndarray]]) -> None:
+        """Append frames: ``(n, H, W, 3)`` uint8 or ``(n, 3, H, W)`` float in [0, 1] (:func:`to_uint8_frames`)."""
+        if self._closed:
+            raise ValueError("VideoWriter is closed")
+        frames = to_uint8_frames(frames)
+        if frames.shape[0] == 0:
+            return
+        if self._tmp is None:
+            self._open(frames.shape[1], frames.shape[2])
+        if self.kind == "mp4":
+            import av
+
+            H, W = frames.shape[1:3]
+            if H % 2 or W % 2:
+                frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+            for frame in frames:
+                for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    self._container.mux(packet)
+        elif self.kind == "gif":
+            self._gif_frames.extend(frames)
+        else:
+            from PIL import Image
+
+            for i, frame in enumerate(frames, start=self.count):
+                Image.fromarray(frame).save(self._tmp / f"{i:05d}.png", compress_level=1)
+        self.count += frames.shape[0]
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; returns the final path."""
+        if self._closed:
+            return self.path
+        if self.count < 1:
+            self.abort()
+            raise InputError.at(None, "video", "has no frames", "render at least one frame")
         try:
-            if kind == "mp4":
-                _write_h264(tmp, frames, fps, preset or H264_PRESET, H264_CRF if crf is None else int(crf))
+            if self.kind == "mp4":
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+                self._container.close()
+                self._container = None
+            elif self.kind == "gif":
+                _write_gif(self._tmp, np.stack(self._gif_frames), self.fps)
+            if self.kind == "png_dir":
+                os.chmod(self._tmp, 0o777 & ~_umask())
+                if self.path.exists():
+                    self.path.rmdir()
             else:
-                _write_gif(tmp, frames, fps)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return target
+                os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far (no file is left behind)."""
+        self._closed = True
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - the file is deleted anyway
+                pass
+            self._container = None
+        if self._tmp is not None and self._tmp.exists():
+            if self._tmp.is_dir():
+                shutil.rmtree(self._tmp, ignore_errors=True)
+            else:
+                self._tmp.unlink()
+        self._tmp = None
+        self._gif_frames = []
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _write_h264(path: Path, frames: np.ndarray, fps: float, preset: str = H264_PRESET, crf: int = H264_CRF) -> None:
-    import av
-    from fractions import Fraction
-
-    T, H, W, _ = frames.shape
-    if H % 2 or W % 2:  # yuv420p needs even sizes
-        frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
-        H, W = frames.shape[1:3]
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w", format=_container_format(path)) as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.options = {"preset": preset, "crf": str(crf), **H264_EXTRA_OPTIONS}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def _container_format(path: Path) -> str:
@@ -191,25 +287,6 @@ def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     duration = max(int(round(1000.0 / fps)), 10)  # GIF delays are centiseconds; browsers clamp < 20 ms
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0,
                    optimize=False)
-
-
-def _write_png_dir(target: Path, frames: np.ndarray) -> None:
-    from PIL import Image
-
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise InputError.at(str(target), None, "already exists and is not an empty folder",
-                            "choose a new folder for the PNG frames")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / f"{i:05d}.png", compress_level=1)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_video(path: PathLike) -> np.ndarray:

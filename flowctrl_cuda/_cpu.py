@@ -12,6 +12,7 @@ pointers of contiguous tensors and releases the GIL while the kernel runs.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -19,9 +20,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -161,8 +163,25 @@ def _ptr(t: Optional[torch.Tensor]):
     return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float))
 
 
+_local = threading.local()
+
+
 def _threads() -> int:
-    return max(1, torch.get_num_threads())
+    return max(1, getattr(_local, "threads", None) or torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int) -> Iterator[None]:
+    """Run the compiled ops called from *this* Python thread on ``threads`` threads (default: torch's count).
+
+    For callers that parallelize over frames themselves (one Python thread per chunk of frames).
+    """
+    previous = getattr(_local, "threads", None)
+    _local.threads = max(1, int(threads))
+    try:
+        yield
+    finally:
+        _local.threads = previous
 
 
 def _writable(t: Optional[torch.Tensor], shape: Tuple[int, ...]) -> bool:

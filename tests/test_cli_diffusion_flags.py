@@ -183,9 +183,15 @@ def test_progress_bars_per_stage_on_a_terminal_and_silent_otherwise(tmp_path, mo
     monkeypatch.setattr(sys, "stderr", tty)
     assert _warp(tmp_path) == 0
     drawn = tty.getvalue()
-    for stage in ("local", "compose", "splat", "fill", "encode"):
+    for stage in ("local", "render", "encode"):  # streamed: flow, splat and fill per chunk of frames
         assert f"{stage}: 100%|" in drawn, (stage, drawn)
     assert "5/5" in drawn and "wrote" in drawn
+    (tmp_path / "o.mp4").unlink()
+    whole = FakeTTY()  # side-by-side needs the whole flow: the stages run one after the other
+    monkeypatch.setattr(sys, "stderr", whole)
+    assert _warp(tmp_path, "--side-by-side") == 0
+    for stage in ("local", "compose", "splat", "fill", "encode"):
+        assert f"{stage}: 100%|" in whole.getvalue(), (stage, whole.getvalue())
     quiet = FakeTTY()
     monkeypatch.setattr(sys, "stderr", quiet)
     (tmp_path / "o.mp4").unlink()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flowctrl.errors import InputError
-from flowctrl.video_io import output_kind, read_video, to_uint8_frames, write_video
+from flowctrl.video_io import VideoWriter, output_kind, read_video, to_uint8_frames, write_video
 
 
 def _video(T=5, H=32, W=48):
@@ -60,16 +60,48 @@ def test_uint8_frames_and_batched_input(tmp_path):
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    import flowctrl.video_io as vio
+    import av
 
-    def boom(path, frames, *args):
-        path.write_bytes(b"partial")
-        raise RuntimeError("encoder died")
+    real = av.VideoFrame.from_ndarray
+    calls = []
 
-    monkeypatch.setattr(vio, "_write_h264", boom)
+    def boom(frame, format):  # the encoder dies at the second frame, after the temp file was started
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("encoder died")
+        return real(frame, format=format)
+
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", boom)
     with pytest.raises(RuntimeError):
-        write_video(tmp_path / "v.mp4", _video(2))
+        write_video(tmp_path / "v.mp4", _video(3))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["v.mp4", "v.gif", "frames/"])
+def test_chunked_writer_equals_one_shot_and_aborts_cleanly(tmp_path, name):
+    video = _video(7)
+    one = tmp_path / "one"
+    chunked = tmp_path / "chunked"
+    one.mkdir(), chunked.mkdir()
+    write_video(str(one / name), video)
+    with VideoWriter(str(chunked / name)) as writer:
+        for a, b in ((0, 3), (3, 4), (4, 7)):
+            writer.write(video[a:b])
+            assert not (chunked / name.rstrip("/")).exists()  # nothing in place before close
+    assert writer.count == 7
+    if name.endswith("/"):
+        files = sorted((one / name).iterdir())
+        assert [f.name for f in files] == [f.name for f in sorted((chunked / name).iterdir())]
+        assert all(f.read_bytes() == (chunked / name / f.name).read_bytes() for f in files)
+    else:  # same frames, same bytes however they were chunked
+        assert (one / name).read_bytes() == (chunked / name).read_bytes()
+    aborted = tmp_path / "aborted"
+    aborted.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(str(aborted / name)) as writer:
+            writer.write(video[:3])
+            raise KeyboardInterrupt
+    assert list(aborted.iterdir()) == []
 
 
 def test_bad_paths_and_values(tmp_path):

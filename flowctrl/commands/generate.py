@@ -453,6 +453,13 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     render_kwargs: Dict[str, Any] = {} if args.prompt is None else {"prompt": args.prompt}
     t0 = time.perf_counter()
     progress.start()
+    if _can_stream(args, plan):
+        # the warp renderer a few frames at a time, straight into the encoder (same frames as below)
+        chunks = pipe.stream(plan.image, controls=controls, num_frames=args.frames, height=H, width=W,
+                             callback=progress, depth_model=args.depth_model, plane_distance=args.plane_distance)
+        _stream_outputs(plan, chunks, args.fps, progress)
+        _report(args, plan, W, H, t0, progress)
+        return 0
     out = pipe(plan.image, controls=controls, num_frames=args.frames, height=H, width=W,
                generator=torch.Generator().manual_seed(args.seed), callback=progress,
                depth_model=args.depth_model, plane_distance=args.plane_distance, **render_kwargs)
@@ -461,8 +468,46 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     else:
         video = out.frames  # (T,H,W,3) uint8, converted once
     _write_outputs(plan, video, out.flow, args.fps, progress)
+    _report(args, plan, W, H, t0, progress)
+    return 0
+
+
+def _can_stream(args: argparse.Namespace, plan: Plan) -> bool:
+    """The warp backend renders chunk by chunk unless an output needs the whole flow (side-by-side, --save-flow)."""
+    return (args.backend == "warp" and args.flow_model is None and not args.side_by_side
+            and all(flag != "--save-flow" for flag, _ in plan.outputs))
+
+
+def _stream_outputs(plan: Plan, chunks: Any, fps: float, progress: StageProgress) -> None:
+    """Feed every rendered chunk to every planned output; all outputs appear only when all succeeded."""
+    from flowctrl.video_io import VideoWriter
+
+    writers = []
+    done: List[Path] = []
+    try:
+        for flag, path in plan.outputs:  # a trailing separator selects the PNG-folder writer
+            target = str(path).rstrip("/" + os.sep) + os.sep if flag == "--png-dir" else path
+            writers.append(VideoWriter(target, fps=fps))
+        for chunk in chunks:
+            for writer in writers:
+                writer.write(chunk)
+        progress("encode", 0, len(writers))
+        for writer in writers:
+            done.append(writer.close())
+            progress("encode", len(done), len(writers))
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        for path in done:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+        raise
+
+
+def _report(args: argparse.Namespace, plan: Plan, W: int, H: int, t0: float, progress: StageProgress) -> None:
     progress.close()
     if not args.quiet:
         names = ", ".join(str(p) for _, p in plan.outputs)
         print(f"wrote {names} ({args.frames} frames {W}x{H}, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    return 0

@@ -23,7 +23,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -327,6 +327,35 @@ class FlowCtrlPipeline:
                 masks[key] = value
         return FlowCtrlOutput(frames=video_to_frames(video), video=video, flow=unified.flow,
                               depth=getattr(unified, "depth", None), masks=masks)
+
+
+    def stream(self, image: ImageInput, controls: Any = None, num_frames: int = 49, height: Optional[int] = None,
+               width: Optional[int] = None, callback: Optional[ProgressCallback] = None, *, depth: Any = None,
+               depth_model: Optional[str] = None, densify: str = "normalized", plane_distance: Optional[float] = None,
+               fill: Optional[str] = None, chunk_frames: Optional[int] = None,
+               workers: Optional[int] = None) -> Iterator[np.ndarray]:
+        """The warp backend's video as ``(n, H, W, 3)`` uint8 chunks in frame order (same frames as ``__call__``).
+
+        Stage 1's all-frames part runs now (bad inputs raise here); the rest runs per chunk of
+        ``chunk_frames`` frames in ``workers`` threads while the caller consumes the chunks (e.g.
+        :class:`flowctrl.video_io.VideoWriter`), so the whole video is never held as float tensors.
+        Arguments as :meth:`__call__`; only the warp backend without a flow model streams.
+        """
+        from flowctrl.pipelines.stage1 import plan_unified_flow
+        from flowctrl.pipelines.streaming import DEFAULT_CHUNK_FRAMES, stream_warp_video
+
+        if not isinstance(self.backend, WarpBackend) or self.flow_model is not None:
+            raise InputError.at(None, "backend", "only the warp backend without a flow model renders as a stream",
+                                "call the pipeline itself (pipe(...)) for other backends")
+        T = int(num_frames)
+        img, controls = self.prepare(image, controls, height, width, T)
+        if depth is None:
+            depth = getattr(controls, "depth", None)
+        plan = plan_unified_flow(img, controls, T, depth=depth, depth_model=depth_model or self.depth_model,
+                                 densify=densify, callback=callback, plane_distance=plane_distance)
+        return stream_warp_video(img.cpu(), plan, fill=self.backend.fill if fill is None else fill,
+                                 alpha=self.backend.alpha, chunk_frames=chunk_frames or DEFAULT_CHUNK_FRAMES,
+                                 workers=workers, callback=callback)
 
 
 def _check_warp_kwargs(kwargs: Dict[str, Any]) -> None:
