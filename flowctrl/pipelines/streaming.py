@@ -24,7 +24,7 @@ import torch
 
 from flowctrl.pipelines.stage1 import Stage1Plan
 from flowctrl.render.fill import normalize_fill_mode
-from flowctrl.render.warp_renderer import DEFAULT_ALPHA, render_warp_frames
+from flowctrl.render.warp_renderer import DEFAULT_ALPHA, depth_points, render_warp_frames
 from flowctrl.video_io import to_uint8_frames
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -47,18 +47,19 @@ def default_workers() -> int:
 
 
 def render_chunk(image: torch.Tensor, plan: Stage1Plan, start: int, stop: int, fill: str = "push-pull",
-                 alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+                 alpha: float = DEFAULT_ALPHA, points: Optional[torch.Tensor] = None) -> np.ndarray:
     """Frames ``start..stop-1`` of the warp-rendered video as ``(n, H, W, 3)`` uint8.
 
     Args:
         image: ``(1, 3, H, W)`` float in [0, 1] at the plan's size.
         plan: :func:`~flowctrl.pipelines.stage1.plan_unified_flow` of that image.
+        points: optional :func:`~flowctrl.render.warp_renderer.depth_points` of the plan's depth and K.
     """
     flow, valid, _ = plan.frames(start, stop)
     depth = plan.depth
     result = render_warp_frames(image, flow, depth=depth, valid=valid, K=plan.K,
                                 w2c=plan.w2c[:, start:stop] if depth is not None and plan.w2c is not None else None,
-                                fill=fill, alpha=alpha)
+                                fill=fill, alpha=alpha, points=points)
     return to_uint8_frames(result.video[0])
 
 
@@ -85,9 +86,11 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
     image = image.detach().float().contiguous()
     bounds = chunk_bounds(plan.num_frames, chunk_frames)
     workers = default_workers() if workers is None else max(1, int(workers))
+    # the back-projected reference pixels are the same for every chunk
+    points = depth_points(plan.depth, plan.K) if plan.depth is not None and plan.K is not None else None
     if workers == 1:
         for start, stop in bounds:
-            yield render_chunk(image, plan, start, stop, fill, alpha)
+            yield render_chunk(image, plan, start, stop, fill, alpha, points)
             if callback is not None:
                 callback("render", stop, plan.num_frames)
         return
@@ -96,7 +99,7 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
 
     def job(start: int, stop: int) -> np.ndarray:
         with _cpu.thread_limit(1):  # parallel over chunks, not inside each op
-            return render_chunk(image, plan, start, stop, fill, alpha)
+            return render_chunk(image, plan, start, stop, fill, alpha, points)
 
     pending: List[Tuple[int, Future]] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowctrl-render") as pool:

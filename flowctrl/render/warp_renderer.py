@@ -70,8 +70,22 @@ def check_render_size(height: int, width: int, num_frames: int, source: Optional
                             f"{MAX_VOXELS} frame-pixels", "lower --size or --frames")
 
 
+def depth_points(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Reference pixels back-projected with their z-depth: ``(B, 3, H*W)`` frame-0 camera coordinates.
+
+    Args:
+        depth: ``(B, 1, H, W)`` z-depth; K: ``(B, 3, 3)`` intrinsics in pixels.
+    """
+    B, _, H, W = depth.shape
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=depth.device),
+                            torch.arange(W, dtype=torch.float32, device=depth.device), indexing="ij")
+    pix = torch.stack([xs, ys, torch.ones_like(xs)], 0).reshape(1, 3, H * W)  # (1,3,HW)
+    rays = torch.linalg.solve(K.float(), pix.expand(B, 3, H * W))  # (B,3,HW), z-component 1
+    return rays * depth.float().reshape(B, 1, H * W)
+
+
 def importance_from_depth(depth: torch.Tensor, alpha: float = DEFAULT_ALPHA, K: Optional[torch.Tensor] = None,
-                          w2c: Optional[torch.Tensor] = None) -> torch.Tensor:
+                          w2c: Optional[torch.Tensor] = None, points: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Softmax-splatting importance from z-depth (nearer wins).
 
     Args:
@@ -80,16 +94,14 @@ def importance_from_depth(depth: torch.Tensor, alpha: float = DEFAULT_ALPHA, K: 
         K: optional ``(B, 3, 3)`` intrinsics in pixels, and
         w2c: optional ``(B, T, 4, 4)`` world(=frame 0)-to-camera; with both, the depth of every
             reference pixel is taken in frame t's camera.
+        points: optional :func:`depth_points` ``(depth, K)``, computed once by callers that render a
+            video chunk by chunk.
     Returns:
         ``(B, T, 1, H, W)`` when ``w2c`` is given, else ``(B, 1, 1, H, W)`` (broadcast over frames).
     """
     B, _, H, W = depth.shape
     if K is not None and w2c is not None:
-        ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=depth.device),
-                                torch.arange(W, dtype=torch.float32, device=depth.device), indexing="ij")
-        pix = torch.stack([xs, ys, torch.ones_like(xs)], 0).reshape(1, 3, H * W)  # (1,3,HW)
-        rays = torch.linalg.solve(K.float(), pix.expand(B, 3, H * W))  # (B,3,HW), z-component 1
-        points = rays * depth.float().reshape(B, 1, H * W)  # frame-0 camera coordinates
+        points = depth_points(depth, K) if points is None else points
         R_z = w2c[..., 2, :3].float().unsqueeze(-1)  # (B,T,3,1): the z row of each rotation
         t_z = w2c[..., 2, 3].float().unsqueeze(-1)  # (B,T,1)
         # z in frame t's camera, (B,T,HW). Elementwise in a fixed order (not a batched matmul, whose
@@ -176,8 +188,11 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
                        valid: Optional[torch.Tensor] = None, K: Optional[torch.Tensor] = None,
                        w2c: Optional[torch.Tensor] = None, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA,
                        importance: Optional[torch.Tensor] = None,
-                       callback: Optional[ProgressCallback] = None) -> WarpRender:
+                       callback: Optional[ProgressCallback] = None,
+                       points: Optional[torch.Tensor] = None) -> WarpRender:
     """:func:`render_warp` for any run of frames ``flow (1, n, 2, H, W)``, ``n >= 1``, without the size limits.
+
+    ``points``: optional :func:`depth_points` of ``(depth, K)`` (the same for every chunk of a video).
 
     Every output frame depends only on its own flow, validity and camera (importance, splat and fill
     are per frame), so a video rendered chunk by chunk (``flow[:, a:b]`` with ``w2c[:, a:b]``) equals
@@ -195,7 +210,7 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
     if importance is not None:
         importance = importance.float().clamp(-alpha, 0)  # own copy, safe to edit below
     elif depth is not None:
-        importance = importance_from_depth(depth, alpha, K, w2c)  # (1,T|1,1,H,W)
+        importance = importance_from_depth(depth, alpha, K, w2c, points=points)  # (1,T|1,1,H,W)
     if importance is not None and valid is not None:
         importance = importance.expand(1, T, 1, H, W).contiguous() if importance.shape[1] != T else importance
         importance.masked_fill_(~valid.bool(), INVALID_Z)
