@@ -400,12 +400,17 @@ def _write_outputs(plan: Plan, video: Any, flow: Any, fps: float, progress: Stag
             written.append(path)
             progress("encode", len(written), len(outputs))
     except BaseException:
-        for path in written:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists():
-                path.unlink()
+        _remove(written)
         raise
+
+
+def _remove(paths: List[Path]) -> None:
+    """Delete outputs already written (files or PNG folders) after a later output failed."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -498,11 +503,7 @@ def _stream_outputs(plan: Plan, chunks: Any, fps: float, progress: StageProgress
     except BaseException:
         for writer in writers:
             writer.abort()
-        for path in done:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists():
-                path.unlink()
+        _remove(done)
         raise
 
 
