@@ -16,8 +16,10 @@ consumer (the H.264 encoder) works on finished chunks while the next ones render
 from __future__ import annotations
 
 import os
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,25 +49,40 @@ def default_workers() -> int:
 
 
 def render_chunk(image: torch.Tensor, plan: Stage1Plan, start: int, stop: int, fill: str = "push-pull",
-                 alpha: float = DEFAULT_ALPHA, points: Optional[torch.Tensor] = None) -> np.ndarray:
+                 alpha: float = DEFAULT_ALPHA, points: Optional[torch.Tensor] = None,
+                 cpu_seconds: Optional[Dict[str, float]] = None) -> np.ndarray:
     """Frames ``start..stop-1`` of the warp-rendered video as ``(n, H, W, 3)`` uint8.
 
     Args:
         image: ``(1, 3, H, W)`` float in [0, 1] at the plan's size.
         plan: :func:`~flowctrl.pipelines.stage1.plan_unified_flow` of that image.
         points: optional :func:`~flowctrl.render.warp_renderer.depth_points` of the plan's depth and K.
+        cpu_seconds: optional dict; the calling thread's CPU seconds are added under ``"flow"``
+            (camera flow + composition), ``"splat"`` (importance + splat), ``"fill"`` and ``"uint8"``.
     """
+    t0 = time.thread_time()
     flow, valid, _ = plan.frames(start, stop)
+    t1 = time.thread_time()
     depth = plan.depth
     result = render_warp_frames(image, flow, depth=depth, valid=valid, K=plan.K,
                                 w2c=plan.w2c[:, start:stop] if depth is not None and plan.w2c is not None else None,
                                 fill=fill, alpha=alpha, points=points)
-    return to_uint8_frames(result.video[0])
+    t2 = time.thread_time()
+    frames = to_uint8_frames(result.video[0])
+    if cpu_seconds is not None:
+        # render_warp_frames times splat and fill in wall seconds: split its CPU time in that ratio
+        walls = result.timings["splat"] + result.timings["fill"]
+        share = result.timings["splat"] / walls if walls > 0 else 1.0
+        for key, value in (("flow", t1 - t0), ("splat", (t2 - t1) * share), ("fill", (t2 - t1) * (1 - share)),
+                           ("uint8", time.thread_time() - t2)):
+            cpu_seconds[key] = cpu_seconds.get(key, 0.0) + value
+    return frames
 
 
 def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA,
                       chunk_frames: int = DEFAULT_CHUNK_FRAMES, workers: Optional[int] = None,
-                      callback: Optional[ProgressCallback] = None) -> Iterator[np.ndarray]:
+                      callback: Optional[ProgressCallback] = None,
+                      cpu_seconds: Optional[Dict[str, float]] = None) -> Iterator[np.ndarray]:
     """Render the warp video chunk by chunk; yields ``(n, H, W, 3)`` uint8 chunks in frame order.
 
     Args:
@@ -76,6 +93,7 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
             each running the compiled ops single-threaded. At most ``2 * workers`` chunks are in
             flight, so memory stays bounded by a few chunks however long the video is.
         callback: ``callback("render", frames_done, T)`` as chunks complete, in order.
+        cpu_seconds: optional dict collecting the workers' CPU seconds per stage (:func:`render_chunk`).
 
     The frames equal :class:`~flowctrl.pipelines.FlowCtrlPipeline`'s warp output (to_uint8 of
     :func:`~flowctrl.render.render_warp` on :func:`~flowctrl.pipelines.stage1.compute_unified_flow`).
@@ -90,16 +108,24 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
     points = depth_points(plan.depth, plan.K) if plan.depth is not None and plan.K is not None else None
     if workers == 1:
         for start, stop in bounds:
-            yield render_chunk(image, plan, start, stop, fill, alpha, points)
+            yield render_chunk(image, plan, start, stop, fill, alpha, points, cpu_seconds)
             if callback is not None:
                 callback("render", stop, plan.num_frames)
         return
 
     from flowctrl_cuda import _cpu
 
+    lock = threading.Lock()
+
     def job(start: int, stop: int) -> np.ndarray:
+        mine: Optional[Dict[str, float]] = {} if cpu_seconds is not None else None
         with _cpu.thread_limit(1):  # parallel over chunks, not inside each op
-            return render_chunk(image, plan, start, stop, fill, alpha, points)
+            frames = render_chunk(image, plan, start, stop, fill, alpha, points, mine)
+        if mine:
+            with lock:
+                for key, value in mine.items():
+                    cpu_seconds[key] = cpu_seconds.get(key, 0.0) + value
+        return frames
 
     pending: List[Tuple[int, Future]] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowctrl-render") as pool:
