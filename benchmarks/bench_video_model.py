@@ -116,6 +116,13 @@ def main() -> int:
     ap.add_argument("--patch-size", type=int, default=None, help="override the tiny config's patch size")
     ap.add_argument("--lr", type=float, default=None, help="override the learning rate")
     ap.add_argument("--gate-init", type=float, default=None, help="override model.flow_gate_init_std")
+    ap.add_argument("--batch-size", type=int, default=None, help="override batch_size")
+    ap.add_argument("--lr-scheduler", default=None, help="override lr_scheduler (e.g. cosine: decays over --max-steps)")
+    ap.add_argument("--head-dim", type=int, default=None, help="override model.attention_head_dim (width = 4 heads x this)")
+    ap.add_argument("--token-skip", choices=["on", "off"], default=None,
+                    help="override model.flow_token_skip (gate reads fused video + flow token per position)")
+    ap.add_argument("--warped-image", choices=["on", "off"], default=None,
+                    help="override model.warped_image (flow branch also reads the image forward-warped along the flow)")
     ap.add_argument("--long-video", type=int, default=0, metavar="N",
                     help="also time phased inference vs the chain baseline for an N-frame video")
     ap.add_argument("--model", default=None, help="evaluate this trained folder (skips training)")
@@ -136,7 +143,20 @@ def main() -> int:
         cfg.learning_rate = args.lr
     if args.gate_init is not None:
         cfg.model.flow_gate_init_std = args.gate_init
+    if args.batch_size:
+        cfg.batch_size = args.batch_size
+    if args.lr_scheduler:
+        cfg.lr_scheduler = args.lr_scheduler
+    if args.head_dim:
+        cfg.model.attention_head_dim = args.head_dim
+    if args.warped_image is not None:
+        cfg.model.warped_image = args.warped_image == "on"
+    if args.token_skip is not None:
+        cfg.model.flow_token_skip = args.token_skip == "on"
     cfg.data.source = "textures" if args.data == "textures" else "synthetic"
+    overrides = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                 if k in ("max_steps", "lr_scheduler", "patch_size", "lr", "gate_init", "batch_size", "head_dim", "warped_image", "token_skip",
+                          "eval_scenes", "train_scenes") and v is not None and v != ap.get_default(k)]
     log_lines = []
 
     def log(msg: str) -> None:
@@ -195,6 +215,7 @@ def main() -> int:
             r["off"].append(temporal_flicker(cond_off[None]))
         results[n_steps] = {k: mean(v) for k, v in r.items()}
     eval_s = time.time() - t1
+    gate = float(pipe.transformer.flow_gate.weight.detach().norm())
     stab_mag = max(float(s.delta.detach().abs().max()) for s in pipe.transformer.frequency_stabilizers.values())
 
     header = "| DDIM steps | EPE conditioned | EPE flow dropped | ratio (goal ≤ 0.5) | EPE flow guidance 2 | flicker stabilizers on | flicker off |"
@@ -205,7 +226,9 @@ def main() -> int:
         f"shared 2-core box (other jobs running). Training: {steps_done} steps in {train_s / 60:.1f} min "
         f"(batch {cfg.batch_size}, {d.num_scenes} synthetic clips ({args.data}), {d.num_frames}×{d.height}×{d.width}, pixel space, "
         f"{cfg.model.num_layers} DiT layers, width {cfg.model.num_attention_heads * cfg.model.attention_head_dim}, "
-        f"patch {cfg.model.patch_size}, lr {cfg.learning_rate:g}, flow dropout {cfg.flow_dropout}); "
+        f"patch {cfg.model.patch_size}, lr {cfg.learning_rate:g}, flow dropout {cfg.flow_dropout}, flow-branch input: "
+        f"{'flow + image forward-warped along it + coverage' if cfg.model.warped_image else 'flow'}"
+        f"{', flow-token skip' if cfg.model.flow_token_skip else ''}); "
         f"evaluation on {args.eval_scenes} held-out clips (other seeds), {eval_s:.0f} s.",
         "",
         "EPE in px (lower is better): DIS flow of the generated video vs the requested flow, pixels that stay in view.",
@@ -221,10 +244,12 @@ def main() -> int:
         "",
         f"References: zero-motion prediction EPE {zero:.3f}; DIS on the ground-truth clips (measurement floor) "
         f"EPE {floor:.3f}; ground-truth flicker {gt_flicker:.5f}.",
-        f"Largest learned stabilizer |delta| = {stab_mag:.4f} (0 = identity). Last training loss {result['loss']:.4f}.",
+        f"Largest learned stabilizer |delta| = {stab_mag:.4f} (0 = identity). Flow gate ‖W‖_F = {gate:.3f} "
+        f"(init std {cfg.model.flow_gate_init_std:g}: the flow branch is open). Last training loss {result['loss']:.4f}.",
+        "Flow dropped = the whole flow branch off (flow latent *and* warped image: both come from the flow).",
         "",
         f"Reproduce: `nice -n 10 python benchmarks/bench_video_model.py --minutes {args.minutes:g} --data {args.data} "
-        f"--steps {args.steps}`" + (f" (training), then `--model {args.model} --steps {args.steps}"
+        f"--steps {args.steps}{' ' + ' '.join(overrides) if overrides else ''}`" + (f" (training), then `--model {args.model} --steps {args.steps}"
                                       f"{' --long-video ' + str(args.long_video) if args.long_video else ''}` (this evaluation)"
                                       if args.model else "") + "; the issue's full budget: `--minutes 20`.",
     ]

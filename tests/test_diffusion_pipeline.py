@@ -211,3 +211,51 @@ def test_cogvideox_15_layout_pads_latent_frames_like_diffusers(tmp_path):
                    guidance_scale=1.0, generator=torch.Generator().manual_seed(5), output_type="pt").frames
     assert ours.shape == (1, 9, 3, H, W)
     torch.testing.assert_close(ours, ref.float(), atol=1e-4, rtol=0)
+
+
+def _pixel_pipeline(warp_channels):
+    torch.manual_seed(0)
+    cfg = {**TR, "in_channels": 6, "out_channels": 3, "sample_width": W, "sample_height": H, "sample_frames": 5,
+           "temporal_compression_ratio": 1}
+    tr = FlowCtrlTransformer(**cfg, flow_in_channels=2, flow_warp_channels=warp_channels, stabilizer_frames=5).eval()
+    return FlowCtrlVideoPipeline(transformer=tr, scheduler=CogVideoXDDIMScheduler(prediction_type="v_prediction"),
+                                 pixel_flow_scale=4.0)
+
+
+def test_warped_image_flow_condition_known_answer():
+    """flow_warp_channels: the flow branch reads [flow latent, image forward-warped along the flow, coverage];
+    a whole-pixel pan of s px is the image shifted by s with an s-column hole on the left."""
+    pipe = _pixel_pipeline(4)
+    image = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+    flow = torch.zeros(1, 5, 2, H, W)
+    flow[:, :, 0] = 2.0 * torch.arange(5.0).view(1, 5, 1, 1)         # 2 px right per frame
+    cond = pipe.encode_flow_condition(flow, image)
+    assert cond.shape == (1, 5, 2 + 3 + 1, H, W)
+    assert torch.equal(cond[:, :, :2], flow / 4.0)                     # the flow latent (pixel space: flow / scale)
+    for t in range(5):
+        s = 2 * t
+        torch.testing.assert_close(cond[0, t, 2:5, :, s:], 2 * image[0, :, :, : W - s] - 1, atol=1e-5, rtol=0)
+        assert bool((cond[0, t, 5, :, s:] == 1).all()) and bool((cond[0, t, 5, :, :s] == 0).all())
+    with pytest.raises(InputError, match="image"):
+        pipe.encode_flow_condition(flow)
+    assert torch.equal(_pixel_pipeline(0).encode_flow_condition(flow, image), flow / 4.0)   # the paper's input
+
+
+def test_warped_image_branch_with_vae_runs_and_flow_drop_drops_the_warped_image_too():
+    torch.manual_seed(0)
+    tr = FlowCtrlTransformer(**TR, flow_in_channels=4, flow_warp_channels=5, stabilizer_frames=3).eval()
+    torch.nn.init.normal_(tr.flow_gate.weight, std=0.5)
+    pipe = FlowCtrlVideoPipeline(transformer=tr, scheduler=CogVideoXDDIMScheduler(prediction_type="v_prediction"),
+                                 vae=tiny_vae(), flow_codec=FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8),
+                                                                      norm_num_groups=4).eval())
+    image, flow = _inputs()
+    assert pipe.encode_flow_condition(flow, image).shape == (1, 3, 4 + 4 + 1, H // 4, W // 4)
+    run = lambda f, fs: pipe(image, f, num_inference_steps=2, guidance_scale=1.0, flow_guidance_scale=fs,  # noqa: E731
+                             generator=torch.Generator().manual_seed(0))
+    on, other = run(flow, 1.0), run(flow.flip(-1), 1.0)
+    assert on.shape == (1, 9, 3, H, W) and (on - other).abs().max() > 1e-4
+    # flow dropped (flow_guidance_scale 0): neither the flow nor the warped image reaches the model
+    assert torch.equal(run(flow, 0.0), run(flow.flip(-1), 0.0))
+    bad = _pixel_pipeline(5)                                           # pixel space gives 3 + 1 channels
+    with pytest.raises(InputError, match="flow_warp_channels"):
+        bad.encode_flow_condition(torch.zeros(1, 5, 2, H, W), torch.rand(1, 3, H, W))

@@ -230,3 +230,22 @@ def test_flow_branch_learns_flow_dependent_videos(tmp_path):
         right = (x0(lat["flow"]) - lat["z0"]).pow(2).mean()
         swapped = (x0(lat["flow"].flip(0)) - lat["z0"]).pow(2).mean()
     assert right < 0.25 * swapped          # measured: 0.003 vs 0.067
+
+
+def test_warped_image_option_feeds_training_the_pipelines_flow_condition(tmp_path):
+    """model.warped_image: the transformer gets flow_warp_channels = 3 + 1 (pixel space) and training sees
+    exactly what inference builds (FlowCtrlVideoPipeline.encode_flow_condition)."""
+    cfg = load_video_config(tiny_cfg(tmp_path, model={"num_layers": 1, "num_attention_heads": 2,
+                                                      "attention_head_dim": 16, "patch_size": 4, "time_embed_dim": 32,
+                                                      "warped_image": True, "flow_token_skip": True,
+                                                      "flow_gate_init_std": 0.02}))
+    pipe = build_pipeline(cfg)
+    assert pipe.transformer.config.flow_warp_channels == 4 and pipe.transformer.config.flow_token_skip
+    video, flow = _batch()
+    lat = encode_batch(pipe, video, flow)
+    assert lat["flow"].shape == (2, 5, 2 + 4, 16, 16)
+    assert torch.equal(lat["flow"], pipe.encode_flow_condition(flow, video[:, 0]))
+    setup_trainable(pipe.transformer, cfg)
+    training_loss(pipe, pipe.transformer, lat, torch.Generator().manual_seed(0), flow_dropout=0.0).backward()
+    grad = pipe.transformer.flow_patch_embed.weight.grad.view(-1, 6, 4, 4)   # (D, C, p, p) patch layout
+    assert grad[:, 2:].abs().sum() > 0                                       # the warped-image channels learn

@@ -4,7 +4,7 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
-from flowctrl.errors import MissingWeightsError
+from flowctrl.errors import InputError, MissingWeightsError
 from flowctrl.models.transformer import FlowCtrlTransformer
 
 TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=32,
@@ -132,3 +132,36 @@ def test_cogvideox_15_layout_converts_exactly(tmp_path):
         moved = model(x, text, torch.tensor([500]), flow_latents=flow, ofs=ofs, image_rotary_emb=rope).sample
     assert out.shape == (1, 4, 4, 8, 8) and torch.equal(out, ref)
     assert (moved - ref).abs().max() > 1e-4
+
+
+def test_warped_image_branch_converts_exactly_and_checks_channels(tmp_path):
+    """flow_warp_channels > 0 (flow latent ⊕ warped image latent ⊕ coverage) and flow_token_skip: still
+    exact at conversion (zero gate)."""
+    base = CogVideoXTransformer3DModel(**TINY).eval()
+    base.save_pretrained(tmp_path)
+    model = FlowCtrlTransformer.from_cogvideox(tmp_path, flow_in_channels=4, flow_warp_channels=5,
+                                               flow_token_skip=True, stabilizer_frames=3).eval()
+    assert model.flow_patch_embed.in_features == (4 + 5) * 2 * 2
+    x, text, t, flow = _inputs()
+    cond = torch.cat([flow, torch.randn(2, 3, 5, 8, 8, generator=torch.Generator().manual_seed(1))], dim=2)
+    with torch.no_grad():
+        assert torch.equal(model(x, text, t, flow_latents=cond).sample, base(x, text, t).sample)
+        with pytest.raises(InputError, match="9"):
+            model(x, text, t, flow_latents=flow)                      # the flow alone lacks the 5 channels
+
+
+def test_flow_token_skip_reads_the_aligned_flow_token():
+    """With flow_token_skip the gate input is fused[video i] + fused[flow i]: known answer through the block."""
+    torch.manual_seed(0)
+    model = FlowCtrlTransformer(**TINY, flow_in_channels=4, flow_token_skip=True, stabilizer_frames=3).eval()
+    torch.nn.init.normal_(model.flow_gate.weight, std=0.5)
+    g = torch.Generator().manual_seed(2)
+    video_tokens, flow = torch.randn(2, 48, 32, generator=g), torch.randn(2, 3, 4, 8, 8, generator=g)
+    captured = {}
+    model.flow_fusion_block.register_forward_hook(lambda mod, inp, out: captured.update(out=out))
+    with torch.no_grad():
+        residual = model.flow_residual(video_tokens, flow)
+        fused = captured["out"]
+        torch.testing.assert_close(residual, model.flow_gate(fused[:, :48] + fused[:, 48:]))
+        model.register_to_config(flow_token_skip=False)
+        torch.testing.assert_close(model.flow_residual(video_tokens, flow), model.flow_gate(fused[:, :48]))

@@ -7,6 +7,11 @@ out_channels``) with two additions:
 * **flow branch** — the flow latent of the 3D flow VAE (``FlowCodec``) is patch-embedded, one ViT block
   attends over ``[video tokens; flow tokens]``, and the block's output at the video positions is added to
   the video tokens through a zero-initialized linear gate, before the DiT blocks.
+  With ``flow_warp_channels > 0`` (a flowctrl extension, not in the paper; MOFA-Video / Motion-I2V style)
+  the branch input is the flow latent concatenated on channels with the reference image forward-warped
+  along the flow (its latent) and the coverage mask; the pipeline builds it
+  (:meth:`~flowctrl.pipelines.diffusion.FlowCtrlVideoPipeline.encode_flow_condition`). With
+  ``flow_token_skip`` the gate reads the fused video token plus the fused flow token at the same position.
 * **frequency stabilizers** — after each selected DiT block the video tokens pass through a
   :class:`~flowctrl.models.frequency.FrequencyStabilizer` along the temporal token axis (identity at init).
 
@@ -53,6 +58,15 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
     Args:
         flow_in_channels: channels of the flow latent (``FlowCodec`` latent channels; 16 for the
             CogVideoX VAE; 2 for pixel-space tiny models).
+        flow_warp_channels: extra flow-branch input channels after the flow latent: the reference
+            image forward-warped along the flow (its latent: 3 in pixel space, the VAE's latent
+            channels otherwise) + 1 coverage mask. 0 (default) = the flow alone, as in the paper.
+            Everything that depends on the flow (flow latent and warped image) enters through the one
+            gated branch, so dropping the flow (``flow_scale = 0``) drops both.
+        flow_token_skip: the gate reads the fused video token *plus* the fused flow token at the same
+            position (the two token grids are aligned), not the video token alone. False (default) =
+            the paper's read-out; True gives the flow a position-wise path besides attention (the
+            way ControlNet-style conditioning adds features), still zero at init through the gate.
         flow_num_attention_heads / flow_attention_head_dim: width of the fusion ViT block; default
             to the DiT's, so the block's hidden size is the DiT's.
         use_frequency_stabilizer: build the stabilizers.
@@ -95,6 +109,8 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
         use_learned_positional_embeddings: bool = False,
         patch_bias: bool = True,
         flow_in_channels: int = 16,
+        flow_warp_channels: int = 0,
+        flow_token_skip: bool = False,
         flow_num_attention_heads: Optional[int] = None,
         flow_attention_head_dim: Optional[int] = None,
         use_frequency_stabilizer: bool = True,
@@ -137,7 +153,10 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
         p_t = patch_size_t or 1
 
         # Flow branch: patch embedding (a strided conv written as a linear on patches), one ViT block.
-        self.flow_patch_embed = nn.Linear(flow_in_channels * patch_size * patch_size * p_t, inner_dim)
+        if flow_warp_channels < 0:
+            raise ValueError(f"flow_warp_channels must be >= 0, got {flow_warp_channels}")
+        flow_channels = flow_in_channels + flow_warp_channels
+        self.flow_patch_embed = nn.Linear(flow_channels * patch_size * patch_size * p_t, inner_dim)
         self.flow_modality_embed = nn.Parameter(torch.zeros(2, inner_dim))
         nn.init.normal_(self.flow_modality_embed, std=0.02)
         self.flow_fusion_block = BasicTransformerBlock(
@@ -211,13 +230,16 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
 
     # ------------------------------------------------------------------ flow branch
     def _patchify_flow(self, flow_latents: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-        """``(B, T', C_f, h, w)`` → tokens ``(B, T'/p_t · h/p · w/p, D)``, frame-major like CogVideoX."""
+        """``(B, T', C_f [+ C_w], h, w)`` → tokens ``(B, T'/p_t · h/p · w/p, D)``, frame-major like CogVideoX."""
         p, p_t = self.config.patch_size, self.config.patch_size_t or 1
         b, t, c, h, w = flow_latents.shape
-        if c != self.config.flow_in_channels:
+        expected = self.config.flow_in_channels + self.config.flow_warp_channels
+        if c != expected:
+            warp = self.config.flow_warp_channels
             raise InputError.at(
-                None, "flow_latents", f"has {c} channels, the model expects {self.config.flow_in_channels}",
-                "encode the flow with the FlowCodec the model was trained with",
+                None, "flow_latents", f"has {c} channels, the model expects {expected}"
+                + (f" ({self.config.flow_in_channels} flow latent + {warp} warped image and coverage)" if warp else ""),
+                "build it with FlowCtrlVideoPipeline.encode_flow_condition (the FlowCodec the model was trained with)",
             )
         x = flow_latents.reshape(b, t // p_t, p_t, c, h // p, p, w // p, p)
         x = x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(b, (t // p_t) * (h // p) * (w // p), c * p_t * p * p)
@@ -239,7 +261,9 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
             fused = self._gradient_checkpointing_func(self.flow_fusion_block, tokens)
         else:
             fused = self.flow_fusion_block(tokens)
-        return self.flow_gate(fused[:, : video_tokens.shape[1]])
+        n = video_tokens.shape[1]
+        readout = fused[:, :n] + fused[:, n:] if self.config.flow_token_skip else fused[:, :n]
+        return self.flow_gate(readout)
 
     # ------------------------------------------------------------------ forward
     @apply_lora_scale("attention_kwargs")
@@ -262,7 +286,8 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
             hidden_states: ``(B, T', 2·C, h, w)`` noisy video latent ⊕ image latent (channels).
             encoder_hidden_states: ``(B, L, text_embed_dim)`` text embeddings (T5 or precomputed).
             timestep: ``(B,)`` or scalar diffusion timestep.
-            flow_latents: ``(B, T', C_f, h, w)`` flow latent, or ``None`` = flow dropped (base model).
+            flow_latents: ``(B, T', C_f, h, w)`` flow latent (``C_f + flow_warp_channels`` channels with
+                the warped-image input), or ``None`` = flow dropped (base model).
             flow_scale: ``(B,)`` or scalar multiplier of the flow branch (0 = dropped per sample;
                 training uses it for flow-conditioning dropout).
         Returns:

@@ -225,6 +225,45 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
             return self.flow_codec.encode(flow.to(device=self.flow_codec.device, dtype=self.flow_codec.dtype))
         return flow / self.config.pixel_flow_scale
 
+    def warped_reference(self, image: torch.Tensor, flow: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The reference image forward-warped along ``flow`` (softmax splatting, the warp backend's
+        :func:`~flowctrl.render.warp_renderer.render_warp` without hole filling).
+
+        ``image (B, 3, H, W)`` in [0, 1], ``flow (B, T, 2, H, W)`` px → ``(video (B, T, 3, H, W), coverage
+        (B, T, 1, H, W))`` with coverage 1 where some reference pixel lands and 0 in holes (video 0 there).
+        """
+        from flowctrl.render.warp_renderer import render_warp
+
+        videos, covers = [], []
+        for i in range(flow.shape[0]):
+            r = render_warp(image[i:i + 1].float().cpu(), flow[i:i + 1].float().cpu(), fill="none")
+            videos.append(r.video[0])
+            covers.append((~r.holes[0]).float())
+        return torch.stack(videos).to(flow.device), torch.stack(covers).to(flow.device)
+
+    def encode_flow_condition(self, flow: torch.Tensor, image: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Everything the flow branch reads: the flow latent (:meth:`encode_flow`) and, for transformers
+        with ``flow_warp_channels > 0``, the latent of the reference ``image (B, 3, H, W)`` forward-warped
+        along the flow (:meth:`warped_reference`, encoded like a video) and its coverage mask (video frames
+        ``0, f, 2f, …`` for a temporal factor ``f``, area-averaged to the latent grid) → ``(B, T', C, h, w)``.
+        """
+        flow_latents = self.encode_flow(flow)
+        extra = int(getattr(self.transformer.config, "flow_warp_channels", 0) or 0)
+        if not extra:
+            return flow_latents
+        if image is None:
+            raise InputError.at(None, "image", "is needed: this model's flow branch reads the warped reference image",
+                                "pass the reference image to encode_flow_condition")
+        warped, cover = self.warped_reference(image, flow)
+        warped_latents = self.encode_video(warped).to(flow_latents.device, flow_latents.dtype)
+        b, t, c, h, w = warped_latents.shape
+        cover = cover[:, :: self.temporal_factor][:, :t]
+        cover = torch.nn.functional.interpolate(cover.flatten(0, 1), size=(h, w), mode="area").view(b, t, 1, h, w)
+        if c + 1 != extra:
+            raise InputError.at(None, "transformer.flow_warp_channels", f"is {extra}, the warped image gives {c} + 1 channels",
+                                f"use flow_warp_channels = {c + 1} (latent channels + coverage) for this VAE")
+        return torch.cat([flow_latents, warped_latents, cover.to(flow_latents)], dim=2)
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """``(B, T', C, h, w)`` → video ``(B, T, 3, H, W)`` in [0, 1]."""
         if self.vae is None:
@@ -359,7 +398,7 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         need_neg = guidance.use_text
         pos, neg = self.encode_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, b, need_neg, device, dtype)
         image_latents = self.encode_image(image.to(device), t, generator).to(dtype)
-        flow_latents = self.encode_flow(flow.to(device).float()).to(dtype)
+        flow_latents = self.encode_flow_condition(flow.to(device).float(), image.to(device).float()).to(dtype)
         # CogVideoX 1.5 (temporal patches of p_t latent frames), as diffusers' I2V pipeline: denoise `pad`
         # extra latent frames (image latent still in frame 0, zeros after) and drop the first `pad` ones
         # before decoding; the flow is aligned with the kept frames (front-padded with its frame 0).

@@ -75,6 +75,10 @@ class VideoModelConfig:
     # Training from scratch only: a small random flow gate lets the flow branch learn from step 1
     # (the zero gate exists for exact conversion of pretrained weights, where it must stay 0).
     flow_gate_init_std: float = 0.0
+    # Flow-branch input also holds the reference image forward-warped along the flow + its coverage
+    # mask (FlowCtrlTransformer.flow_warp_channels; a flowctrl extension, see docs/diffusion.md).
+    warped_image: bool = False
+    flow_token_skip: bool = False      # gate reads fused video + flow token at each position (see transformer)
     vae_block_out_channels: List[int] = field(default_factory=lambda: [16, 16, 32, 32])  # tiny latent mode
     vae_latent_channels: int = 4
 
@@ -222,7 +226,9 @@ def build_pipeline(cfg: VideoTrainConfig):
         text_embed_dim=m.text_embed_dim, num_layers=m.num_layers, sample_width=d.width // spatial,
         sample_height=d.height // spatial, sample_frames=d.num_frames if temporal == 1 else d.num_frames,
         patch_size=m.patch_size, max_text_seq_length=m.max_text_seq_length, temporal_compression_ratio=temporal,
-        flow_in_channels=flow_channels, use_frequency_stabilizer=m.use_frequency_stabilizer,
+        flow_in_channels=flow_channels, flow_warp_channels=channels + 1 if m.warped_image else 0,
+        flow_token_skip=m.flow_token_skip,
+        use_frequency_stabilizer=m.use_frequency_stabilizer,
         stabilizer_frames=latent_frames,
     )
     if m.flow_gate_init_std > 0:
@@ -382,9 +388,10 @@ def build_dataset(cfg: VideoTrainConfig):
 @torch.no_grad()
 def encode_batch(pipe: Any, video: torch.Tensor, flow: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Frozen encoders: ``video (B,T,3,H,W)`` [0,1], ``flow (B,T,2,H,W)`` px → ``{"z0", "image", "flow"}``
-    latents ``(B,T',C,h,w)`` (video latent, I2V image condition, flow latent)."""
+    latents ``(B,T',C,h,w)`` (video latent, I2V image condition, flow-branch input: the flow latent, plus
+    the first frame forward-warped along the flow and its coverage when the model reads them)."""
     return {"z0": pipe.encode_video(video), "image": pipe.encode_image(video[:, 0], video.shape[1]),
-            "flow": pipe.encode_flow(flow)}
+            "flow": pipe.encode_flow_condition(flow, video[:, 0])}
 
 
 def training_loss(pipe: Any, model: nn.Module, latents: Dict[str, torch.Tensor], generator: torch.Generator,
