@@ -7,7 +7,7 @@ from flowctrl.models.embeddings import MotionStrengthEmbedding
 from flowctrl.models.fgm import FlowGenerationModel, sparse_condition
 from flowctrl.models.flow_codec import FlowCodec, channels_to_flow, flow_to_channels
 from flowctrl.models.guider import ConditionEncoder, group_frames, latent_num_frames
-from flowctrl.models.refiner import RefinementNet
+from flowctrl.models.refiner import RefinementNet, nearest_control_distance, parametric_interpolation, robust_affine_fit
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -63,6 +63,68 @@ def test_zero_init_guider_and_strength_and_refiner():
     assert torch.equal(out[:, 1:], dense[:, 1:]) and torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))
 
 
+def _affine_scene(points, outliers=()):
+    """A known affine flow (translation (2, -1) + 0.05·(x, y) scaling) sampled at ``points`` (x, y) on a 32² frame,
+    plus ``outliers`` ((x, y), (dx, dy)) points that move differently."""
+    h = w = 32
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    flow = torch.stack([2.0 + 0.05 * (xs - 15.5), -1.0 + 0.05 * (ys - 15.5)])[None, None].repeat(1, 3, 1, 1, 1)
+    flow[:, 0] = 0
+    sparse, mask = torch.zeros_like(flow), torch.zeros(1, 3, 1, h, w)
+    for x, y in points:
+        sparse[..., y, x], mask[..., y, x] = flow[..., y, x], 1
+    for (x, y), v in outliers:
+        sparse[:, 1:, :, y, x], mask[..., y, x] = torch.tensor(v), 1
+    return flow, sparse, mask
+
+
+def test_parametric_interpolation_recovers_affine_motion_and_ignores_an_outlier():
+    pts = [(3, 4), (28, 6), (5, 27), (26, 25), (16, 15), (10, 20)]
+    flow, sparse, mask = _affine_scene(pts)
+    # no ridge: an affine field is fitted exactly from ≥ 3 points, everywhere in the frame
+    assert torch.allclose(robust_affine_fit(sparse, mask, ridge=0.0), flow, atol=1e-3)
+    assert torch.allclose(parametric_interpolation(sparse, mask, ridge=0.0), flow, atol=1e-3)
+    # a pure translation is exact whatever the ridge; eq. 6–7 would fade it to 0 away from a single point
+    tr = torch.zeros(1, 3, 2, 32, 32)
+    tr[:, 1:, 0], tr[:, 1:, 1] = 3.0, -2.0
+    one = torch.zeros(1, 3, 1, 32, 32)
+    one[..., 2, 2] = 1
+    assert torch.allclose(parametric_interpolation(tr * one, one), tr, atol=1e-4)
+    # one point on another layer: the robust fit stays on the majority, the control itself is kept exactly
+    flow, sparse, mask = _affine_scene(pts, outliers=[((20, 8), (-6.0, 5.0))])
+    fit = robust_affine_fit(sparse, mask, ridge=0.0)
+    plain = robust_affine_fit(sparse, mask, ridge=0.0, irls_steps=0)
+    far = (slice(None), slice(1, None), slice(None), slice(24, 32), slice(0, 8))  # away from the outlier
+    assert (fit - flow)[far].abs().max() < 0.1 < (plain - flow)[far].abs().max()
+    p = parametric_interpolation(sparse, mask, ridge=0.0)
+    assert torch.allclose(p[0, 1:, :, 8, 20], torch.tensor([-6.0, 5.0]).expand(2, 2))
+    d = nearest_control_distance(mask)
+    assert d.shape == (1, 1, 32, 32) and d[0, 0, 4, 3] == 0 and torch.isclose(d[0, 0, 0, 0], torch.tensor(5.0 / 32))
+
+
+def test_guided_refiner_starts_from_the_parametric_flow_and_its_attention_head_learns():
+    flow, sparse, mask = _affine_scene([(3, 4), (28, 6), (5, 27), (16, 15)])
+    img = torch.rand(1, 3, 32, 32)
+    dense = sparse + 0.5 * (1 - mask)  # T only reads the controls (dense at the mask) for its base flow
+    torch.manual_seed(0)
+    T = RefinementNet(channels=(8, 16), guided=True)  # residual output, zero-initialised: returns the base
+    with torch.no_grad():
+        out = T(img, dense, mask)
+    assert torch.equal(out[:, 1:], parametric_interpolation(sparse, mask, T.config.ridge, T.config.residual_sigma)[:, 1:])
+    assert torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))
+    A = RefinementNet(channels=(8, 16), guided=True, output="attention")
+    times = torch.tensor([[0.0, 0.5, 1.0]])
+    out = A(img, dense, mask, times)
+    assert out.shape == flow.shape and torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))
+    # the output mixes the base flow and the control values, so it stays within their range
+    lo, hi = torch.minimum(sparse.amin(dim=(3, 4)), out.new_zeros(1)), sparse.amax(dim=(3, 4))
+    assert ((out[:, 1:].amin(dim=(3, 4)) >= lo[:, 1:] - 0.05) & (out[:, 1:].amax(dim=(3, 4)) <= hi[:, 1:] + 0.05)).all()
+    (out - flow).square().mean().backward()
+    assert A.head.weight.grad[:A.config.feature_dim].abs().sum() > 0 and A.log_sigma.grad.abs() > 0
+    with pytest.raises(ValueError, match="output"):
+        RefinementNet(channels=(8,), output="nope")
+
+
 def test_group_frames_follows_causal_vae_grouping():
     t = 10  # padded to 13 → latent frames {0}, {1..4}, {5..8}, {9, 9, 9, 9}
     x = torch.arange(t, dtype=torch.float).view(1, t, 1, 1, 1)
@@ -83,6 +145,13 @@ def test_flow_channel_mapping_round_trip_and_codec_shapes():
         assert z.shape == (1, 3, 4, 4, 4)
         out = codec.decode(z, num_frames=9, size=(16, 16))
     assert out.shape == (1, 9, 2, 16, 16) and torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))
+    # the EPE term adds the decoded flow's end-point error (px / flow_scale) and reaches the VAE's weights
+    f = torch.randn(1, 5, 2, 16, 16) * 2
+    l0 = codec.loss(f, generator=torch.Generator().manual_seed(0))
+    l1 = codec.loss(f, generator=torch.Generator().manual_seed(0), epe_weight=1.0)
+    assert l1 > l0
+    l1.backward()
+    assert codec.vae.decoder.conv_out.conv.weight.grad.abs().sum() > 0
 
 
 def test_save_load_round_trips_outputs_exactly(tmp_path):

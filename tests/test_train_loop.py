@@ -152,9 +152,11 @@ def test_trained_folder_loads_in_the_pipeline(tmp_path):
 def test_refiner_run_and_pipeline(tmp_path):
     from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
 
-    path = _config(tmp_path, "r", model="refiner", max_steps=3, refiner={"channels": [8, 16, 16]},
+    path = _config(tmp_path, "r", model="refiner", max_steps=3, refiner_frames=2, batch_size=2,
+                   refiner={"channels": [8, 16, 16], "guided": True, "output": "attention"},
                    data={**TINY_RUN["data"], "condition": {"mode": "random"}})
     res = train(load_config(str(path)), log=lambda m: None)
+    assert len(read_metrics(res["output_dir"])) == 3
     pipe = FlowGenerationPipeline.from_pretrained(res["final"])
     sparse = torch.zeros(1, 4, 2, 24, 24)
     mask = torch.zeros(1, 4, 1, 24, 24)
@@ -162,6 +164,22 @@ def test_refiner_run_and_pipeline(tmp_path):
     unified = SimpleNamespace(flow=torch.zeros(1, 4, 2, 24, 24), sparse_flow=sparse, sparse_mask=mask, num_frames=4,
                               size=(24, 24), camera_flow=None)
     assert pipe(torch.rand(1, 3, 24, 24), unified).shape == (1, 4, 2, 24, 24)  # 24 is padded to 32 inside
+
+
+def test_pick_frames_keeps_clips_and_reports_their_times():
+    from flowctrl.train.flow_loop import pick_frames
+
+    t = 9
+    flow = torch.arange(t, dtype=torch.float).view(1, t, 1, 1, 1).expand(3, t, 2, 4, 4).clone()
+    batch = {"image": torch.rand(3, 3, 4, 4), "flow": flow, "dense": flow + 0.5, "mask": flow[:, :, :1] > 3,
+             "strength": torch.ones(3)}
+    out = pick_frames(batch, 4, torch.Generator().manual_seed(0))
+    assert out["flow"].shape == (3, 4, 2, 4, 4) and out["mask"].shape == (3, 4, 1, 4, 4)
+    frames = out["flow"][:, :, 0, 0, 0]
+    assert torch.equal(out["times"], frames / (t - 1)) and (frames >= 1).all()
+    assert all(len(set(r.tolist())) == 4 for r in frames)  # distinct frames per clip
+    assert torch.equal(out["dense"], out["flow"] + 0.5) and torch.equal(out["image"], batch["image"])
+    assert pick_frames(batch, 8, torch.Generator()) is batch  # every frame but the reference: unchanged
 
 
 def test_two_process_cpu_ddp_through_accelerate_launch(tmp_path):

@@ -117,11 +117,22 @@ class FlowCodec(ModelMixin, ConfigMixin):
         flow[:, 0] = 0.0  # reference form: frame 0 maps to itself
         return flow
 
-    def loss(self, flow: torch.Tensor, kl_weight: float = 1e-6, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Fine-tuning loss on flows: L1 on the bounded channels + KL. flow (B, T, 2, H, W) px → scalar."""
+    def loss(self, flow: torch.Tensor, kl_weight: float = 1e-6, generator: Optional[torch.Generator] = None,
+             epe_weight: float = 0.0, sample_latent: bool = True) -> torch.Tensor:
+        """Fine-tuning loss on flows: L1 on the bounded channels + KL, plus ``epe_weight`` × the end-point
+        error (px / flow_scale) of the decoded flow over frames 1… (the metric the codec is judged by).
+        ``sample_latent=False`` decodes the posterior mode (what encode/decode use) instead of a sample: a
+        fresh VAE's posterior std is ~1, noise that swamps a tiny codec's latents early in training.
+        flow (B, T, 2, H, W) px → scalar."""
         ch = flow_to_channels(flow, self.config.flow_scale)
         x = self._pad_frames(ch).permute(0, 2, 1, 3, 4)
         dist = self.vae.encode(x).latent_dist
-        rec = self.vae.decode(dist.sample(generator)).sample
+        rec = self.vae.decode(dist.sample(generator) if sample_latent else dist.mode()).sample
         rec = rec[:, :, : x.shape[2]]
-        return (rec - x).abs().mean() + kl_weight * dist.kl().mean()
+        loss = (rec - x).abs().mean() + kl_weight * dist.kl().mean()
+        if epe_weight > 0:
+            t = flow.shape[1]
+            dec = channels_to_flow(rec.permute(0, 2, 1, 3, 4)[:, 1:t], self.config.flow_scale)
+            err = (dec - flow[:, 1:]).pow(2).sum(dim=2).add(1e-8).sqrt().mean()
+            loss = loss + epe_weight * err / self.config.flow_scale
+        return loss

@@ -79,10 +79,13 @@ class TrainConfig:
     crm: Optional[Dict[str, Any]] = field(default_factory=dict)
     codec: Dict[str, Any] = field(default_factory=dict)
     codec_crop: Optional[List[int]] = None        # codec training on [frames, h, w] crops (frames from 0)
+    codec_epe_weight: float = 0.0                 # codec training: + weight × decoded-flow EPE (px / flow_scale)
+    codec_sample_latent: bool = True              # codec training: decode a posterior sample (False: the mode)
     codec_path: Optional[str] = None              # a trained FlowCodec folder (save_pretrained)
     image_codec_path: Optional[str] = None        # image VAE: FlowCodec folder or CogVideoX folder (vae/)
     pretrained_cogvideox: Optional[str] = None    # start FGM and CRM from a CogVideoX checkpoint
     refiner: Dict[str, Any] = field(default_factory=dict)
+    refiner_frames: Optional[int] = None          # T trains on this many random frames (of 1..T-1) per clip
 
     @property
     def use_crm(self) -> bool:

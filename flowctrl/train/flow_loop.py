@@ -111,9 +111,12 @@ def build_models(cfg: TrainConfig) -> Dict[str, nn.Module]:
 class Stage1Trainable(nn.Module):
     """The trainable modules of one run in one ``nn.Module`` (what DDP/FSDP wrap). ``forward`` = loss."""
 
-    def __init__(self, kind: str, models: Dict[str, nn.Module], scheduler=None) -> None:
+    def __init__(self, kind: str, models: Dict[str, nn.Module], scheduler=None, codec_epe_weight: float = 0.0,
+                 codec_sample_latent: bool = True) -> None:
         super().__init__()
         self.kind = kind
+        self.codec_epe_weight = codec_epe_weight
+        self.codec_sample_latent = codec_sample_latent
         if kind == "fgm":
             self.fgm = models["fgm"]
             self.crm = models.get("crm")
@@ -127,9 +130,10 @@ class Stage1Trainable(nn.Module):
         if self.kind == "fgm":
             return diffusion_loss(self.fgm, self.crm, self.scheduler, batch)
         if self.kind == "refiner":
-            pred = self.refiner(batch["image"], batch["dense"], batch["mask"])
+            pred = self.refiner(batch["image"], batch["dense"], batch["mask"], batch.get("times"))
             return epe_loss(pred, batch["flow"])
-        return self.codec.loss(batch["flow"], generator=generator)
+        return self.codec.loss(batch["flow"], generator=generator, epe_weight=self.codec_epe_weight,
+                               sample_latent=self.codec_sample_latent)
 
 
 def epe_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -216,6 +220,19 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
         "noise": torch.randn(z0.shape, generator=generator),
         "timesteps": torch.randint(0, scheduler.config.num_train_timesteps, (len(items),), generator=generator),
     }
+
+
+def pick_frames(batch: Dict[str, torch.Tensor], k: int, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """Refiner batch → the same clips at ``k`` random frames out of 1..T−1 (T runs per frame, so a step on a
+    few frames of many clips beats one on every frame of a few), plus ``times`` (B,k) = t/(T−1) for T's time input."""
+    t = batch["flow"].shape[1]
+    if k >= t - 1:
+        return batch
+    sel = torch.stack([torch.randperm(t - 1, generator=generator)[:k] + 1 for _ in range(batch["flow"].shape[0])])
+    out = {key: (torch.stack([v[i, sel[i]] for i in range(len(sel))]) if key in ("flow", "dense", "mask", "sparse") else v)
+           for key, v in batch.items()}
+    out["times"] = sel.float() / (t - 1)
+    return out
 
 
 def crop_flow(flow: torch.Tensor, crop, generator: torch.Generator) -> torch.Tensor:
@@ -360,7 +377,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     set_seed(cfg.seed)
     models = build_models(cfg)
     scheduler = make_scheduler(cfg) if cfg.model == "fgm" else None
-    module = Stage1Trainable(cfg.model, models, scheduler)
+    module = Stage1Trainable(cfg.model, models, scheduler, codec_epe_weight=cfg.codec_epe_weight,
+                              codec_sample_latent=cfg.codec_sample_latent)
     if cfg.gradient_checkpointing:
         for m in module.children():
             if hasattr(m, "enable_gradient_checkpointing") and getattr(m, "_supports_gradient_checkpointing", False):
@@ -398,6 +416,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
             batch = prepare_fgm_batch(items, idx, cache, scheduler, flow_scale, cfg.cfg_dropout, gen)
         else:
             batch = collate(items)
+            if cfg.model == "refiner" and cfg.refiner_frames:
+                batch = pick_frames(batch, cfg.refiner_frames, gen)
             if cfg.model == "codec" and cfg.codec_crop:
                 batch = {"flow": crop_flow(batch["flow"], cfg.codec_crop, gen)}
         batch = {k: v.to(device) for k, v in batch.items()}
