@@ -233,3 +233,11 @@ def test_bars_render_on_a_terminal_that_reports_no_size(monkeypatch):
     text = data.decode("utf-8", "replace")
     assert "splat:  33%|" in text and "splat: 100%|" in text and "9/9" in text
     assert "a warning line" in text
+
+
+def test_prompt_with_the_warp_backend_is_ignored_with_one_warning_line(tmp_path, capsys):
+    assert _warp(tmp_path, "--prompt", "a cat") == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "--prompt" in line]
+    assert len(lines) == 1 and "ignored by the warp backend" in lines[0] and "--backend diffusion" in lines[0]
+    assert (tmp_path / "o.mp4").exists()

@@ -456,6 +456,10 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     else:
         pipe = FlowCtrlPipeline(backend="warp", flow_model=args.flow_model, fill=args.fill)
     render_kwargs: Dict[str, Any] = {} if args.prompt is None else {"prompt": args.prompt}
+    if args.prompt is not None and args.backend == "warp":
+        # kept usable (scripts pass one prompt to both backends) but never silently dropped
+        warnings.warn("--prompt is ignored by the warp backend (it only moves pixels); "
+                      "use --backend diffusion --model PATH for text guidance")
     t0 = time.perf_counter()
     progress.start()
     if _can_stream(args, plan):
