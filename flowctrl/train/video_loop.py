@@ -71,6 +71,7 @@ class VideoModelConfig:
     text_embed_dim: int = 16
     max_text_seq_length: int = 4
     use_frequency_stabilizer: bool = True
+    stabilizer_layers: Optional[List[int]] = None   # DiT blocks followed by a stabilizer; None = every block
     pixel_flow_scale: float = 4.0
     # Training from scratch only: a small random flow gate lets the flow branch learn from step 1
     # (the zero gate exists for exact conversion of pretrained weights, where it must stay 0).
@@ -227,7 +228,7 @@ def build_pipeline(cfg: VideoTrainConfig):
         sample_height=d.height // spatial, sample_frames=d.num_frames if temporal == 1 else d.num_frames,
         patch_size=m.patch_size, max_text_seq_length=m.max_text_seq_length, temporal_compression_ratio=temporal,
         flow_in_channels=flow_channels, flow_warp_channels=channels + 1 if m.warped_image else 0,
-        flow_token_skip=m.flow_token_skip,
+        flow_token_skip=m.flow_token_skip, stabilizer_layers=m.stabilizer_layers,
         use_frequency_stabilizer=m.use_frequency_stabilizer,
         stabilizer_frames=latent_frames,
     )
