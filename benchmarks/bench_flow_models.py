@@ -150,8 +150,10 @@ def main() -> int:
         "# Learned stage 1 vs Gaussian interpolation (held-out synthetic scenes)",
         "",
         f"{args.test_scenes} held-out scenes (seeds 10000+), 64×64, 16 frames; identical sparse conditions per scene and "
-        f"mode; EPE in px over frames 1–15 (lower is better). Training budget {args.minutes:g} min per model on "
-        f"2 shared CPU cores, {args.train_scenes} training scenes. FGM sampling: DDIM {args.steps} steps, "
+        f"mode; EPE in px over frames 1–15 (lower is better). "
+        + ("Models trained earlier (budgets and steps under Training runs), " if args.skip_train else
+           f"Training budget {args.minutes:g} min per model on 2 shared CPU cores, {args.train_scenes} training scenes, ")
+        + f"{args.threads} torch thread(s). FGM sampling: DDIM {args.steps} steps, "
         f"guidance {args.guidance}." + (f" Codec round-trip EPE on the test flows: {mean(codec_err):.3f} px." if codec_err else ""),
         "",
         "| method | random | grid | edge | camera-only | local (random+grid+edge) | vs Gaussian (local) |",
@@ -164,7 +166,9 @@ def main() -> int:
     for name, c in curves.items():
         if c:
             lines.append(f"- {name}: {c[-1]['step']} steps, {c[-1]['time']:.0f}s, loss {c[0]['loss']:.4f} → {c[-1]['loss']:.4f}")
-    extra = f" --methods {args.methods}" if args.methods != ap.get_default("methods") else ""
+    extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("codec_minutes", "steps", "guidance", "train_scenes", "methods")
+                    if getattr(args, k) != ap.get_default(k))
+    extra += " --skip-train" if args.skip_train else ""
     lines += ["", f"Reproduce: `python benchmarks/bench_flow_models.py --minutes {args.minutes:g}{extra}`", ""]
     text = "\n".join(lines)
     (results / f"flow_models{args.tag}.md").write_text(text)

@@ -7,7 +7,7 @@ from flowctrl.models.embeddings import MotionStrengthEmbedding
 from flowctrl.models.fgm import FlowGenerationModel, sparse_condition
 from flowctrl.models.flow_codec import FlowCodec, channels_to_flow, flow_to_channels
 from flowctrl.models.guider import ConditionEncoder, group_frames, latent_num_frames
-from flowctrl.models.refiner import RefinementNet, nearest_control_distance, parametric_interpolation, robust_affine_fit
+from flowctrl.models.refiner import RefinementNet, layer_affinity_loss, nearest_control_distance, parametric_interpolation, robust_affine_fit
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -123,6 +123,24 @@ def test_guided_refiner_starts_from_the_parametric_flow_and_its_attention_head_l
     assert A.head.weight.grad[:A.config.feature_dim].abs().sum() > 0 and A.log_sigma.grad.abs() > 0
     with pytest.raises(ValueError, match="output"):
         RefinementNet(channels=(8,), output="nope")
+    # per-clip features: one U-Net pass per clip, the same φ for every frame
+    C = RefinementNet(channels=(8, 16), guided=True, output="attention", clip_features=True)
+    out, feats = C(img, dense, mask, times, return_features=True)
+    assert out.shape == flow.shape and feats.shape == (1, C.config.feature_dim, 32, 32)
+
+
+def test_layer_affinity_loss_scores_same_surface_pairs():
+    layers = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    layers[:, :, 4:12, 4:12] = 1
+    layers[1, :, :3] = 2
+    onehot = torch.nn.functional.one_hot(layers[:, 0], 4).permute(0, 3, 1, 2).float()
+    good = (onehot - 0.25) * 20.0  # simplex codes: same surface → φ·φ = 300 ≫ 0, different → −100 ≪ 0
+    g = torch.Generator().manual_seed(0)
+    lo = layer_affinity_loss(good, layers, generator=g)
+    rnd = layer_affinity_loss(torch.randn(2, 4, 16, 16), layers, generator=torch.Generator().manual_seed(0))
+    assert lo < 0.35 < rnd
+    # per-frame features score every frame against the clip's layers
+    assert layer_affinity_loss(good[:, None].expand(2, 3, 4, 16, 16), layers, generator=torch.Generator().manual_seed(0)) < 0.35
 
 
 def test_group_frames_follows_causal_vae_grouping():

@@ -152,8 +152,8 @@ def test_trained_folder_loads_in_the_pipeline(tmp_path):
 def test_refiner_run_and_pipeline(tmp_path):
     from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
 
-    path = _config(tmp_path, "r", model="refiner", max_steps=3, refiner_frames=2, batch_size=2,
-                   refiner={"channels": [8, 16, 16], "guided": True, "output": "attention"},
+    path = _config(tmp_path, "r", model="refiner", max_steps=3, refiner_frames=2, batch_size=2, refiner_layer_weight=0.5,
+                   refiner={"channels": [8, 16, 16], "guided": True, "output": "attention", "clip_features": True},
                    data={**TINY_RUN["data"], "condition": {"mode": "random"}})
     res = train(load_config(str(path)), log=lambda m: None)
     assert len(read_metrics(res["output_dir"])) == 3

@@ -105,6 +105,27 @@ def nearest_control_distance(mask: torch.Tensor) -> torch.Tensor:
     return out.view(b, 1, h, w)
 
 
+def layer_affinity_loss(features: torch.Tensor, layers: torch.Tensor, samples: int = 256,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Auxiliary training loss of the attention output: φ(p)·φ(q)/√D should say whether p and q lie on the
+    same surface. Binary cross-entropy over ``samples`` random pixel pairs per image.
+
+    features: (B, D, H, W) or (B, T, D, H, W) (every frame scored against the clip's layers);
+    layers: (B, 1, H, W) integer surface ids (the synthetic scenes' ``layer_ids``). → scalar.
+    """
+    if features.dim() == 5:
+        t = features.shape[1]
+        features = features.flatten(0, 1)
+        layers = layers.repeat_interleave(t, dim=0)
+    n, d, h, w = features.shape
+    idx = torch.randint(0, h * w, (n, samples), generator=generator).to(features.device)
+    f = torch.gather(features.reshape(n, d, h * w), 2, idx[:, None].expand(n, d, samples))   # (n, D, S)
+    lab = torch.gather(layers.reshape(n, h * w).to(features.device), 1, idx)                 # (n, S)
+    logits = torch.einsum("nds,ndr->nsr", f, f) / d ** 0.5
+    same = (lab[:, :, None] == lab[:, None, :]).to(features.dtype)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, same)
+
+
 class RefinementNet(ModelMixin, ConfigMixin):
     """T: (image (B,3,H,W), dense (B,T,2,H,W) px, mask (B,T,1,H,W)) → refined flow (B,T,2,H,W) px.
 
@@ -162,11 +183,13 @@ class RefinementNet(ModelMixin, ConfigMixin):
             return parametric_interpolation(dense.detach() * (mask > 0), mask, self.config.ridge, self.config.residual_sigma)
 
     def forward(self, image: torch.Tensor, dense: torch.Tensor, mask: torch.Tensor,
-                times: Optional[torch.Tensor] = None) -> torch.Tensor:
+                times: Optional[torch.Tensor] = None, return_features: bool = False):
         """image (B,3,H,W) in [0,1]; dense flow (B,T,2,H,W) px; mask (B,T,1,H,W) → (B,T,2,H,W) px.
 
         ``times`` (T,) or (B,T): the frames' positions t/(T_clip−1) in [0, 1] when ``dense`` holds a subset of a
         clip's frames (training on a few frames per clip); default evenly spaced. Frames at time 0 are 0.
+        ``return_features`` (attention output): also return the pixel features φ, (B, D, H, W) with
+        ``clip_features`` else (B, T, D, H, W), for :func:`layer_affinity_loss`.
         """
         b, t, _, h, w = dense.shape
         s = self.config.flow_scale
@@ -196,10 +219,18 @@ class RefinementNet(ModelMixin, ConfigMixin):
         if self.config.output == "residual":
             out = base + y.view(b, t, 2, h, w) * s
         else:
+            feats = y[:, :self.config.feature_dim]
             if self.config.clip_features:
                 y = y.unsqueeze(1).expand(b, t, *y.shape[1:]).flatten(0, 1)
+            else:
+                feats = feats.view(b, t, *feats.shape[1:])
             out = self._attend(y, base.flatten(0, 1), dense.flatten(0, 1), mask.flatten(0, 1)).view(b, t, 2, h, w)
-        return out * (times > 0).to(out.dtype).view(b, t, 1, 1, 1)
+        out = out * (times > 0).to(out.dtype).view(b, t, 1, 1, 1)
+        if return_features:
+            if self.config.output != "attention":
+                raise ValueError("return_features needs output='attention'")
+            return out, feats
+        return out
 
     def _attend(self, y: torch.Tensor, base: torch.Tensor, dense: torch.Tensor, mask: torch.Tensor,
                 max_elements: int = 1 << 24) -> torch.Tensor:

@@ -85,6 +85,7 @@ class TrainConfig:
     image_codec_path: Optional[str] = None        # image VAE: FlowCodec folder or CogVideoX folder (vae/)
     pretrained_cogvideox: Optional[str] = None    # start FGM and CRM from a CogVideoX checkpoint
     refiner: Dict[str, Any] = field(default_factory=dict)
+    refiner_layer_weight: float = 0.0             # T (attention output) on synthetic data: + weight × layer_affinity_loss
     refiner_frames: Optional[int] = None          # T trains on this many random frames (of 1..T-1) per clip
 
     @property

@@ -14,7 +14,8 @@ scattered with B's :func:`flowctrl.flow.sparse.sparse_flow_from_tracks` (eq. 5).
 Every item is a dict of tensors (shapes for one sample; the DataLoader adds ``B``)::
 
     image (3,H,W) [0,1]; flow (T,2,H,W) px; sparse (T,2,H,W) px; mask (T,1,H,W) {0,1};
-    dense (T,2,H,W) px (Gaussian eq. 6–7 of sparse); plucker (T,6,H,W); strength () px/frame (eq. 8)
+    dense (T,2,H,W) px (Gaussian eq. 6–7 of sparse); plucker (T,6,H,W); strength () px/frame (eq. 8);
+    layers (1,H,W) int64 surface of each reference pixel (synthetic only; T's optional auxiliary loss)
 """
 from __future__ import annotations
 
@@ -159,6 +160,7 @@ class SyntheticFlowDataset(Dataset):
                 "strength": motion_strength(clip.flow[None].float())[0],
                 "K": clip.K.float(),
                 "w2c": clip.w2c.float(),
+                "layers": clip.layer_ids.long(),
             }
             if len(_CLIP_CACHE) < _CLIP_CACHE_MAX:
                 _CLIP_CACHE[key] = self._clips[index]
@@ -176,6 +178,7 @@ class SyntheticFlowDataset(Dataset):
             "plucker": clip["plucker"],
             "strength": clip["strength"],
             "camera_only": torch.tensor(mode == "camera"),
+            "layers": clip["layers"],
         }
         if self.config.with_dense:
             item["dense"] = densify(sparse, mask)

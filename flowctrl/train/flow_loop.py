@@ -112,11 +112,12 @@ class Stage1Trainable(nn.Module):
     """The trainable modules of one run in one ``nn.Module`` (what DDP/FSDP wrap). ``forward`` = loss."""
 
     def __init__(self, kind: str, models: Dict[str, nn.Module], scheduler=None, codec_epe_weight: float = 0.0,
-                 codec_sample_latent: bool = True) -> None:
+                 codec_sample_latent: bool = True, refiner_layer_weight: float = 0.0) -> None:
         super().__init__()
         self.kind = kind
         self.codec_epe_weight = codec_epe_weight
         self.codec_sample_latent = codec_sample_latent
+        self.refiner_layer_weight = refiner_layer_weight
         if kind == "fgm":
             self.fgm = models["fgm"]
             self.crm = models.get("crm")
@@ -130,6 +131,11 @@ class Stage1Trainable(nn.Module):
         if self.kind == "fgm":
             return diffusion_loss(self.fgm, self.crm, self.scheduler, batch)
         if self.kind == "refiner":
+            if self.refiner_layer_weight > 0 and "layers" in batch:  # synthetic data: surfaces known
+                from flowctrl.models.refiner import layer_affinity_loss
+
+                pred, feats = self.refiner(batch["image"], batch["dense"], batch["mask"], batch.get("times"), return_features=True)
+                return epe_loss(pred, batch["flow"]) + self.refiner_layer_weight * layer_affinity_loss(feats, batch["layers"], generator=generator)
             pred = self.refiner(batch["image"], batch["dense"], batch["mask"], batch.get("times"))
             return epe_loss(pred, batch["flow"])
         return self.codec.loss(batch["flow"], generator=generator, epe_weight=self.codec_epe_weight,
@@ -378,7 +384,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     models = build_models(cfg)
     scheduler = make_scheduler(cfg) if cfg.model == "fgm" else None
     module = Stage1Trainable(cfg.model, models, scheduler, codec_epe_weight=cfg.codec_epe_weight,
-                              codec_sample_latent=cfg.codec_sample_latent)
+                              codec_sample_latent=cfg.codec_sample_latent,
+                              refiner_layer_weight=cfg.refiner_layer_weight)
     if cfg.gradient_checkpointing:
         for m in module.children():
             if hasattr(m, "enable_gradient_checkpointing") and getattr(m, "_supports_gradient_checkpointing", False):
@@ -422,7 +429,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
                 batch = {"flow": crop_flow(batch["flow"], cfg.codec_crop, gen)}
         batch = {k: v.to(device) for k, v in batch.items()}
         with accelerator.accumulate(module):
-            loss = module(batch, gen) if cfg.model == "codec" else module(batch)
+            loss = module(batch, gen) if cfg.model in ("codec", "refiner") else module(batch)
             optimizer_step(accelerator, loss, params, optimizer, lr_sched, cfg.grad_clip)
         step += 1
         done_here += 1
