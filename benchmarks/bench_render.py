@@ -41,20 +41,26 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_stages(image_path: Path, arrows: Path, camera: Path, size: int, frames: int, out: Path) -> Dict[str, float]:
-    """One pass control files -> mp4 with a timer around every stage; returns seconds per stage."""
+def _parse(image_path: Path, arrows: Path, camera: Path, size: int):
+    """The 'parse' stage: the image at the working size and the controls read from their files."""
     from flowctrl.controls import Controls
     from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
+
+    image = load_image(image_path)
+    h0, w0 = image.shape[-2:]
+    controls = Controls.from_files(arrows=arrows, camera=camera, image_size=(h0, w0)).resized(size, size)
+    return _resize_image(image, (size, size)), controls
+
+
+def run_stages(image_path: Path, arrows: Path, camera: Path, size: int, frames: int, out: Path) -> Dict[str, float]:
+    """One pass control files -> mp4 with a timer around every stage; returns seconds per stage."""
     from flowctrl.pipelines.stage1 import compute_unified_flow
     from flowctrl.render import render_warp
     from flowctrl.video_io import write_video
 
     t: Dict[str, float] = {}
     t0 = time.perf_counter()
-    image = load_image(image_path)
-    h0, w0 = image.shape[-2:]
-    controls = Controls.from_files(arrows=arrows, camera=camera, image_size=(h0, w0)).resized(size, size)
-    image = _resize_image(image, (size, size))
+    image, controls = _parse(image_path, arrows, camera, size)
     t["parse"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     unified = compute_unified_flow(image, controls, frames)
@@ -74,18 +80,13 @@ def run_streamed(image_path: Path, arrows: Path, camera: Path, size: int, frames
     """What ``flowctrl generate`` runs: parse, the all-frames stage-1 plan, then chunks rendered by the
     worker threads while this thread encodes. Wall seconds for parse / plan / render+encode / total,
     CPU seconds (summed over the workers) per chunk stage, and this thread's encode CPU seconds."""
-    from flowctrl.controls import Controls
-    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
     from flowctrl.pipelines.stage1 import plan_unified_flow
     from flowctrl.pipelines.streaming import stream_warp_video
     from flowctrl.video_io import VideoWriter
 
     t: Dict[str, float] = {}
     start = t0 = time.perf_counter()
-    image = load_image(image_path)
-    h0, w0 = image.shape[-2:]
-    controls = Controls.from_files(arrows=arrows, camera=camera, image_size=(h0, w0)).resized(size, size)
-    image = _resize_image(image, (size, size))
+    image, controls = _parse(image_path, arrows, camera, size)
     t["parse"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     plan = plan_unified_flow(image, controls, frames)

@@ -147,9 +147,15 @@ def test_cogvideox_i2v_folder_converts_and_matches_diffusers_pipeline(tmp_path):
     """An untrained conversion of a CogVideoX-I2V folder reproduces diffusers' own I2V pipeline."""
     torch.manual_seed(0)
     base = CogVideoXTransformer3DModel(**TR).eval()
+    backend, ours, ref = _converted_and_diffusers_outputs(tmp_path, base)
+    assert backend.pipeline.transformer.config.flow_in_channels == 4   # codec wrapped around the VAE
+    torch.testing.assert_close(ours, ref.float(), atol=1e-4, rtol=0)
+
+
+def _converted_and_diffusers_outputs(tmp_path, base):
+    """(converted backend, its 2-step video, diffusers' I2V pipeline video) for the same seed and inputs."""
     vae, sched = _save_i2v_folder(tmp_path, base)
     backend = DiffusionBackend.from_pretrained(tmp_path, num_inference_steps=2, guidance_scale=1.0)
-    assert backend.pipeline.transformer.config.flow_in_channels == 4   # codec wrapped around the VAE
     image, flow = _inputs()
     ours = backend.pipeline(image, flow, prompt_embeds=EMB, num_inference_steps=2, guidance_scale=1.0,
                             generator=torch.Generator().manual_seed(5))
@@ -158,7 +164,7 @@ def test_cogvideox_i2v_folder_converts_and_matches_diffusers_pipeline(tmp_path):
     ref_pipe.set_progress_bar_config(disable=True)
     ref = ref_pipe(image=image, prompt_embeds=EMB, height=H, width=W, num_frames=9, num_inference_steps=2,
                    guidance_scale=1.0, generator=torch.Generator().manual_seed(5), output_type="pt").frames
-    torch.testing.assert_close(ours, ref.float(), atol=1e-4, rtol=0)
+    return backend, ours, ref
 
 
 def test_memory_options_and_presets():
@@ -199,16 +205,7 @@ def test_cogvideox_15_layout_pads_latent_frames_like_diffusers(tmp_path):
     cfg = {**TR, "patch_size_t": 2, "ofs_embed_dim": 32, "use_rotary_positional_embeddings": True,
            "patch_bias": False}
     base = CogVideoXTransformer3DModel(**cfg).eval()
-    vae, sched = _save_i2v_folder(tmp_path, base)
-    backend = DiffusionBackend.from_pretrained(tmp_path, num_inference_steps=2, guidance_scale=1.0)
-    image, flow = _inputs()                                      # 9 frames → 3 latent frames → padded to 4
-    ours = backend.pipeline(image, flow, prompt_embeds=EMB, num_inference_steps=2, guidance_scale=1.0,
-                            generator=torch.Generator().manual_seed(5))
-    ref_pipe = CogVideoXImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=base,
-                                             scheduler=CogVideoXDDIMScheduler.from_config(sched.config))
-    ref_pipe.set_progress_bar_config(disable=True)
-    ref = ref_pipe(image=image, prompt_embeds=EMB, height=H, width=W, num_frames=9, num_inference_steps=2,
-                   guidance_scale=1.0, generator=torch.Generator().manual_seed(5), output_type="pt").frames
+    _, ours, ref = _converted_and_diffusers_outputs(tmp_path, base)  # 9 frames → 3 latent frames → padded to 4
     assert ours.shape == (1, 9, 3, H, W)
     torch.testing.assert_close(ours, ref.float(), atol=1e-4, rtol=0)
 
