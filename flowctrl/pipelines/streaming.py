@@ -15,11 +15,13 @@ consumer (the H.264 encoder) works on finished chunks while the next ones render
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -90,13 +92,16 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
         plan: the all-frames part of stage 1 (:func:`~flowctrl.pipelines.stage1.plan_unified_flow`).
         fill: ``"push-pull"`` | ``"inpaint"`` | ``"none"``; alpha: softmax importance range.
         chunk_frames: frames per chunk; workers: render threads (default :func:`default_workers`),
-            each running the compiled ops single-threaded. At most ``2 * workers`` chunks are in
-            flight, so memory stays bounded by a few chunks however long the video is.
+            each running the compiled ops single-threaded, while the caller consumes finished chunks.
+            At most ``2 * workers`` chunks are in flight, so memory stays bounded by a few chunks
+            however long the video is.
         callback: ``callback("render", frames_done, T)`` as chunks complete, in order.
         cpu_seconds: optional dict collecting the workers' CPU seconds per stage (:func:`render_chunk`).
 
     The frames equal :class:`~flowctrl.pipelines.FlowCtrlPipeline`'s warp output (to_uint8 of
-    :func:`~flowctrl.render.render_warp` on :func:`~flowctrl.pipelines.stage1.compute_unified_flow`).
+    :func:`~flowctrl.render.render_warp` on :func:`~flowctrl.pipelines.stage1.compute_unified_flow`)
+    whenever that path splats at least as many moving frames as it has threads (any ``T > threads``;
+    with fewer, its compiled splat splits rows between threads and rounds differently).
     """
     fill = normalize_fill_mode(fill)
     if image.ndim != 4 or image.shape[:2] != (1, 3) or tuple(image.shape[-2:]) != (plan.height, plan.width):
@@ -106,20 +111,15 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
     workers = default_workers() if workers is None else max(1, int(workers))
     # the back-projected reference pixels are the same for every chunk
     points = depth_points(plan.depth, plan.K) if plan.depth is not None and plan.K is not None else None
-    if workers == 1:
-        for start, stop in bounds:
-            yield render_chunk(image, plan, start, stop, fill, alpha, points, cpu_seconds)
-            if callback is not None:
-                callback("render", stop, plan.num_frames)
-        return
-
     from flowctrl_cuda import _cpu
 
     lock = threading.Lock()
 
     def job(start: int, stop: int) -> np.ndarray:
         mine: Optional[Dict[str, float]] = {} if cpu_seconds is not None else None
-        with _cpu.thread_limit(1):  # parallel over chunks, not inside each op
+        # parallel over chunks, not inside each op: one thread per compiled call also keeps every frame
+        # on the splat's one-image-per-thread path, whose sums do not depend on the thread count
+        with _cpu.thread_limit(1):
             frames = render_chunk(image, plan, start, stop, fill, alpha, points, mine)
         if mine:
             with lock:
@@ -127,20 +127,16 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
                     cpu_seconds[key] = cpu_seconds.get(key, 0.0) + value
         return frames
 
-    pending: List[Tuple[int, Future]] = []
+    queue = iter(bounds)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowctrl-render") as pool:
+        pending: Deque[Tuple[int, Future]] = deque(
+            (stop, pool.submit(job, start, stop)) for start, stop in itertools.islice(queue, 2 * workers))
         try:
-            queue = iter(bounds)
-            for start, stop in queue:
-                pending.append((stop, pool.submit(job, start, stop)))
-                if len(pending) >= 2 * workers:
-                    break
             while pending:
-                stop, future = pending.pop(0)
+                stop, future = pending.popleft()
                 frames = future.result()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.append((nxt[1], pool.submit(job, *nxt)))
+                for start_next, stop_next in itertools.islice(queue, 1):  # keep 2 * workers in flight
+                    pending.append((stop_next, pool.submit(job, start_next, stop_next)))
                 yield frames
                 if callback is not None:
                     callback("render", stop, plan.num_frames)

@@ -195,9 +195,7 @@ def push_pull_fill_holes_reference(video: torch.Tensor, holes: torch.Tensor, inp
     out.masked_fill_(holes, 0.0)  # premultiplied colour at level 0 (weight 1 or 0)
     weight = (~holes).to(video.dtype)
     for n in range(out.shape[0]):  # each frame with its own pyramid depth (frames are independent)
-        filled = _push_pull_sparse(out[n:n + 1], weight[n:n + 1], eps)
-        if filled.data_ptr() != out[n:n + 1].data_ptr():
-            out[n:n + 1] = filled
+        _push_pull_sparse(out[n:n + 1], weight[n:n + 1], eps)  # fills the view in place
     return out
 
 

@@ -172,8 +172,6 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
     Returns:
         :class:`WarpRender` with the filled video and the hole masks.
     """
-    from flowctrl.flow.warp import splat
-
     if image.ndim != 4 or image.shape[:2] != (1, 3):
         raise InputError.at(None, "image", f"has shape {tuple(image.shape)}", "give (1, 3, H, W)")
     if flow.ndim != 5 or flow.shape[0] != 1 or flow.shape[2] != 2 or flow.shape[-2:] != image.shape[-2:]:
@@ -192,11 +190,11 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
                        points: Optional[torch.Tensor] = None) -> WarpRender:
     """:func:`render_warp` for any run of frames ``flow (1, n, 2, H, W)``, ``n >= 1``, without the size limits.
 
-    ``points``: optional :func:`depth_points` of ``(depth, K)`` (the same for every chunk of a video).
-
     Every output frame depends only on its own flow, validity and camera (importance, splat and fill
     are per frame), so a video rendered chunk by chunk (``flow[:, a:b]`` with ``w2c[:, a:b]``) equals
-    the video rendered at once; :mod:`flowctrl.pipelines.streaming` relies on it.
+    the video rendered at once; :mod:`flowctrl.pipelines.streaming` relies on it. Arguments as
+    :func:`render_warp`, plus ``points``: optional :func:`depth_points` of ``(depth, K)``, the same for
+    every chunk of a video.
     """
     from flowctrl.flow.warp import splat
 
