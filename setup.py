@@ -30,7 +30,7 @@ EXTRAS = {
     "raft": ["torchvision>=0.16"],
     "lora": ["peft>=0.12"],
     "text": ["sentencepiece>=0.2"],
-    "app": ["gradio>=4.0"],
+    "app": ["gradio>=6.0"],
 }
 
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "train",
     "prepare_data",
     "bench",
+    "app",
 ]
 
 DESCRIPTION = """\

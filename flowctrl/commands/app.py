@@ -1,0 +1,41 @@
+"""``flowctrl app``: start the local web UI (gradio) — upload an image, click arrows, pick a camera, generate."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "start a local web UI: upload an image, click arrows onto it, pick a camera, generate"
+EPILOG = """\
+examples:
+  flowctrl app                         # http://127.0.0.1:7860 on this machine
+  flowctrl app --host 0.0.0.0 --port 8000
+
+needs gradio: pip install "flowctrl[app]". The UI renders with the warp backend on the CPU (no weights).
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("app", help=HELP, description=HELP, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also ask gradio for a public share link (needs internet)")
+    p.add_argument("--frames", type=int, default=49, help="default number of frames in the UI (default 49)")
+    p.add_argument("--fps", type=float, default=8.0, help="default frame rate in the UI (default 8)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flowctrl.app.ui import build_demo
+    from flowctrl.errors import InputError
+    from flowctrl.render.warp_renderer import MAX_FRAMES
+
+    if not 1 <= args.port <= 65535:
+        raise InputError.at("--port", None, f"is {args.port}", "give a port in 1-65535, e.g. 7860")
+    if not 2 <= args.frames <= min(MAX_FRAMES, 129):
+        raise InputError.at("--frames", None, f"is {args.frames}", f"give 2 to {min(MAX_FRAMES, 129)}")
+    if not 1 <= args.fps <= 30:
+        raise InputError.at("--fps", None, f"is {args.fps}", "give 1 to 30")
+    demo = build_demo(default_frames=args.frames, default_fps=args.fps)  # no gradio -> one line, exit 2
+    demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
