@@ -114,5 +114,11 @@ def test_app_ui_builds_and_its_generate_handler_renders(tmp_path, monkeypatch):
     assert read_video(path).shape == (5, 48, 64, 3)
     import gradio as gr
 
+    image = np.full((48, 64, 3), 128, np.uint8)
+    on_click = handlers["on_click"]
+    state, drawn = on_click(image, ArrowSketch(), *controls_defaults, evt=gr.SelectData(None, {"index": [8, 24], "value": None}))
+    state, drawn = on_click(image, state, *controls_defaults, evt=gr.SelectData(None, {"index": [40, 24], "value": None}))
+    assert state.arrows == (((8.0, 24.0), (40.0, 24.0)),) and drawn.shape == image.shape
+    assert (drawn[24, 16:32, 0].astype(int) > drawn[24, 16:32, 1].astype(int) + 100).all()  # the arrow is drawn
     with pytest.raises(gr.Error, match="upload an image"):
         on_generate(None, sketch, *controls_defaults, 5, 4, "push-pull", progress=lambda *a, **k: None)
