@@ -69,6 +69,14 @@ def generate(pipe, image, flow, seed: int, steps: int, flow_guidance: float) -> 
                 flow_guidance_scale=flow_guidance, generator=g)[0]
 
 
+def warp_only(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """The copy ceiling: ``image (3,H,W)`` forward-warped along ``flow (T,2,H,W)`` with the warp backend's
+    softmax splat and push-pull hole filling (no model) → ``(T,3,H,W)``."""
+    from flowctrl.render.warp_renderer import render_warp
+
+    return render_warp(image[None], flow[None], fill="push-pull").video[0]
+
+
 def inside_mask(flow: torch.Tensor) -> torch.Tensor:
     """``(T,1,H,W)``: reference pixels whose position at frame t stays inside the frame."""
     t, _, h, w = flow.shape
@@ -130,6 +138,15 @@ def main() -> int:
                     help="override model.flow_token_skip (gate reads fused video + flow token per position)")
     ap.add_argument("--warped-image", choices=["on", "off"], default=None,
                     help="override model.warped_image (flow branch also reads the image forward-warped along the flow)")
+    ap.add_argument("--warped-input", choices=["on", "off"], default=None,
+                    help="override model.warped_input (warped image + coverage also as zero-init input channels "
+                         "of the main patch embedding)")
+    ap.add_argument("--output-skip", choices=["on", "off"], default=None,
+                    help="override model.warped_output_skip (zero-init linear from the warped patch to the output patch)")
+    ap.add_argument("--skip-lr-scale", type=float, default=None,
+                    help="override output_skip_lr_scale (learning-rate multiplier of the output-skip weights)")
+    ap.add_argument("--prediction", choices=["v_prediction", "sample", "epsilon"], default=None,
+                    help="override scheduler.prediction_type (sample = the model predicts x0)")
     ap.add_argument("--long-video", type=int, default=0, metavar="N",
                     help="also time phased inference vs the chain baseline for an N-frame video")
     ap.add_argument("--model", default=None, help="evaluate this trained folder (skips training)")
@@ -162,10 +179,18 @@ def main() -> int:
         cfg.model.warped_image = args.warped_image == "on"
     if args.token_skip is not None:
         cfg.model.flow_token_skip = args.token_skip == "on"
+    if args.warped_input is not None:
+        cfg.model.warped_input = args.warped_input == "on"
+    if args.output_skip is not None:
+        cfg.model.warped_output_skip = args.output_skip == "on"
+    if args.skip_lr_scale is not None:
+        cfg.output_skip_lr_scale = args.skip_lr_scale
+    if args.prediction is not None:
+        cfg.scheduler.prediction_type = args.prediction
     cfg.data.source = "textures" if args.data == "textures" else "synthetic"
     overrides = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                  if k in ("max_steps", "lr_scheduler", "stabilizer_layers", "patch_size", "lr", "gate_init", "batch_size",
-                          "head_dim", "warped_image", "token_skip", "eval_scenes", "train_scenes")
+                          "head_dim", "warped_image", "token_skip", "warped_input", "output_skip", "skip_lr_scale", "prediction", "eval_scenes", "train_scenes")
                  and v is not None and v != ap.get_default(k)]
     log_lines = []
 
@@ -207,6 +232,7 @@ def main() -> int:
     t1 = time.time()
     zero = mean([epe(torch.zeros_like(f), f, m) for _, f, m in clips])
     floor = mean([epe(dis_flow(v), f, m) for v, f, m in clips])
+    copy = mean([epe(dis_flow(warp_only(v[0], f)), f, m) for v, f, m in clips])
     gt_flicker = mean([temporal_flicker(v[None]) for v, _, _ in clips])
     results = {}
     for n_steps in step_list:
@@ -240,7 +266,10 @@ def main() -> int:
         f"{cfg.model.num_layers} DiT layers, width {cfg.model.num_attention_heads * cfg.model.attention_head_dim}, "
         f"patch {cfg.model.patch_size}, lr {cfg.learning_rate:g}, flow dropout {cfg.flow_dropout}, flow-branch input: "
         f"{'flow + image forward-warped along it + coverage' if cfg.model.warped_image else 'flow'}"
-        f"{', flow-token skip' if cfg.model.flow_token_skip else ''}); "
+        f"{', flow-token skip' if cfg.model.flow_token_skip else ''}"
+        f"{'; warped image + coverage also as zero-init input channels of the patch embedding' if getattr(pipe.transformer.config, 'flow_warp_input', False) else ''}"
+        f"{'; zero-init linear skip from the warped patch to the output patch' if getattr(pipe.transformer.config, 'flow_output_skip', False) else ''}"
+        f"; target {pipe.scheduler.config.prediction_type}); "
         f"evaluation on {args.eval_scenes} held-out clips (other seeds), {eval_s:.0f} s.",
         "",
         "EPE in px (lower is better): DIS flow of the generated video vs the requested flow, pixels that stay in view.",
@@ -255,7 +284,8 @@ def main() -> int:
     table += [
         "",
         f"References: zero-motion prediction EPE {zero:.3f}; DIS on the ground-truth clips (measurement floor) "
-        f"EPE {floor:.3f}; ground-truth flicker {gt_flicker:.5f}.",
+        f"EPE {floor:.3f}; warp only (reference forward-warped along the requested flow, push-pull hole filling, "
+        f"no model: what copying the warped image scores) EPE {copy:.3f}; ground-truth flicker {gt_flicker:.5f}.",
         f"Largest learned stabilizer |delta| = {stab_mag:.4f} (0 = identity). Flow gate ‖W‖_F = {gate:.3f} "
         f"(init std {cfg.model.flow_gate_init_std:g}: the flow branch is open). Last training loss {result['loss']:.4f}.",
         "Flow dropped = the whole flow branch off (flow latent *and* warped image: both come from the flow).",

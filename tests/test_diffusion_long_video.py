@@ -115,3 +115,21 @@ def test_backend_long_video_through_render():
     assert backend.last_num_function_evals == 5 + 2 * (5 - 4)
     chain = backend.render(image, u, num_frames=21, long_video="chain", generator=torch.Generator().manual_seed(0))
     assert backend.last_num_function_evals == 15 and chain.shape == video.shape
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "epsilon", "sample"])
+def test_x0_and_noise_inverts_each_prediction_type(kind):
+    """Known answer for every scheduler target (sample = the model predicts x0, used by the tiny benchmark):
+    from z_t = √ᾱ x0 + √(1−ᾱ) ε and the exact target, x0_and_noise returns (x0, ε) and renoise rebuilds z_t."""
+    pipe = pixel_pipeline()
+    pipe.scheduler = CogVideoXDDIMScheduler(prediction_type=kind)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(1, 3, 3, 8, 8, generator=g), torch.randn(1, 3, 3, 8, 8, generator=g)
+    t = torch.tensor(400)
+    a = pipe.scheduler.alphas_cumprod[400]
+    z = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    target = {"v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "epsilon": eps, "sample": x0}[kind]
+    got_x0, got_eps = pipe.x0_and_noise(z, target, t)
+    torch.testing.assert_close(got_x0, x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_eps, eps, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pipe.renoise(got_x0, got_eps, t), z, atol=1e-5, rtol=1e-5)

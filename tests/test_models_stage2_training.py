@@ -249,3 +249,48 @@ def test_warped_image_option_feeds_training_the_pipelines_flow_condition(tmp_pat
     training_loss(pipe, pipe.transformer, lat, torch.Generator().manual_seed(0), flow_dropout=0.0).backward()
     grad = pipe.transformer.flow_patch_embed.weight.grad.view(-1, 6, 4, 4)   # (D, C, p, p) patch layout
     assert grad[:, 2:].abs().sum() > 0                                       # the warped-image channels learn
+
+
+def test_sample_prediction_regresses_x0_and_warped_input_option(tmp_path):
+    """scheduler.prediction_type: sample → the training target is z0 itself (an oracle that returns the clean
+    video scores exactly 0; under v_prediction it does not); model.warped_input / warped_output_skip build the
+    zero-initialized input channels / output skip and need model.warped_image."""
+    model_cfg = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "patch_size": 4,
+                 "time_embed_dim": 32, "warped_image": True, "warped_input": True, "warped_output_skip": True}
+    cfg = load_video_config(tiny_cfg(tmp_path, model=model_cfg, scheduler={"prediction_type": "sample"}))
+    pipe = build_pipeline(cfg)
+    assert pipe.scheduler.config.prediction_type == "sample"
+    proj = pipe.transformer.flow_input_proj
+    assert pipe.transformer.config.flow_warp_input and proj.in_features == 4 * 4 * 4 and not proj.weight.any()
+    skip = pipe.transformer.flow_output_proj
+    assert (skip.in_features, skip.out_features) == (3 + 1, 3) and not skip.weight.any()
+    video, flow = _batch()
+    lat = encode_batch(pipe, video, flow)
+
+    class Oracle(torch.nn.Module):          # returns the clean latent whatever it is given
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, hidden_states, **kw):
+            return (lat["z0"] + self.p,)
+
+    assert training_loss(pipe, Oracle(), lat, torch.Generator().manual_seed(0)).item() == 0.0
+    pipe.scheduler.register_to_config(prediction_type="v_prediction")
+    assert training_loss(pipe, Oracle(), lat, torch.Generator().manual_seed(0)).item() > 0.01
+    with pytest.raises(ConfigError, match="model.warped_input"):
+        load_video_config(tiny_cfg(tmp_path, model={**model_cfg, "warped_image": False}))
+    from flowctrl.train.video_loop import param_groups
+
+    params = setup_trainable(pipe.transformer, cfg)
+    assert param_groups(pipe.transformer, params, cfg) == [{"params": params}]
+    cfg.output_skip_lr_scale = 10.0
+    rest, fast = param_groups(pipe.transformer, params, cfg)
+    names = {id(p): n for n, p in pipe.transformer.named_parameters()}
+    assert sorted(names[id(p)] for p in fast["params"]) == ["flow_output_proj.bias", "flow_output_proj.weight",
+                                                            "flow_output_time.bias", "flow_output_time.weight"]
+    assert fast["lr"] == 10 * cfg.learning_rate and len(rest["params"]) + 4 == len(params)
+    with pytest.raises(ConfigError, match="model.warped_output_skip"):
+        load_video_config(tiny_cfg(tmp_path, model={**model_cfg, "warped_image": False, "warped_input": False}))
+    with pytest.raises(ConfigError, match="prediction_type"):
+        load_video_config(tiny_cfg(tmp_path, scheduler={"prediction_type": "flow"}))

@@ -165,3 +165,59 @@ def test_flow_token_skip_reads_the_aligned_flow_token():
         torch.testing.assert_close(residual, model.flow_gate(fused[:, :48] + fused[:, 48:]))
         model.register_to_config(flow_token_skip=False)
         torch.testing.assert_close(model.flow_residual(video_tokens, flow), model.flow_gate(fused[:, :48]))
+
+
+def test_flow_warp_input_is_extra_patch_embedding_channels_and_converts_exactly(tmp_path):
+    """flow_warp_input: the warped image + coverage enter as input channels of the main patch embedding.
+    Known answer: with the input weights set, the output equals a CogVideoX whose patch embedding is
+    widened by those channels (weights = [base | flow_input_proj]) fed [x ⊕ warped]; zero at conversion,
+    and flow_scale 0 drops it."""
+    base = CogVideoXTransformer3DModel(**TINY).eval()
+    base.save_pretrained(tmp_path)
+    model = FlowCtrlTransformer.from_cogvideox(tmp_path, flow_in_channels=4, flow_warp_channels=5,
+                                               flow_warp_input=True, stabilizer_frames=3).eval()
+    assert "flow_input_proj.weight" in model.new_parameter_names()
+    x, text, t, flow = _inputs()
+    warp = torch.randn(2, 3, 5, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = torch.cat([flow, warp], dim=2)
+    with torch.no_grad():
+        assert torch.equal(model(x, text, t, flow_latents=cond).sample, base(x, text, t).sample)   # exact at init
+        torch.nn.init.normal_(model.flow_input_proj.weight, std=0.3)
+        torch.nn.init.normal_(model.flow_input_proj.bias, std=0.3)
+        wide = CogVideoXTransformer3DModel(**{**TINY, "in_channels": 8 + 5}).eval()
+        state = base.state_dict()
+        state["patch_embed.proj.weight"] = torch.cat(
+            [state["patch_embed.proj.weight"], model.flow_input_proj.weight.view(32, 5, 2, 2)], dim=1)
+        state["patch_embed.proj.bias"] = state["patch_embed.proj.bias"] + model.flow_input_proj.bias
+        wide.load_state_dict(state)
+        ours = model(x, text, t, flow_latents=cond).sample                 # flow gate still zero
+        torch.testing.assert_close(ours, wide(torch.cat([x, warp], dim=2), text, t).sample, atol=1e-5, rtol=1e-5)
+        assert (ours - base(x, text, t).sample).abs().max() > 1e-3
+        assert torch.equal(model(x, text, t, flow_latents=cond, flow_scale=0.0).sample, base(x, text, t).sample)
+        mixed = model(x, text, t, flow_latents=cond, flow_scale=torch.tensor([1.0, 0.0])).sample
+        torch.testing.assert_close(mixed[0], ours[0])
+        torch.testing.assert_close(mixed[1], base(x, text, t).sample[1])
+    with pytest.raises(ValueError, match="flow_warp_channels"):
+        FlowCtrlTransformer(**TINY, flow_in_channels=4, flow_warp_input=True)
+
+
+def test_flow_output_skip_copies_the_warped_patch_known_answer(tmp_path):
+    """flow_output_skip: zero at conversion (exact); with the DiT's own output projection zeroed and the
+    pointwise skip set to the identity on the warped-latent channels, the prediction *is* the warped latent;
+    flow_scale 0 removes it per sample."""
+    base = CogVideoXTransformer3DModel(**TINY).eval()
+    base.save_pretrained(tmp_path)
+    model = FlowCtrlTransformer.from_cogvideox(tmp_path, flow_in_channels=4, flow_warp_channels=5,
+                                               flow_output_skip=True, stabilizer_frames=3).eval()
+    x, text, t, flow = _inputs()
+    warp = torch.randn(2, 3, 5, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = torch.cat([flow, warp], dim=2)
+    with torch.no_grad():
+        assert torch.equal(model(x, text, t, flow_latents=cond).sample, base(x, text, t).sample)
+        model.proj_out.weight.zero_()
+        model.proj_out.bias.zero_()
+        model.flow_output_proj.weight.copy_(torch.eye(4, 5))                  # pointwise: latent channels
+        out = model(x, text, t, flow_latents=cond, flow_scale=torch.tensor([1.0, 0.0])).sample
+    assert torch.equal(out[0], warp[0, :, :4]) and torch.equal(out[1], torch.zeros_like(out[1]))
+    with pytest.raises(ValueError, match="flow_warp_channels"):
+        FlowCtrlTransformer(**TINY, flow_in_channels=4, flow_output_skip=True)

@@ -12,6 +12,9 @@ out_channels``) with two additions:
   along the flow (its latent) and the coverage mask; the pipeline builds it
   (:meth:`~flowctrl.pipelines.diffusion.FlowCtrlVideoPipeline.encode_flow_condition`). With
   ``flow_token_skip`` the gate reads the fused video token plus the fused flow token at the same position.
+  With ``flow_warp_input`` the warped image + coverage are also zero-initialized extra input channels of
+  the main patch embedding, and with ``flow_output_skip`` a zero-initialized pointwise linear map adds
+  them to the prediction (both flowctrl extensions, scaled by ``flow_scale`` like the branch).
 * **frequency stabilizers** — after each selected DiT block the video tokens pass through a
   :class:`~flowctrl.models.frequency.FrequencyStabilizer` along the temporal token axis (identity at init).
 
@@ -67,6 +70,19 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
             position (the two token grids are aligned), not the video token alone. False (default) =
             the paper's read-out; True gives the flow a position-wise path besides attention (the
             way ControlNet-style conditioning adds features), still zero at init through the gate.
+        flow_warp_input: the warped image + coverage (the last ``flow_warp_channels`` channels of
+            ``flow_latents``) are also extra input channels of the main patch embedding, next to the noisy
+            latent and the image latent, with zero-initialized weights (``flow_input_proj``: a linear
+            patch embedding is a sum over its channel groups, so this equals widening ``patch_embed``'s
+            input while its base weights stay untouched). The warped image then sits on the residual
+            stream of the very token it predicts, as the I2V image latent does for frame 0. It is scaled
+            by ``flow_scale`` like the branch (dropped with the flow). Needs ``flow_warp_channels > 0``.
+        flow_output_skip: a zero-initialized pointwise (1×1) linear map from the warped image + coverage
+            latent straight to the prediction at the same latent pixel (``flow_output_proj``), times a
+            per-channel gain ``1 + flow_output_time(time embedding)`` (zero-init: gain 1), scaled by
+            ``flow_scale``. With an ``x0`` target (``prediction_type="sample"``) copying the warped image
+            is then a few weights that see the whole latent grid, with no trip through LayerNorms and
+            attention; the DiT predicts the correction (holes, splat blur). Needs ``flow_warp_channels > 0``.
         flow_num_attention_heads / flow_attention_head_dim: width of the fusion ViT block; default
             to the DiT's, so the block's hidden size is the DiT's.
         use_frequency_stabilizer: build the stabilizers.
@@ -111,6 +127,8 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
         flow_in_channels: int = 16,
         flow_warp_channels: int = 0,
         flow_token_skip: bool = False,
+        flow_warp_input: bool = False,
+        flow_output_skip: bool = False,
         flow_num_attention_heads: Optional[int] = None,
         flow_attention_head_dim: Optional[int] = None,
         use_frequency_stabilizer: bool = True,
@@ -172,6 +190,26 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
         self.flow_gate = nn.Linear(inner_dim, inner_dim)
         nn.init.zeros_(self.flow_gate.weight)
         nn.init.zeros_(self.flow_gate.bias)
+        # Warped image + coverage as zero-initialized extra input channels of the main patch embedding.
+        if flow_warp_input and flow_warp_channels <= 0:
+            raise ValueError("flow_warp_input needs flow_warp_channels > 0 (the warped image it feeds)")
+        if flow_output_skip and flow_warp_channels <= 0:
+            raise ValueError("flow_output_skip needs flow_warp_channels > 0 (the warped image it copies)")
+        self.flow_output_proj = None
+        if flow_output_skip:
+            self.flow_output_proj = nn.Linear(flow_warp_channels, out_channels or in_channels)
+            # Per-timestep, per-channel gain of the skip (1 + zero-init linear of the time embedding): copying
+            # the warped image is right at high noise, while at low noise z_t itself holds x0.
+            self.flow_output_time = nn.Linear(time_embed_dim, out_channels or in_channels)
+            nn.init.zeros_(self.flow_output_time.weight)
+            nn.init.zeros_(self.flow_output_time.bias)
+            nn.init.zeros_(self.flow_output_proj.weight)
+            nn.init.zeros_(self.flow_output_proj.bias)
+        self.flow_input_proj = None
+        if flow_warp_input:
+            self.flow_input_proj = nn.Linear(flow_warp_channels * patch_size * patch_size * p_t, inner_dim)
+            nn.init.zeros_(self.flow_input_proj.weight)
+            nn.init.zeros_(self.flow_input_proj.bias)
 
         layers = list(range(num_layers)) if stabilizer_layers is None else [int(i) for i in stabilizer_layers]
         bad = [i for i in layers if not 0 <= i < num_layers]
@@ -229,6 +267,19 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
         return [n for n, _ in self.named_parameters() if n.startswith(("flow_", "frequency_stabilizers."))]
 
     # ------------------------------------------------------------------ flow branch
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T', C, h, w)`` → patch vectors ``(B, T'/p_t · h/p · w/p, C·p_t·p·p)``, frame-major like CogVideoX."""
+        p, p_t = self.config.patch_size, self.config.patch_size_t or 1
+        b, t, c, h, w = x.shape
+        x = x.reshape(b, t // p_t, p_t, c, h // p, p, w // p, p)
+        return x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(b, (t // p_t) * (h // p) * (w // p), c * p_t * p * p)
+
+    def flow_input_residual(self, flow_latents: torch.Tensor) -> torch.Tensor:
+        """``flow_warp_input``: the warped image + coverage channels of ``flow_latents`` through the
+        zero-initialized input weights → ``(B, N, D)`` added to the patch-embedded video tokens."""
+        warp = flow_latents[:, :, self.config.flow_in_channels:]
+        return self.flow_input_proj(self._patches(warp).to(self.flow_input_proj.weight.dtype))
+
     def _patchify_flow(self, flow_latents: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
         """``(B, T', C_f [+ C_w], h, w)`` → tokens ``(B, T'/p_t · h/p · w/p, D)``, frame-major like CogVideoX."""
         p, p_t = self.config.patch_size, self.config.patch_size_t or 1
@@ -241,8 +292,7 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
                 + (f" ({self.config.flow_in_channels} flow latent + {warp} warped image and coverage)" if warp else ""),
                 "build it with FlowCtrlVideoPipeline.encode_flow_condition (the FlowCodec the model was trained with)",
             )
-        x = flow_latents.reshape(b, t // p_t, p_t, c, h // p, p, w // p, p)
-        x = x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(b, (t // p_t) * (h // p) * (w // p), c * p_t * p * p)
+        x = self._patches(flow_latents)
         return self.flow_patch_embed(x.to(self.flow_patch_embed.weight.dtype)), (t // p_t, h // p, w // p)
 
     def flow_residual(self, video_tokens: torch.Tensor, flow_latents: torch.Tensor) -> torch.Tensor:
@@ -307,12 +357,17 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
         encoder_hidden_states = hidden_states[:, :text_seq_length]
         hidden_states = hidden_states[:, text_seq_length:]
 
+        def scaled(x: torch.Tensor) -> torch.Tensor:  # the flow-dependent term x (B, N, ·) times flow_scale
+            if flow_scale is None:
+                return x
+            scale = torch.as_tensor(flow_scale, device=x.device, dtype=x.dtype)
+            return x * scale.reshape(-1, 1, 1) if scale.dim() else x * scale
+
         if flow_latents is not None:
             residual = self.flow_residual(hidden_states, flow_latents.to(hidden_states.dtype))
-            if flow_scale is not None:
-                scale = torch.as_tensor(flow_scale, device=residual.device, dtype=residual.dtype)
-                residual = residual * scale.reshape(-1, 1, 1) if scale.dim() else residual * scale
-            hidden_states = hidden_states + residual
+            if self.flow_input_proj is not None:
+                residual = residual + self.flow_input_residual(flow_latents.to(hidden_states.dtype))
+            hidden_states = hidden_states + scaled(residual)
 
         p, p_t = self.config.patch_size, self.config.patch_size_t or 1
         token_frames = (num_frames + p_t - 1) // p_t if p_t > 1 else num_frames
@@ -344,6 +399,13 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
         else:
             output = hidden_states.reshape(batch_size, token_frames, height // p, width // p, -1, p_t, p, p)
             output = output.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+
+        if flow_latents is not None and self.flow_output_proj is not None:
+            warp = flow_latents[:, :, self.config.flow_in_channels:].to(output.dtype)
+            skip = self.flow_output_proj(warp.movedim(2, -1)).movedim(-1, 2)          # (B, T', C_out, h, w)
+            gain = 1.0 + self.flow_output_time(emb.to(output.dtype))                  # (B, C_out)
+            skip = skip * gain[:, None, :, None, None]
+            output = output + scaled(skip.flatten(2)).view_as(skip)
 
         if not return_dict:
             return (output,)

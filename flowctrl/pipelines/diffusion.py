@@ -359,8 +359,12 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         alpha = self.scheduler.alphas_cumprod.to(latents.device)[int(t)].float()
         a, s = alpha.sqrt(), (1 - alpha).sqrt()
         z = latents.float()
-        if self.scheduler.config.prediction_type == "v_prediction":
+        kind = self.scheduler.config.prediction_type
+        if kind == "v_prediction":
             x0, eps = a * z - s * model_out, s * z + a * model_out
+        elif kind == "sample":  # the model predicts x0 itself
+            x0 = model_out
+            eps = (z - a * x0) / s.clamp_min(1e-6)
         else:  # epsilon
             eps = model_out
             x0 = (z - s * eps) / a

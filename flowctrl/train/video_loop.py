@@ -8,7 +8,7 @@ Data: synthetic scenes (:mod:`flowctrl.train.scenes`) or the shards of ``flowctr
 
 Objective (CogVideoX): ``z_t = add_noise(z0, ε, t)``, the transformer sees ``[z_t ⊕ image latent]``,
 text, ``t`` and the flow latent (dropped per sample with probability ``flow_dropout``) and regresses the
-scheduler's target (``v`` for ``v_prediction``) with MSE.
+scheduler's target (``v`` for ``v_prediction``, ``ε`` for ``epsilon``, ``z0`` for ``sample``) with MSE.
 
 Checkpoints and exact resume reuse the stage-1 loop's utilities (:mod:`flowctrl.train.flow_loop`):
 ``accelerator.save_state`` into a temporary folder renamed into ``output_dir/checkpoints/checkpoint-N``;
@@ -80,6 +80,11 @@ class VideoModelConfig:
     # mask (FlowCtrlTransformer.flow_warp_channels; a flowctrl extension, see docs/diffusion.md).
     warped_image: bool = False
     flow_token_skip: bool = False      # gate reads fused video + flow token at each position (see transformer)
+    # The warped image + coverage also enter as zero-initialized extra input channels of the main patch
+    # embedding (FlowCtrlTransformer.flow_warp_input; needs warped_image).
+    warped_input: bool = False
+    # ... and straight to the output patch through a zero-initialized linear map (flow_output_skip).
+    warped_output_skip: bool = False
     vae_block_out_channels: List[int] = field(default_factory=lambda: [16, 16, 32, 32])  # tiny latent mode
     vae_latent_channels: int = 4
 
@@ -124,6 +129,9 @@ class VideoTrainConfig:
     image_noise: bool = True         # CogVideoX I2V trick: noise on the image latent, σ ~ logN(−3, 0.5)
     cache_latents: bool = True       # keep frozen-encoder latents per clip in RAM (off for large shard sets)
     train_parts: str = "all"         # all | new (flow branch + stabilizers only) — ignored with LoRA
+    # Learning-rate multiplier of the few zero-initialized output-skip weights (model.warped_output_skip):
+    # they must travel from 0 to ~1 while the DiT learns its own, blurrier copy.
+    output_skip_lr_scale: float = 1.0
     log_every: int = 10
     checkpoint_every: int = 100
     checkpoints_total_limit: int = 2
@@ -165,8 +173,12 @@ def load_video_config(path: Optional[os.PathLike], overrides: Optional[Dict[str,
         (cfg.train_parts in ("all", "new"), "train_parts", f"is {cfg.train_parts!r}", "use all or new"),
         (0.0 <= float(cfg.flow_dropout) <= 1.0, "flow_dropout", f"is {cfg.flow_dropout}", "use a probability in [0, 1]"),
         (int(cfg.lora.rank) >= 0, "lora.rank", f"is {cfg.lora.rank}", "use 0 (off) or a positive rank such as 16"),
-        (cfg.scheduler.prediction_type in ("epsilon", "v_prediction"), "scheduler.prediction_type",
-         f"is {cfg.scheduler.prediction_type!r}", "use epsilon or v_prediction"),
+        (cfg.scheduler.prediction_type in ("epsilon", "v_prediction", "sample"), "scheduler.prediction_type",
+         f"is {cfg.scheduler.prediction_type!r}", "use epsilon, v_prediction or sample (x0)"),
+        (not cfg.model.warped_input or cfg.model.warped_image, "model.warped_input", "is true while model.warped_image is false",
+         "set model.warped_image: true (the input channels carry the warped image)"),
+        (not cfg.model.warped_output_skip or cfg.model.warped_image, "model.warped_output_skip",
+         "is true while model.warped_image is false", "set model.warped_image: true (the skip copies the warped image)"),
         (cfg.data.num_frames >= 2, "data.num_frames", f"is {cfg.data.num_frames}", "use at least 2 frames (e.g. 9 or 49)"),
     ]
     for name in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
@@ -228,7 +240,8 @@ def build_pipeline(cfg: VideoTrainConfig):
         sample_height=d.height // spatial, sample_frames=d.num_frames if temporal == 1 else d.num_frames,
         patch_size=m.patch_size, max_text_seq_length=m.max_text_seq_length, temporal_compression_ratio=temporal,
         flow_in_channels=flow_channels, flow_warp_channels=channels + 1 if m.warped_image else 0,
-        flow_token_skip=m.flow_token_skip, stabilizer_layers=m.stabilizer_layers,
+        flow_token_skip=m.flow_token_skip, flow_warp_input=m.warped_input,
+        flow_output_skip=m.warped_output_skip, stabilizer_layers=m.stabilizer_layers,
         use_frequency_stabilizer=m.use_frequency_stabilizer,
         stabilizer_frames=latent_frames,
     )
@@ -256,6 +269,18 @@ def setup_trainable(transformer: nn.Module, cfg: VideoTrainConfig) -> List[nn.Pa
     else:
         transformer.requires_grad_(True)
     return [p for p in transformer.parameters() if p.requires_grad]
+
+
+def param_groups(transformer: nn.Module, params: List[nn.Parameter], cfg: VideoTrainConfig) -> List[Dict[str, Any]]:
+    """One optimizer group, or two when ``output_skip_lr_scale != 1``: the output-skip weights
+    (``flow_output_*``) at ``learning_rate × output_skip_lr_scale``, everything else at ``learning_rate``."""
+    scale = float(cfg.output_skip_lr_scale)
+    if scale == 1.0:
+        return [{"params": params}]
+    skip_ids = {id(p) for n, p in transformer.named_parameters() if n.startswith("flow_output_")}
+    skip = [p for p in params if id(p) in skip_ids]
+    rest = [p for p in params if id(p) not in skip_ids]
+    return [{"params": rest}] + ([{"params": skip, "lr": cfg.learning_rate * scale}] if skip else [])
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -420,7 +445,8 @@ def training_loss(pipe: Any, model: nn.Module, latents: Dict[str, torch.Tensor],
     ts = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(device)
     noise = torch.randn(z0.shape, generator=generator).to(device)
     zt = sched.add_noise(z0, noise, ts)
-    target = sched.get_velocity(z0, noise, ts) if sched.config.prediction_type == "v_prediction" else noise
+    kind = sched.config.prediction_type
+    target = sched.get_velocity(z0, noise, ts) if kind == "v_prediction" else z0 if kind == "sample" else noise
     keep = (torch.rand(b, generator=generator) >= flow_dropout).float().to(device)
     cfg = pipe.transformer.config
     if text is None:
@@ -491,8 +517,8 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
     params = setup_trainable(transformer, cfg)
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(transformer, params, cfg), lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * world,
                              num_training_steps=cfg.max_steps * world)
     model, optimizer, lr_sched = accelerator.prepare(transformer, optimizer, lr_sched)
