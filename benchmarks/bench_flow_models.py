@@ -10,6 +10,13 @@ Modes: random points, grid, edge-biased (the local controls) and camera-only (no
 the camera as Plücker rays). The learned models get the true motion strength M_s as the user's strength
 control. Writes ``benchmarks/results/flow_models.md`` (table) and ``flow_models_curves.png``.
 
+The parameter-free parametric interpolation (T's base and the residual FGM's base) is its own row, so what
+the learning adds is visible. Training scenes (default 2000, seeds 0+) are rendered into ``--scene-cache``
+before any training clock starts; the FGM runs use the first ``--fgm-scenes`` of them with
+``--fgm-config`` (default the residual FGM). ``--codec-from`` reuses a codec trained earlier under the same
+budget (only valid while its code and config are unchanged). ``--test-seed 5000`` evaluates on the
+validation scenes instead of the test scenes (for choices).
+
     python benchmarks/bench_flow_models.py                   # 6 min per model (shared cores)
     python benchmarks/bench_flow_models.py --minutes 15      # the issue's full budget
 """
@@ -60,10 +67,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=6.0, help="training budget per model (default 6)")
     ap.add_argument("--codec-minutes", type=float, default=None, help="budget of the codec (default = --minutes)")
-    ap.add_argument("--train-scenes", type=int, default=128)
+    ap.add_argument("--train-scenes", type=int, default=2000,
+                    help="distinct training scenes (default 2000; rendered once into --scene-cache before any clock starts)")
+    ap.add_argument("--fgm-scenes", type=int, default=1000,
+                    help="training scenes of the FGM runs (default 1000 of them: each costs a codec encode of its residual "
+                         "inside the FGM's clock, ~0.15-0.3 s)")
+    ap.add_argument("--scene-cache", default=str(REPO / "runs" / "scene_cache"),
+                    help="folder of rendered training scenes (filled before training when missing)")
+    ap.add_argument("--codec-from", default=None,
+                    help="use this trained codec folder instead of training one (allowed only if its code/config are unchanged)")
+    ap.add_argument("--fgm-config", default="configs/train/fgm_residual_tiny.yaml")
     ap.add_argument("--test-scenes", type=int, default=12)
-    ap.add_argument("--steps", type=int, default=25, help="DDIM steps at evaluation")
-    ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--test-seed", type=int, default=10_000, help="first held-out scene (5000: the validation scenes used for choices)")
+    ap.add_argument("--steps", type=int, default=1,
+                    help="DDIM steps at evaluation (default 1: the x0 prediction from pure noise ≈ the posterior mean, EPE-optimal)")
+    ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (1 = off; the residual FGM trains without dropout)")
     ap.add_argument("--work", default=str(REPO / "runs" / "bench_flow_models"))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--skip-train", action="store_true", help="evaluate the models already in --work")
@@ -76,30 +94,39 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     work, results = Path(args.work), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    data = {"data": {"source": "synthetic", "num_scenes": args.train_scenes, "num_frames": 16, "height": 64, "width": 64}}
+    data = {"data": {"source": "synthetic", "num_scenes": args.train_scenes, "num_frames": 16, "height": 64, "width": 64,
+                     "cache_dir": args.scene_cache}}
+    if not args.skip_train:  # render the training scenes before any training clock starts
+        from flowctrl.train.data import render_clip
+
+        t = time.time()
+        for seed in range(args.train_scenes):
+            render_clip(seed, 16, 64, 64, args.scene_cache)
+        print(f"{args.train_scenes} training scenes ready in {args.scene_cache} ({time.time() - t:.0f}s)", flush=True)
     big = 10 ** 6
     wanted = [m for m in args.methods.split(",") if m]
     diffusion = [m for m in wanted if m in ("fgm", "fgm_crm")]
     if not args.skip_train:
         cm = args.codec_minutes or args.minutes
-        if diffusion:
+        if diffusion and not args.codec_from:
             run_training("codec", "configs/train/fgm_codec_tiny.yaml", work, cm, {**data, "max_steps": big, "checkpoint_every": big})
         if "refiner" in wanted:
             run_training("refiner", "configs/train/refiner_tiny.yaml", work, args.minutes, {**data, "max_steps": big, "checkpoint_every": big})
-        codec = str(work / "codec" / "final")
+        codec = args.codec_from or str(work / "codec" / "final")
+        fdata = {"data": {**data["data"], "num_scenes": min(args.fgm_scenes, args.train_scenes)}}
         if "fgm" in wanted:
-            run_training("fgm", "configs/train/fgm_tiny.yaml", work, args.minutes,
-                         {**data, "max_steps": big, "checkpoint_every": big, "codec_path": codec, "crm": None})
+            run_training("fgm", args.fgm_config, work, args.minutes,
+                         {**fdata, "max_steps": big, "checkpoint_every": big, "codec_path": codec, "crm": None})
         if "fgm_crm" in wanted:
-            run_training("fgm_crm", "configs/train/fgm_tiny.yaml", work, args.minutes,
-                         {**data, "max_steps": big, "checkpoint_every": big, "codec_path": codec})
+            run_training("fgm_crm", args.fgm_config, work, args.minutes,
+                         {**fdata, "max_steps": big, "checkpoint_every": big, "codec_path": codec})
     from flowctrl.models.flow_codec import FlowCodec
     from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
 
-    codec = FlowCodec.from_pretrained(str(work / "codec" / "final")).eval() if diffusion else None
+    codec = FlowCodec.from_pretrained(args.codec_from or str(work / "codec" / "final")).eval() if diffusion else None
     pipes = {name: FlowGenerationPipeline.from_pretrained(work / name / "final") for name in ("refiner", "fgm", "fgm_crm")
              if name in wanted}
-    test = SyntheticFlowDataset(SyntheticConfig(num_scenes=args.test_scenes, seed=10_000, num_frames=16, height=64, width=64,
+    test = SyntheticFlowDataset(SyntheticConfig(num_scenes=args.test_scenes, seed=args.test_seed, num_frames=16, height=64, width=64,
                                                 with_dense=False))
     methods = tuple(m for m in ("gaussian", "parametric", "refiner", "fgm", "fgm_crm") if m in ("gaussian", "parametric") or m in wanted)
     errs = {m: {mode: [] for mode in MODES} for m in methods}
@@ -141,18 +168,20 @@ def main() -> int:
         local = [x for mode in ("random", "grid", "edge") for x in errs[m][mode]]
         rows.append((m, *[mean(errs[m][mode]) for mode in MODES], mean(local)))
     base_local = rows[0][-1]
-    names = {"gaussian": "Gaussian interpolation (eq. 6–7)", "parametric": "parametric interpolation (T's base, no learning)",
+    names = {"gaussian": "Gaussian interpolation (eq. 6–7)", "parametric": "parametric interpolation (no learning: T's base and the residual FGM's base)",
              "refiner": "refinement net T", "fgm": "FGM",
              "fgm_crm": "FGM + CRM"}
-    curves = {name: read_metrics(work / name) for name in ("codec", "refiner", "fgm", "fgm_crm")
+    run_dir = {"codec": Path(args.codec_from).parent if args.codec_from else work / "codec"}
+    curves = {name: read_metrics(run_dir.get(name, work / name)) for name in ("codec", "refiner", "fgm", "fgm_crm")
               if name in wanted or (name == "codec" and diffusion)}
     lines = [
         "# Learned stage 1 vs Gaussian interpolation (held-out synthetic scenes)",
         "",
-        f"{args.test_scenes} held-out scenes (seeds 10000+), 64×64, 16 frames; identical sparse conditions per scene and "
+        f"{args.test_scenes} held-out scenes (seeds {args.test_seed}+), 64×64, 16 frames; identical sparse conditions per scene and "
         f"mode; EPE in px over frames 1–15 (lower is better). "
         + ("Models trained earlier (budgets and steps under Training runs), " if args.skip_train else
-           f"Training budget {args.minutes:g} min per model on 2 shared CPU cores, {args.train_scenes} training scenes, ")
+           f"Training budget {args.minutes:g} min per model on 2 shared CPU cores, {args.train_scenes} training scenes "
+           f"(FGM runs: the first {min(args.fgm_scenes, args.train_scenes)}, one cached condition draw each), ")
         + f"{args.threads} torch thread(s). FGM sampling: DDIM {args.steps} steps, "
         f"guidance {args.guidance}." + (f" Codec round-trip EPE on the test flows: {mean(codec_err):.3f} px." if codec_err else ""),
         "",
@@ -162,11 +191,15 @@ def main() -> int:
     for r in rows:
         gain = 100.0 * (base_local - r[-1]) / max(base_local, 1e-9)
         lines.append(f"| {names[r[0]]} | " + " | ".join(f"{x:.3f}" for x in r[1:]) + f" | {gain:+.1f}% |")
+    if "fgm_crm" in pipes:  # does the CRM reach the FGM? reference attention's zero-initialised output projections
+        norms = [float(blk.attn1.processor.ref_out.weight.norm()) for blk in pipes["fgm_crm"].fgm.transformer_blocks]
+        lines += ["", "Reference-attention gate (‖ref_out.weight‖ per FGM layer; 0 = CRM ignored): "
+                  + ", ".join(f"{n:.3f}" for n in norms)]
     lines += ["", "Training runs (steps in budget, last logged loss):", ""]
     for name, c in curves.items():
         if c:
             lines.append(f"- {name}: {c[-1]['step']} steps, {c[-1]['time']:.0f}s, loss {c[0]['loss']:.4f} → {c[-1]['loss']:.4f}")
-    extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("codec_minutes", "steps", "guidance", "train_scenes", "methods")
+    extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("codec_minutes", "codec_from", "fgm_config", "fgm_scenes", "steps", "guidance", "train_scenes", "test_seed", "methods", "tag")
                     if getattr(args, k) != ap.get_default(k))
     extra += " --skip-train" if args.skip_train else ""
     lines += ["", f"Reproduce: `python benchmarks/bench_flow_models.py --minutes {args.minutes:g}{extra}`", ""]

@@ -1,4 +1,6 @@
 """Stage-1 models: exact identities (zero-init reference attention, guider, T), codec mapping, save/load."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -219,3 +221,37 @@ def test_bad_condition_size_is_reported():
     x, img, cond, _, t, s = _inputs()
     with pytest.raises(ValueError, match="condition"):
         fgm(x, t, img, cond[:, :5], s)
+
+
+def test_residual_fgm_condition_and_pipeline_return_base_plus_decoded_residual(monkeypatch):
+    from diffusers import DDIMScheduler
+
+    from flowctrl.models.fgm import coarse_base, fgm_condition, zero_residual_latent
+    from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
+
+    flow, sparse, mask = _affine_scene([(3, 4), (28, 6), (5, 27), (26, 25)])
+    cond, base = fgm_condition(sparse, mask, 8.0, "parametric")
+    assert cond.shape == (1, 3, 5, 32, 32) and torch.equal(cond[:, :, :3], sparse_condition(sparse, mask, 8.0))
+    assert torch.allclose(base, parametric_interpolation(sparse, mask)) and torch.equal(cond[:, :, 3:], torch.tanh(base / 8.0))
+    assert fgm_condition(sparse, mask, 8.0)[1] is None and fgm_condition(sparse, mask, 8.0)[0].shape[2] == 3
+    assert torch.equal(coarse_base(sparse, torch.zeros_like(mask), "parametric"), torch.zeros_like(sparse))  # camera-only
+    with pytest.raises(ValueError, match="condition_in_channels"):
+        FlowGenerationModel(**{**TINY, "sample_frames": 3}, base="parametric")
+    fgm = FlowGenerationModel(**{**TINY, "sample_frames": 3}, base="parametric", condition_in_channels=5)
+    codec = FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8, 8))
+    pipe = FlowGenerationPipeline(fgm=fgm, codec=codec, image_codec=FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8, 8)),
+                                  scheduler=DDIMScheduler(prediction_type="sample", timestep_spacing="trailing"), guidance_scale=1.0)
+    # a fresh residual FGM predicts x0 = 0, the latent of a zero residual: one DDIM step returns the base flow
+    # plus the codec's round trip of a zero flow
+    zero = codec.decode(zero_residual_latent(codec, 3, (32, 32)), 3)
+    unified = SimpleNamespace(flow=torch.zeros_like(flow), sparse_flow=sparse, sparse_mask=mask, num_frames=3, size=(32, 32),
+                              K=None, w2c=None)
+    fresh = pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(fresh, base + zero, atol=1e-5)
+    # a decoder that returns a zero residual: the pipeline's answer is the base, here the exact affine flow
+    monkeypatch.setattr(codec, "decode", lambda z, num_frames: torch.zeros(1, num_frames, 2, 32, 32))
+    out = pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, parametric_interpolation(sparse, mask))
+    assert torch.allclose(out[0, 1:, :, 27, 5], flow[0, 1:, :, 27, 5], atol=1e-4)  # exact at a control
+    monkeypatch.setattr(codec, "decode", lambda z, num_frames: torch.ones(1, num_frames, 2, 32, 32))
+    assert torch.allclose(pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=1), out + 1)

@@ -207,3 +207,31 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="model"):
         load_config(str(bad))
     assert cli_main(["train", "flow", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_residual_fgm_batch_targets_flow_minus_base_and_caches_per_condition():
+    from flowctrl.models.fgm import coarse_base, zero_residual_latent
+    from flowctrl.models.flow_codec import FlowCodec
+    from flowctrl.train.data import ConditionConfig, SyntheticConfig, SyntheticFlowDataset
+    from flowctrl.train.flow_loop import LatentCache, prepare_fgm_batch
+
+    torch.manual_seed(0)
+    codec = FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8, 8)).eval()
+    ds = SyntheticFlowDataset(SyntheticConfig(num_scenes=2, num_frames=5, height=32, width=32, with_dense=False,
+                                              condition=ConditionConfig(mode="random"), condition_variants=1))
+    cache = LatentCache(codec, codec)
+    sched = make_scheduler(load_config(None, {"scheduler": {"prediction_type": "sample"}}))
+    items = [ds[0], ds[1]]
+    keys = [ds.condition_key(0), ds.condition_key(1)]
+    ds.set_epoch(3)  # one condition variant: every epoch draws the same condition, under the same key
+    assert ds.condition_key(0) == keys[0] and torch.equal(ds[0]["sparse"], items[0]["sparse"])
+    batch = prepare_fgm_batch(items, [0, 1], cache, sched, 8.0, 0.0, torch.Generator().manual_seed(0), "parametric", keys)
+    base = coarse_base(items[0]["sparse"][None], items[0]["mask"][None], "parametric")
+    with torch.no_grad():
+        want = codec.encode(items[0]["flow"][None] - base) - zero_residual_latent(codec, 5, (32, 32))
+    assert torch.allclose(batch["latents"][0], want[0], atol=1e-5)
+    assert batch["condition"].shape == (2, 5, 5, 32, 32) and torch.allclose(batch["condition"][0, :, 3:], torch.tanh(base[0] / 8.0))
+    assert set(cache.residual) == set(keys) and all(v[0] is None for v in cache.store.values())  # no whole-flow encodes
+    # the scheduler's x0 target: the loss of a model that predicts the clean latent is zero
+    loss = diffusion_loss(lambda zt, t, *a: SimpleNamespace(sample=batch["latents"]), None, sched, batch)
+    assert float(loss) == 0.0

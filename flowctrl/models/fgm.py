@@ -50,6 +50,47 @@ def sparse_condition(sparse: torch.Tensor, mask: torch.Tensor, flow_scale: float
     return torch.cat([torch.tanh(sparse / flow_scale) * m, m], dim=2)
 
 
+BASES = (None, "parametric")
+
+
+def coarse_base(sparse: torch.Tensor, mask: torch.Tensor, kind: Optional[str]) -> Optional[torch.Tensor]:
+    """The dense coarse flow an FGM with ``config.base`` denoises the residual of (None when ``kind`` is None).
+
+    ``"parametric"``: :func:`flowctrl.models.refiner.parametric_interpolation` of the controls (robust affine
+    fit + spread residuals; zero at frames without controls, so camera-only conditions give a zero base).
+    sparse (B,T,2,H,W) px, mask (B,T,1,H,W) → (B,T,2,H,W) px.
+    """
+    if kind is None:
+        return None
+    if kind != "parametric":
+        raise ValueError(f"unknown FGM base {kind!r}; use one of {BASES}")
+    from flowctrl.models.refiner import parametric_interpolation
+
+    return parametric_interpolation(sparse * (mask > 0), mask)
+
+
+def fgm_condition(sparse: torch.Tensor, mask: torch.Tensor, flow_scale: float, base: Optional[str] = None
+                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The FGM's control condition and coarse base flow.
+
+    Returns ``(condition, base)``: condition (B,T,3,H,W) = :func:`sparse_condition`, with ``base`` set
+    (B,T,5,H,W) = that + tanh(base/flow_scale); base (B,T,2,H,W) px or None.
+    """
+    cond = sparse_condition(sparse, mask, flow_scale)
+    dense = coarse_base(sparse, mask, base)
+    if dense is not None:
+        cond = torch.cat([cond, torch.tanh(dense / flow_scale)], dim=2)
+    return cond, dense
+
+
+@torch.no_grad()
+def zero_residual_latent(codec, num_frames: int, size) -> torch.Tensor:
+    """``codec.encode`` of an all-zero flow (1, T', C, h, w): a residual FGM's latents are taken relative to it,
+    so latent 0 decodes to (the codec's round trip of) a zero residual, i.e. to the base flow itself."""
+    p = next(codec.parameters())
+    return codec.encode(torch.zeros(1, num_frames, 2, *size, device=p.device, dtype=p.dtype))
+
+
 def rotary_embedding(head_dim: int, num_frames: int, grid_h: int, grid_w: int, device=None):
     """3D RoPE (cos, sin) for a ``num_frames × grid_h × grid_w`` token grid (diffusers' helper)."""
     return get_3d_rotary_pos_embed(
@@ -142,6 +183,11 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         reference_dim: token width of the CRM feeding reference attention (None = no reference attention).
         condition_channels: guider widths (4 → token stride 16 = VAE 8 × patch 2).
         flow_scale: pixels mapped to tanh(1) in the sparse condition.
+        base: None (the latent is the flow's) or ``"parametric"``: the latent is the flow *minus* a coarse
+            dense flow of the controls (:func:`coarse_base`), which also joins the condition (2 more
+            channels, ``condition_in_channels`` 5); latents are taken relative to :func:`zero_residual_latent`
+            and the sampled flow is ``base + decode(latent + zero_residual_latent)``; the output projection
+            starts at zero (with ``prediction_type: sample`` a fresh model returns the base flow).
         other arguments: as ``diffusers.CogVideoXTransformer3DModel``.
     """
 
@@ -169,8 +215,13 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         reference_dim: Optional[int] = None,
         use_motion_strength: bool = True,
         flow_scale: float = 8.0,
+        base: Optional[str] = None,
     ) -> None:
         super().__init__()
+        if base not in BASES:
+            raise ValueError(f"unknown FGM base {base!r}; use one of {BASES}")
+        if base is not None and condition_in_channels != 5:
+            raise ValueError("an FGM with a base flow takes condition_in_channels=5 (sparse 2 + mask 1 + base 2)")
         inner = self._build_trunk(in_channels + image_latent_channels, num_attention_heads, attention_head_dim,
                                   time_embed_dim, num_layers, patch_size, sample_height, sample_width,
                                   sample_frames, temporal_compression_ratio, use_rotary_positional_embeddings,
@@ -182,6 +233,9 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         self.norm_final = nn.LayerNorm(inner, norm_eps)
         self.norm_out = AdaLayerNorm(embedding_dim=time_embed_dim, output_dim=2 * inner, norm_eps=norm_eps, chunk_dim=1)
         self.proj_out = nn.Linear(inner, patch_size * patch_size * (out_channels or in_channels))
+        if base is not None:  # a fresh residual FGM predicts 0: with x0 ("sample") prediction that is the base flow
+            nn.init.zeros_(self.proj_out.weight)
+            nn.init.zeros_(self.proj_out.bias)
         if reference_dim is not None:
             for block in self.transformer_blocks:
                 block.attn1.set_processor(ReferenceAttnProcessor(inner, reference_dim))

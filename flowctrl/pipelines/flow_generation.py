@@ -201,14 +201,15 @@ class FlowGenerationPipeline:
             else:
                 plucker = self._static_plucker(t_frames, *hw).to(dev)
         from flowctrl.flow.strength import motion_strength
-        from flowctrl.models.fgm import sparse_condition
+        from flowctrl.models.fgm import fgm_condition
         from flowctrl.models.guider import latent_num_frames
 
         if strength is None:
             strength_t = motion_strength(unified.flow.to(dev).float())
         else:
             strength_t = torch.tensor([float(strength)], device=dev)
-        cond = sparse_condition(sparse_w, mask_w, self.fgm.config.flow_scale)
+        # with config.base the FGM denoises the residual over a coarse dense flow of the controls (fgm.py)
+        cond, base = fgm_condition(sparse_w, mask_w, self.fgm.config.flow_scale, getattr(self.fgm.config, "base", None))
         uncond = torch.zeros_like(cond)
         img_lat = self.image_codec.encode_channels(img[:, None] * 2 - 1)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
@@ -228,7 +229,13 @@ class FlowGenerationPipeline:
             latents = sched.step(pred, t, latents, generator=generator).prev_sample
             if callback is not None:
                 callback("flow_model", i + 1, len(sched.timesteps))
+        if base is not None:  # residual FGM: latents are relative to a zero residual's (fgm.zero_residual_latent)
+            from flowctrl.models.fgm import zero_residual_latent
+
+            latents = latents + zero_residual_latent(self.codec, t_frames, hw)
         flow = self.codec.decode(latents, num_frames=t_frames)
+        if base is not None:
+            flow = flow + base
         return _resize_flow(flow, (h, w)).cpu()
 
     def _refine(self, image, unified, sparse, mask, callback) -> torch.Tensor:

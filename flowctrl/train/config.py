@@ -39,6 +39,9 @@ class DataConfig:
     width: int = 64
     condition: Dict[str, Any] = field(default_factory=dict)   # ConditionConfig fields
     shuffle: bool = True
+    cache_dir: Optional[str] = None    # synthetic: rendered scenes kept on disk (render once, reuse across runs)
+    condition_variants: Optional[int] = None  # synthetic: conditions cycle through this many draws per scene
+                                              # (lets the residual FGM cache its per-condition latents)
 
 
 @dataclass
@@ -47,7 +50,7 @@ class SchedulerConfig:
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    prediction_type: str = "v_prediction"   # epsilon | v_prediction
+    prediction_type: str = "v_prediction"   # epsilon | v_prediction | sample (x0)
     rescale_betas_zero_snr: bool = False
 
 
@@ -144,8 +147,8 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None)
         raise ConfigError.at(src, "data.source", f"is {cfg.data.source!r}", "use synthetic or shards")
     if cfg.data.source == "shards" and not cfg.data.shards:
         raise ConfigError.at(src, "data.shards", "is empty while data.source is shards", "give the prepare-data output folder")
-    if cfg.scheduler.prediction_type not in ("epsilon", "v_prediction"):
-        raise ConfigError.at(src, "scheduler.prediction_type", f"is {cfg.scheduler.prediction_type!r}", "use epsilon or v_prediction")
+    if cfg.scheduler.prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ConfigError.at(src, "scheduler.prediction_type", f"is {cfg.scheduler.prediction_type!r}", "use epsilon, v_prediction or sample")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError.at(src, "mixed_precision", f"is {cfg.mixed_precision!r}", "use no, fp16 or bf16")
     for name in ("max_steps", "batch_size", "checkpoint_every", "log_every"):

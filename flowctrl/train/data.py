@@ -121,6 +121,54 @@ class SyntheticConfig:
     width: int = 64
     condition: ConditionConfig = field(default_factory=ConditionConfig)
     with_dense: bool = True
+    cache_dir: Optional[str] = None   # rendered scenes kept on disk (safetensors, one file per seed and size)
+    condition_variants: Optional[int] = None  # conditions cycle through this many draws per scene (None: new each epoch)
+
+
+_CACHED_KEYS = ("image", "flow", "visibility", "strength", "K", "w2c", "layers")
+
+
+def scene_cache_file(cache_dir: str, seed: int, num_frames: int, height: int, width: int) -> str:
+    """Path of one rendered scene in a scene cache (see :func:`render_clip`)."""
+    import os
+
+    return os.path.join(cache_dir, f"scene_{seed}_{num_frames}x{height}x{width}.safetensors")
+
+
+def render_clip(seed: int, num_frames: int, height: int, width: int, cache_dir: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The training tensors of synthetic scene ``seed`` (E's engine), read from / written to ``cache_dir``
+    when given (written atomically, so several processes may fill one cache). Plücker rays are computed on load."""
+    import os
+
+    from flowctrl.flow.camera import plucker_rays
+
+    path = scene_cache_file(cache_dir, seed, num_frames, height, width) if cache_dir else None
+    out = None
+    if path is not None and os.path.isfile(path):
+        from safetensors.torch import load_file
+
+        try:
+            out = load_file(path)
+        except Exception:  # a corrupt cache entry is re-rendered
+            out = None
+    if out is None:
+        from flowctrl.flow.strength import motion_strength
+        from flowctrl.train.scenes import SceneConfig, render_scene
+
+        clip = render_scene(seed, SceneConfig(num_frames=num_frames, height=height, width=width))
+        out = {"image": clip.video[0].float(), "flow": clip.flow.float(), "visibility": clip.visibility.float(),
+               "strength": motion_strength(clip.flow[None].float())[0], "K": clip.K.float(), "w2c": clip.w2c.float(),
+               "layers": clip.layer_ids.long()}
+        if path is not None:
+            from safetensors.torch import save_file
+
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            save_file({k: out[k].contiguous() for k in _CACHED_KEYS}, tmp)
+            os.replace(tmp, path)
+    out = dict(out)
+    out["plucker"] = plucker_rays(out["K"][None], out["w2c"][None], height, width)[0]
+    return out
 
 
 class SyntheticFlowDataset(Dataset):
@@ -147,28 +195,19 @@ class SyntheticFlowDataset(Dataset):
         if index not in self._clips and key in _CLIP_CACHE:
             self._clips[index] = _CLIP_CACHE[key]
         if index not in self._clips:
-            from flowctrl.flow.camera import plucker_rays
-            from flowctrl.flow.strength import motion_strength
-            from flowctrl.train.scenes import SceneConfig, render_scene
-
-            clip = render_scene(c.seed + index, SceneConfig(num_frames=c.num_frames, height=c.height, width=c.width))
-            self._clips[index] = {
-                "image": clip.video[0].float(),
-                "flow": clip.flow.float(),
-                "visibility": clip.visibility.float(),
-                "plucker": plucker_rays(clip.K[None].float(), clip.w2c[None].float(), c.height, c.width)[0],
-                "strength": motion_strength(clip.flow[None].float())[0],
-                "K": clip.K.float(),
-                "w2c": clip.w2c.float(),
-                "layers": clip.layer_ids.long(),
-            }
+            self._clips[index] = render_clip(c.seed + index, c.num_frames, c.height, c.width, c.cache_dir)
             if len(_CLIP_CACHE) < _CLIP_CACHE_MAX:
                 _CLIP_CACHE[key] = self._clips[index]
         return self._clips[index]
 
+    def condition_key(self, index: int) -> Tuple[int, int]:
+        """(index, condition draw) of item ``index`` at the current epoch: items with the same key are identical."""
+        v = self.config.condition_variants
+        return index, (self.epoch % v if v else self.epoch)
+
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         clip = self.clip(index)
-        g = torch.Generator().manual_seed((self.config.seed + index) * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed((self.config.seed + index) * 1_000_003 + self.condition_key(index)[1])
         sparse, mask, mode = sample_condition(clip["image"], clip["flow"], clip["visibility"], self.config.condition, g)
         item = {
             "image": clip["image"],

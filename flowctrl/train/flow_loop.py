@@ -158,6 +158,8 @@ def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: D
     zt = scheduler.add_noise(z0, noise, t)
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(z0, noise, t)
+    elif scheduler.config.prediction_type == "sample":
+        target = z0
     else:
         target = noise
     refs = None
@@ -175,7 +177,8 @@ def build_dataset(cfg: TrainConfig):
         return ShardConditionDataset(cfg.data.shards, cond, seed=cfg.data.seed, with_dense=with_dense)
     d = cfg.data
     return SyntheticFlowDataset(SyntheticConfig(num_scenes=d.num_scenes, seed=d.seed, num_frames=d.num_frames,
-                                                height=d.height, width=d.width, condition=cond, with_dense=with_dense))
+                                                height=d.height, width=d.width, condition=cond, with_dense=with_dense,
+                                                cache_dir=d.cache_dir, condition_variants=d.condition_variants))
 
 
 def batch_indices(cfg: TrainConfig, n: int, step: int, rank: int, world: int) -> Tuple[int, List[int]]:
@@ -190,32 +193,65 @@ def batch_indices(cfg: TrainConfig, n: int, step: int, rank: int, world: int) ->
 
 
 class LatentCache:
-    """Frozen-codec latents of each dataset item (the flow target and the reference image never change)."""
+    """Frozen-codec latents of each dataset item (the flow target and the reference image never change);
+    for a residual FGM (``base``) the residual latent and the base flow of each (item, condition draw)."""
 
     def __init__(self, codec: nn.Module, image_codec: nn.Module) -> None:
         self.codec, self.image_codec = codec, image_codec
         self.store: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.residual: Dict[Any, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
-    def get(self, index: int, flow: torch.Tensor, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def get_residual(self, key: Any, flow: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, base: str
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(latent of flow − base relative to a zero residual's, base (T,2,H,W) px) for one item whose condition is identified by ``key``
+        (None: not cached, the condition changes every epoch)."""
+        from flowctrl.models.fgm import coarse_base
+
+        if key is not None and key in self.residual:
+            return self.residual[key]
+        from flowctrl.models.fgm import zero_residual_latent
+
+        dense = coarse_base(sparse[None], mask[None], base)
+        dev = next(self.codec.parameters()).device
+        z = self.codec.encode((flow[None] - dense).to(dev)) - zero_residual_latent(self.codec, flow.shape[0], flow.shape[-2:])
+        out = (z[0].cpu(), dense[0])
+        if key is not None:
+            self.residual[key] = out
+        return out
+
+    @torch.no_grad()
+    def get(self, index: int, flow: torch.Tensor, image: torch.Tensor, with_flow: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(flow latent, image latent) of item ``index``; ``with_flow=False`` skips the flow (None)."""
         if index not in self.store:
             dev = next(self.codec.parameters()).device
-            z = self.codec.encode(flow[None].to(dev))[0].cpu()
+            z = self.codec.encode(flow[None].to(dev))[0].cpu() if with_flow else None
             zi = self.image_codec.encode_channels(image[None, None].to(dev) * 2 - 1)[0].cpu()
             self.store[index] = (z, zi)
         return self.store[index]
 
 
 def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], cache: LatentCache, scheduler,
-                      flow_scale: float, cfg_dropout: float, generator: torch.Generator) -> Dict[str, torch.Tensor]:
-    """Items → the batch :func:`diffusion_loss` takes (latents, noise, timesteps, dropped conditions)."""
+                      flow_scale: float, cfg_dropout: float, generator: torch.Generator,
+                      base: Optional[str] = None, keys: Optional[List[Any]] = None) -> Dict[str, torch.Tensor]:
+    """Items → the batch :func:`diffusion_loss` takes (latents, noise, timesteps, dropped conditions).
+
+    ``base`` (the FGM's ``config.base``): the latent is the codec's encoding of ``flow − coarse base``; it
+    depends on the sampled condition, so it is cached per condition ``keys`` (e.g. the dataset's
+    ``condition_key``; None: encoded every step)."""
     from flowctrl.models.fgm import sparse_condition
 
     b = collate(items)
-    lat = [cache.get(i, it["flow"], it["image"]) for i, it in zip(indices, items)]
-    z0 = torch.stack([l[0] for l in lat])
+    lat = [cache.get(i, it["flow"], it["image"], with_flow=base is None) for i, it in zip(indices, items)]
     zi = torch.stack([l[1] for l in lat])
     cond = sparse_condition(b["sparse"], b["mask"], flow_scale)
+    if base is None:
+        z0 = torch.stack([l[0] for l in lat])
+    else:
+        res = [cache.get_residual(None if keys is None else keys[k], it["flow"], it["sparse"], it["mask"], base)
+               for k, it in enumerate(items)]
+        z0 = torch.stack([r[0] for r in res])
+        cond = torch.cat([cond, torch.tanh(torch.stack([r[1] for r in res]) / flow_scale)], dim=2)
     keep = (torch.rand(len(items), generator=generator) >= cfg_dropout).float().view(-1, 1, 1, 1, 1)
     return {
         "latents": z0,
@@ -420,7 +456,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
         items = [dataset[i] for i in idx]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
         if cfg.model == "fgm":
-            batch = prepare_fgm_batch(items, idx, cache, scheduler, flow_scale, cfg.cfg_dropout, gen)
+            keys = [dataset.condition_key(i) for i in idx] if cfg.data.condition_variants and hasattr(dataset, "condition_key") else None
+            batch = prepare_fgm_batch(items, idx, cache, scheduler, flow_scale, cfg.cfg_dropout, gen,
+                                      models["fgm"].config.base, keys)
         else:
             batch = collate(items)
             if cfg.model == "refiner" and cfg.refiner_frames:
