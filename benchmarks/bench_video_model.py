@@ -16,14 +16,20 @@
    cycles/frame) of the conditioned videos with the learned stabilizers on and with them reset to the
    identity (off), plus the ground-truth clips; also the EPE of those stabilizer-off videos.
 
-The tiny config (``configs/train/video_tiny.yaml``) uses the two flow-branch extensions of
-``FlowCtrlTransformer`` (docs/diffusion.md): the warped reference image + coverage as extra branch input
-(``model.warped_image``) and the flow-token skip read-out (``model.flow_token_skip``); ``--warped-image
-off --token-skip off`` trains the paper's branch.
+The tiny config (``configs/train/video_tiny.yaml``) uses the extensions of ``FlowCtrlTransformer``
+(docs/diffusion.md): the warped reference image + coverage as extra branch input (``model.warped_image``),
+the flow-token skip read-out (``model.flow_token_skip``), the warped image as zero-initialized input
+channels of the main patch embedding (``model.warped_input``) and a zero-initialized pointwise output skip
+(``model.warped_output_skip``, trained at ``output_skip_lr_scale`` × the learning rate), with an x0 target
+(``scheduler.prediction_type: sample``). ``--warped-input off --output-skip off --prediction v_prediction
+--skip-lr-scale 1`` gives the previous configuration; adding ``--warped-image off --token-skip off`` the
+paper's branch. References printed with the table: zero motion, DIS on the ground truth (measurement
+floor) and **warp only** — the reference forward-warped along the requested flow with the warp backend's
+push-pull hole filling, no model: what a model that just copies the warped image would score.
 
 Prints a markdown table and writes it to ``benchmarks/results/video_model.md``.
 
-    nice -n 10 python benchmarks/bench_video_model.py --minutes 20 --max-steps 6000 --lr-scheduler cosine \
+    nice -n 10 python benchmarks/bench_video_model.py --minutes 20 --max-steps 5500 --lr-scheduler cosine \
         --train-scenes 2048 --steps 1,15 --long-video 129          # the run in the results file
 """
 from __future__ import annotations
@@ -268,7 +274,7 @@ def main() -> int:
         f"{'flow + image forward-warped along it + coverage' if cfg.model.warped_image else 'flow'}"
         f"{', flow-token skip' if cfg.model.flow_token_skip else ''}"
         f"{'; warped image + coverage also as zero-init input channels of the patch embedding' if getattr(pipe.transformer.config, 'flow_warp_input', False) else ''}"
-        f"{'; zero-init linear skip from the warped patch to the output patch' if getattr(pipe.transformer.config, 'flow_output_skip', False) else ''}"
+        f"{'; zero-init pointwise skip from the warped image to the output (time-dependent gain, output-skip lr ×' + format(cfg.output_skip_lr_scale, 'g') + ')' if getattr(pipe.transformer.config, 'flow_output_skip', False) else ''}"
         f"; target {pipe.scheduler.config.prediction_type}); "
         f"evaluation on {args.eval_scenes} held-out clips (other seeds), {eval_s:.0f} s.",
         "",
