@@ -235,3 +235,9 @@ def test_residual_fgm_batch_targets_flow_minus_base_and_caches_per_condition():
     # the scheduler's x0 target: the loss of a model that predicts the clean latent is zero
     loss = diffusion_loss(lambda zt, t, *a: SimpleNamespace(sample=batch["latents"]), None, sched, batch)
     assert float(loss) == 0.0
+    # scheduler.train_timestep_min: only the high-noise steps that 1-step sampling visits
+    high = prepare_fgm_batch(items * 8, list(range(16)), cache, sched, 8.0, 0.0, torch.Generator().manual_seed(1),
+                             "parametric", keys * 8, min_timestep=950)
+    assert int(high["timesteps"].min()) >= 950 and int(high["timesteps"].max()) <= 999
+    with pytest.raises(ConfigError, match="train_timestep_min"):
+        load_config(None, {"scheduler": {"train_timestep_min": 1000}})

@@ -52,6 +52,8 @@ class SchedulerConfig:
     beta_end: float = 0.012
     prediction_type: str = "v_prediction"   # epsilon | v_prediction | sample (x0)
     rescale_betas_zero_snr: bool = False
+    train_timestep_min: int = 0              # train on t in [this, num_train_timesteps): e.g. only the high-noise
+                                             # steps that few-step sampling visits
 
 
 @dataclass
@@ -147,6 +149,9 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None)
         raise ConfigError.at(src, "data.source", f"is {cfg.data.source!r}", "use synthetic or shards")
     if cfg.data.source == "shards" and not cfg.data.shards:
         raise ConfigError.at(src, "data.shards", "is empty while data.source is shards", "give the prepare-data output folder")
+    if not 0 <= cfg.scheduler.train_timestep_min < cfg.scheduler.num_train_timesteps:
+        raise ConfigError.at(src, "scheduler.train_timestep_min", f"is {cfg.scheduler.train_timestep_min}",
+                             f"give 0 to {cfg.scheduler.num_train_timesteps - 1}")
     if cfg.scheduler.prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise ConfigError.at(src, "scheduler.prediction_type", f"is {cfg.scheduler.prediction_type!r}", "use epsilon, v_prediction or sample")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):

@@ -233,8 +233,10 @@ class LatentCache:
 
 def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], cache: LatentCache, scheduler,
                       flow_scale: float, cfg_dropout: float, generator: torch.Generator,
-                      base: Optional[str] = None, keys: Optional[List[Any]] = None) -> Dict[str, torch.Tensor]:
-    """Items → the batch :func:`diffusion_loss` takes (latents, noise, timesteps, dropped conditions).
+                      base: Optional[str] = None, keys: Optional[List[Any]] = None,
+                      min_timestep: int = 0) -> Dict[str, torch.Tensor]:
+    """Items → the batch :func:`diffusion_loss` takes (latents, noise, timesteps in
+    ``[min_timestep, num_train_timesteps)``, dropped conditions).
 
     ``base`` (the FGM's ``config.base``): the latent is the codec's encoding of ``flow − coarse base``; it
     depends on the sampled condition, so it is cached per condition ``keys`` (e.g. the dataset's
@@ -260,7 +262,7 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
         "strength": b["strength"],
         "plucker": b["plucker"],
         "noise": torch.randn(z0.shape, generator=generator),
-        "timesteps": torch.randint(0, scheduler.config.num_train_timesteps, (len(items),), generator=generator),
+        "timesteps": torch.randint(min_timestep, scheduler.config.num_train_timesteps, (len(items),), generator=generator),
     }
 
 
@@ -458,7 +460,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
         if cfg.model == "fgm":
             keys = [dataset.condition_key(i) for i in idx] if cfg.data.condition_variants and hasattr(dataset, "condition_key") else None
             batch = prepare_fgm_batch(items, idx, cache, scheduler, flow_scale, cfg.cfg_dropout, gen,
-                                      models["fgm"].config.base, keys)
+                                      models["fgm"].config.base, keys, cfg.scheduler.train_timestep_min)
         else:
             batch = collate(items)
             if cfg.model == "refiner" and cfg.refiner_frames:
