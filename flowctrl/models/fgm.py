@@ -79,8 +79,13 @@ def fgm_condition(sparse: torch.Tensor, mask: torch.Tensor, flow_scale: float, b
     cond = sparse_condition(sparse, mask, flow_scale)
     dense = coarse_base(sparse, mask, base)
     if dense is not None:
-        cond = torch.cat([cond, torch.tanh(dense / flow_scale)], dim=2)
+        cond = append_base(cond, dense, flow_scale)
     return cond, dense
+
+
+def append_base(condition: torch.Tensor, base: torch.Tensor, flow_scale: float) -> torch.Tensor:
+    """(B,T,3,H,W) sparse condition + base flow (B,T,2,H,W) px → (B,T,5,H,W): the base as tanh(base/flow_scale)."""
+    return torch.cat([condition, torch.tanh(base / flow_scale)], dim=2)
 
 
 @torch.no_grad()

@@ -147,21 +147,25 @@ def epe_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).pow(2).sum(dim=2).add(1e-8).sqrt().mean()
 
 
+def diffusion_target(scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the model regresses for the scheduler's ``prediction_type``: v (``v_prediction``), the clean
+    latent z0 (``sample``) or ε (``epsilon``); same shape as ``z0``. Shared by the stage-1 and stage-2 loops."""
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return scheduler.get_velocity(z0, noise, t)
+    return z0 if kind == "sample" else noise
+
+
 def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """MSE of the FGM's ε/v prediction on one prepared batch.
+    """MSE of the FGM's prediction (:func:`diffusion_target`) on one prepared batch.
 
     ``batch`` keys: ``latents`` (B,T',C,h,w) clean flow latent, ``image_latents`` (B,1,C_i,h,w),
-    ``condition`` (B,T,3,H,W) (already dropped to zeros for CFG samples), ``strength`` (B,),
+    ``condition`` (B,T,3|5,H,W) (already dropped to zeros for CFG samples), ``strength`` (B,),
     ``plucker`` (B,T,6,H,W), ``noise`` like latents, ``timesteps`` (B,) long.
     """
     z0, noise, t = batch["latents"], batch["noise"], batch["timesteps"]
     zt = scheduler.add_noise(z0, noise, t)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(z0, noise, t)
-    elif scheduler.config.prediction_type == "sample":
-        target = z0
-    else:
-        target = noise
+    target = diffusion_target(scheduler, z0, noise, t)
     refs = None
     if crm is not None:
         refs = crm(batch["image_latents"], t, batch["plucker"])
@@ -204,13 +208,11 @@ class LatentCache:
     @torch.no_grad()
     def get_residual(self, key: Any, flow: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, base: str
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(latent of flow − base relative to a zero residual's, base (T,2,H,W) px) for one item whose condition is identified by ``key``
-        (None: not cached, the condition changes every epoch)."""
-        from flowctrl.models.fgm import coarse_base
-
+        """(latent of flow − base relative to a zero residual's, base (T,2,H,W) px) for one item whose
+        condition is identified by ``key`` (None: not cached, the condition changes every epoch)."""
         if key is not None and key in self.residual:
             return self.residual[key]
-        from flowctrl.models.fgm import zero_residual_latent
+        from flowctrl.models.fgm import coarse_base, zero_residual_latent
 
         dense = coarse_base(sparse[None], mask[None], base)
         dev = next(self.codec.parameters()).device
@@ -241,7 +243,7 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
     ``base`` (the FGM's ``config.base``): the latent is the codec's encoding of ``flow − coarse base``; it
     depends on the sampled condition, so it is cached per condition ``keys`` (e.g. the dataset's
     ``condition_key``; None: encoded every step)."""
-    from flowctrl.models.fgm import sparse_condition
+    from flowctrl.models.fgm import append_base, sparse_condition
 
     b = collate(items)
     lat = [cache.get(i, it["flow"], it["image"], with_flow=base is None) for i, it in zip(indices, items)]
@@ -253,7 +255,7 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
         res = [cache.get_residual(None if keys is None else keys[k], it["flow"], it["sparse"], it["mask"], base)
                for k, it in enumerate(items)]
         z0 = torch.stack([r[0] for r in res])
-        cond = torch.cat([cond, torch.tanh(torch.stack([r[1] for r in res]) / flow_scale)], dim=2)
+        cond = append_base(cond, torch.stack([r[1] for r in res]), flow_scale)
     keep = (torch.rand(len(items), generator=generator) >= cfg_dropout).float().view(-1, 1, 1, 1, 1)
     return {
         "latents": z0,

@@ -428,6 +428,8 @@ def training_loss(pipe: Any, model: nn.Module, latents: Dict[str, torch.Tensor],
     All randomness (timesteps, noise, flow dropout, image-latent noise) comes from ``generator`` (CPU),
     so a step is a pure function of its inputs (exact resume).
     """
+    from flowctrl.train.flow_loop import diffusion_target
+
     sched = pipe.scheduler
     device = next(model.parameters()).device
     b = latents["z0"].shape[0]
@@ -445,8 +447,7 @@ def training_loss(pipe: Any, model: nn.Module, latents: Dict[str, torch.Tensor],
     ts = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(device)
     noise = torch.randn(z0.shape, generator=generator).to(device)
     zt = sched.add_noise(z0, noise, ts)
-    kind = sched.config.prediction_type
-    target = sched.get_velocity(z0, noise, ts) if kind == "v_prediction" else z0 if kind == "sample" else noise
+    target = diffusion_target(sched, z0, noise, ts)
     keep = (torch.rand(b, generator=generator) >= flow_dropout).float().to(device)
     cfg = pipe.transformer.config
     if text is None:
