@@ -69,9 +69,10 @@ def main() -> int:
     ap.add_argument("--codec-minutes", type=float, default=None, help="budget of the codec (default = --minutes)")
     ap.add_argument("--train-scenes", type=int, default=2000,
                     help="distinct training scenes (default 2000; rendered once into --scene-cache before any clock starts)")
-    ap.add_argument("--fgm-scenes", type=int, default=1000,
-                    help="training scenes of the FGM runs (default 1000 of them: each costs a codec encode of its residual "
-                         "inside the FGM's clock, ~0.15-0.3 s)")
+    ap.add_argument("--fgm-scenes", type=int, default=2000,
+                    help="training scenes of the FGM runs (default 2000); their residual latents (data.condition_variants "
+                         "condition draws each) are encoded with the frozen codec before the clock starts and kept in "
+                         "WORK/fgm_latents.pt for the next FGM run with the same codec")
     ap.add_argument("--scene-cache", default=str(REPO / "runs" / "scene_cache"),
                     help="folder of rendered training scenes (filled before training when missing)")
     ap.add_argument("--codec-from", default=None,
@@ -113,7 +114,8 @@ def main() -> int:
         if "refiner" in wanted:
             run_training("refiner", "configs/train/refiner_tiny.yaml", work, args.minutes, {**data, "max_steps": big, "checkpoint_every": big})
         codec = args.codec_from or str(work / "codec" / "final")
-        fdata = {"data": {**data["data"], "num_scenes": min(args.fgm_scenes, args.train_scenes)}}
+        fdata = {"data": {**data["data"], "num_scenes": min(args.fgm_scenes, args.train_scenes),
+                          "latent_cache_file": str(work / "fgm_latents.pt")}}
         if "fgm" in wanted:
             run_training("fgm", args.fgm_config, work, args.minutes,
                          {**fdata, "max_steps": big, "checkpoint_every": big, "codec_path": codec, "crm": None})
@@ -181,7 +183,8 @@ def main() -> int:
         f"mode; EPE in px over frames 1–15 (lower is better). "
         + ("Models trained earlier (budgets and steps under Training runs), " if args.skip_train else
            f"Training budget {args.minutes:g} min per model on 2 shared CPU cores, {args.train_scenes} training scenes "
-           f"(FGM runs: the first {min(args.fgm_scenes, args.train_scenes)}, one cached condition draw each), ")
+           f"(FGM runs: the first {min(args.fgm_scenes, args.train_scenes)}, latents of their condition draws encoded "
+           f"before the clock), ")
         + f"{args.threads} torch thread(s). FGM sampling: DDIM {args.steps} steps, "
         f"guidance {args.guidance}." + (f" Codec round-trip EPE on the test flows: {mean(codec_err):.3f} px." if codec_err else ""),
         "",

@@ -242,16 +242,36 @@ def test_residual_fgm_condition_and_pipeline_return_base_plus_decoded_residual(m
     pipe = FlowGenerationPipeline(fgm=fgm, codec=codec, image_codec=FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8, 8)),
                                   scheduler=DDIMScheduler(prediction_type="sample", timestep_spacing="trailing"), guidance_scale=1.0)
     # a fresh residual FGM predicts x0 = 0, the latent of a zero residual: one DDIM step returns the base flow
-    # plus the codec's round trip of a zero flow
-    zero = codec.decode(zero_residual_latent(codec, 3, (32, 32)), 3)
+    # exactly (the decoded zero residual, the codec's round-trip error of 0, is subtracted)
     unified = SimpleNamespace(flow=torch.zeros_like(flow), sparse_flow=sparse, sparse_mask=mask, num_frames=3, size=(32, 32),
                               K=None, w2c=None)
     fresh = pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(fresh, base + zero, atol=1e-5)
-    # a decoder that returns a zero residual: the pipeline's answer is the base, here the exact affine flow
-    monkeypatch.setattr(codec, "decode", lambda z, num_frames: torch.zeros(1, num_frames, 2, 32, 32))
-    out = pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(out, parametric_interpolation(sparse, mask))
-    assert torch.allclose(out[0, 1:, :, 27, 5], flow[0, 1:, :, 27, 5], atol=1e-4)  # exact at a control
-    monkeypatch.setattr(codec, "decode", lambda z, num_frames: torch.ones(1, num_frames, 2, 32, 32))
-    assert torch.allclose(pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=1), out + 1)
+    assert torch.allclose(fresh, base, atol=1e-5) and torch.allclose(base, parametric_interpolation(sparse, mask))
+    assert torch.allclose(fresh[0, 1:, :, 27, 5], flow[0, 1:, :, 27, 5], atol=1e-4)  # exact at a control
+    # the answer is base + decode(latent + z0) − decode(z0): with a decoder that sums its latent and a model
+    # that predicts x0 = 0.01 everywhere, the residual is 0.01 × the latent's size
+    zero = zero_residual_latent(codec, 3, (32, 32))
+    monkeypatch.setattr(codec, "decode", lambda z, num_frames: torch.ones(1, num_frames, 2, 32, 32) * z.sum())
+    with torch.no_grad():
+        fgm.proj_out.bias.fill_(0.01)
+    out = pipe(torch.rand(1, 3, 32, 32), unified, num_inference_steps=1)
+    assert torch.allclose(out, base + 0.01 * zero.numel(), atol=1e-3)
+
+
+def test_fgm_condition_image_reaches_the_tokens_only_through_the_guider():
+    """config.condition_image: the full-resolution image joins the condition; a fresh guider (zero output)
+    ignores it, a trained one does not; forgetting the image or the channel count is a clear error."""
+    with pytest.raises(ValueError, match="condition_in_channels=8"):
+        FlowGenerationModel(**TINY, base="parametric", condition_in_channels=5, condition_image=True)
+    torch.manual_seed(0)
+    fgm = FlowGenerationModel(**TINY, base="parametric", condition_in_channels=8, condition_image=True).eval()
+    z, img_lat, cond, _, t, strength = _inputs()
+    cond = torch.cat([cond, cond[:, :, :2]], dim=2)  # (B,T,5,H,W): sparse 2 + mask 1 + base 2
+    with pytest.raises(ValueError, match="image="):
+        fgm(z, t, img_lat, cond, strength)
+    a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fgm(z, t, img_lat, cond, strength, image=a).sample, fgm(z, t, img_lat, cond, strength, image=b).sample)
+        torch.nn.init.normal_(fgm.condition_encoder.conv_out.weight, std=0.1)
+        torch.nn.init.normal_(fgm.proj_out.weight, std=0.1)
+        assert not torch.allclose(fgm(z, t, img_lat, cond, strength, image=a).sample, fgm(z, t, img_lat, cond, strength, image=b).sample)

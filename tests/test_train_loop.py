@@ -233,7 +233,7 @@ def test_residual_fgm_batch_targets_flow_minus_base_and_caches_per_condition():
     assert batch["condition"].shape == (2, 5, 5, 32, 32) and torch.allclose(batch["condition"][0, :, 3:], torch.tanh(base[0] / 8.0))
     assert set(cache.residual) == set(keys) and all(v[0] is None for v in cache.store.values())  # no whole-flow encodes
     # the scheduler's x0 target: the loss of a model that predicts the clean latent is zero
-    loss = diffusion_loss(lambda zt, t, *a: SimpleNamespace(sample=batch["latents"]), None, sched, batch)
+    loss = diffusion_loss(lambda zt, t, *a, **k: SimpleNamespace(sample=batch["latents"]), None, sched, batch)
     assert float(loss) == 0.0
     # scheduler.train_timestep_min: only the high-noise steps that 1-step sampling visits
     high = prepare_fgm_batch(items * 8, list(range(16)), cache, sched, 8.0, 0.0, torch.Generator().manual_seed(1),
@@ -241,3 +241,115 @@ def test_residual_fgm_batch_targets_flow_minus_base_and_caches_per_condition():
     assert int(high["timesteps"].min()) >= 950 and int(high["timesteps"].max()) <= 999
     with pytest.raises(ConfigError, match="train_timestep_min"):
         load_config(None, {"scheduler": {"train_timestep_min": 1000}})
+
+
+def test_precomputed_latents_equal_the_ones_encoded_during_training(tmp_path):
+    """data.precompute_latents: the batched encode before the clock gives the same (item, condition draw)
+    latents and bases that get_residual computes one at a time, under the keys the epochs use."""
+    from flowctrl.models.flow_codec import FlowCodec
+    from flowctrl.train.data import ConditionConfig, SyntheticConfig, SyntheticFlowDataset
+    from flowctrl.train.flow_loop import LatentCache
+
+    torch.manual_seed(0)
+    codec = FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8, 8)).eval()
+    ds = SyntheticFlowDataset(SyntheticConfig(num_scenes=3, num_frames=5, height=32, width=32, with_dense=False,
+                                              condition=ConditionConfig(mode="random"), condition_variants=2))
+    pre = LatentCache(codec, codec)
+    assert pre.precompute(ds, "parametric", 2, batch_size=4, progress=False) == 6
+    assert set(pre.residual) == {(i, v) for i in range(3) for v in range(2)}
+    assert pre.precompute(ds, "parametric", 2, progress=False) == 0  # nothing left to encode
+    lazy = LatentCache(codec, codec)
+    for epoch in (0, 1, 2):  # epoch 2 reuses draw 0
+        ds.set_epoch(epoch)
+        for i in range(3):
+            it = ds[i]
+            z, base = lazy.get_residual(ds.condition_key(i), it["flow"], it["sparse"], it["mask"], "parametric")
+            zp, bp = pre.residual[ds.condition_key(i)]
+            assert torch.allclose(z, zp, atol=1e-5) and torch.equal(base, bp)
+            assert torch.allclose(lazy.get(i, it["flow"], it["image"], with_flow=False)[1], pre.store[i][1], atol=1e-5)
+    # data.latent_cache_file: a later run with the same codecs and data reads them back; other data re-encodes
+    cfg = load_config(None, {"data": {"num_scenes": 3, "condition_variants": 2, "precompute_latents": True}})
+    key = pre.fingerprint(cfg.data, "parametric")
+    pre.save(str(tmp_path / "lat.pt"), key)
+    again = LatentCache(codec, codec)
+    assert again.load(str(tmp_path / "lat.pt"), key) and set(again.residual) == set(pre.residual)
+    assert torch.equal(again.residual[(2, 1)][0], pre.residual[(2, 1)][0])
+    other = load_config(None, {"data": {"num_scenes": 4, "condition_variants": 2, "precompute_latents": True}})
+    assert not LatentCache(codec, codec).load(str(tmp_path / "lat.pt"), again.fingerprint(other.data, "parametric"))
+    assert not again.load(str(tmp_path / "missing.pt"), key)
+    flat = LatentCache(codec, codec)  # an FGM without a base: the flow latents
+    assert flat.precompute(ds, None, 2, progress=False) == 3
+    it = ds[1]
+    with torch.no_grad():
+        assert torch.allclose(flat.store[1][0], codec.encode(it["flow"][None])[0], atol=1e-5)
+    with pytest.raises(ConfigError, match="condition_variants"):
+        load_config(None, {"data": {"precompute_latents": True}})
+
+
+class _LinearDecoder(torch.nn.Module):
+    """A codec stand-in whose decoded flow is linear in the latent: channel c moves both flow components by
+    gain[c] × its value at every pixel of its 4-frame group (so the true decoder gains are gain²)."""
+
+    def __init__(self, gain):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(gain), requires_grad=False)
+        self.config = SimpleNamespace(flow_scale=2.0)
+
+    def encode(self, flow):
+        b, t, _, h, w = flow.shape
+        return torch.zeros(b, (t - 1) // 4 + 1, len(self.gain), h // 8, w // 8)
+
+    def decode(self, z, num_frames):
+        v = (z * self.gain.view(1, 1, -1, 1, 1)).sum(2, keepdim=True)           # (B,T',1,h,w)
+        v = torch.nn.functional.interpolate(v.flatten(0, 1), scale_factor=8.0).view(*v.shape[:3], v.shape[-2] * 8, -1)
+        frames = torch.cat([v[:, :1], v[:, 1:].repeat_interleave(4, dim=1)], dim=1)[:, :num_frames]
+        return frames.expand(-1, -1, 2, -1, -1)
+
+
+def test_decoder_latent_weights_and_decoded_loss_measure_the_flow_error_of_a_latent_error():
+    from flowctrl.train.flow_loop import DecodedLatentLoss, decoder_latent_weights
+
+    dec = _LinearDecoder([1.0, 2.0, 0.0])
+    w = decoder_latent_weights(dec, 9, (32, 32), generator=torch.Generator().manual_seed(0))
+    assert w.shape == (1, 3, 3, 1, 1) and abs(float(w.mean()) - 1) < 1e-5
+    # weight ∝ gain² (up to the probes' sample variance), zero for a channel the decoder ignores
+    assert torch.all(w[0, :, 2] == 0) and torch.allclose(w[0, :, 1] / w[0, :, 0], torch.full((3,), 4.0), rtol=0.5)
+    loss = DecodedLatentLoss(dec, 9, (32, 32), crop=(2, 2), weight=3.0)
+    z0 = torch.randn(2, 3, 3, 4, 4)
+    off = loss.offsets(2, (4, 4), torch.Generator().manual_seed(0))
+    assert off.shape == (2, 2) and int(off.min()) >= 0 and int(off.max()) <= 2
+    assert float(loss(z0, z0, off)) <= 3.0 * 1e-4 / 2.0 + 1e-6  # the true latent costs nothing (√1e-8 EPE floor)
+    pred = z0.clone().requires_grad_(True)
+    shifted = pred + torch.tensor([0.0, 0.5, 7.0]).view(1, 1, 3, 1, 1)  # channel 2 is invisible to the decoder
+    value = loss(shifted, z0, off)
+    # flow error 2·0.5 = 1 px per component → EPE √2 px, in units of flow_scale (2), times the weight 3
+    assert abs(float(value.detach()) - 3.0 * 2 ** 0.5 / 2.0) < 1e-3
+    value.backward()
+    assert pred.grad is not None and float(pred.grad[:, :, 1].abs().sum()) > 0 and float(pred.grad[:, :, 2].abs().sum()) == 0
+    with pytest.raises(ConfigError, match="fgm_latent_weighting"):
+        load_config(None, {"fgm_latent_weighting": "lpips"})
+    with pytest.raises(ConfigError, match="prediction_type: sample"):
+        load_config(None, {"fgm_decoded_loss_weight": 1.0, "scheduler": {"prediction_type": "v_prediction"}})
+
+
+def test_fgm_training_with_image_condition_weighted_and_decoded_losses_runs_and_resumes(tmp_path):
+    """The residual FGM's extra options go through the real loop (fresh run and the bit-exact resume)."""
+    run = {**TINY_RUN, "max_steps": 4, "checkpoint_every": 2, "cfg_dropout": 0.0,
+           "scheduler": {"prediction_type": "sample", "train_timestep_min": 900},
+           "fgm": {**TINY_RUN["fgm"], "base": "parametric", "condition_in_channels": 8, "condition_image": True},
+           "data": {**TINY_RUN["data"], "condition_variants": 2, "precompute_latents": True,
+                    "latent_cache_file": str(tmp_path / "lat.pt")},
+           "fgm_latent_weighting": "decoder", "fgm_decoded_loss_weight": 1.0, "fgm_decoded_crop": [2, 2]}
+    def config(name):
+        cfg = load_config(None, {**run, "output_dir": str(tmp_path / name)})
+        cfg.crm = None  # FGM alone (load_config keeps the default for a None override)
+        return cfg
+
+    full = train(config("a"), log=lambda m: None)
+    assert (tmp_path / "lat.pt").is_file() and full["final"]
+    logs = []
+    cfg = config("b")
+    train(cfg, log=logs.append, stop_after=2)
+    assert any("latents read from" in m for m in logs)  # the second run reuses the first run's latents
+    train(cfg, resume="latest", log=lambda m: None)
+    assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]

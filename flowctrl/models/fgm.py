@@ -188,6 +188,9 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         reference_dim: token width of the CRM feeding reference attention (None = no reference attention).
         condition_channels: guider widths (4 → token stride 16 = VAE 8 × patch 2).
         flow_scale: pixels mapped to tanh(1) in the sparse condition.
+        condition_image: the reference image (RGB in [-1, 1], every frame) joins the condition at full
+            resolution (3 more ``condition_in_channels``): the guider then sees the image edges that the
+            8×-downsampled image latent blurs, where motion boundaries are (a flowctrl extension).
         base: None (the latent is the flow's) or ``"parametric"``: the latent is the flow *minus* a coarse
             dense flow of the controls (:func:`coarse_base`), which also joins the condition (2 more
             channels, ``condition_in_channels`` 5); latents are taken relative to :func:`zero_residual_latent`
@@ -221,12 +224,15 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         use_motion_strength: bool = True,
         flow_scale: float = 8.0,
         base: Optional[str] = None,
+        condition_image: bool = False,
     ) -> None:
         super().__init__()
         if base not in BASES:
             raise ValueError(f"unknown FGM base {base!r}; use one of {BASES}")
-        if base is not None and condition_in_channels != 5:
-            raise ValueError("an FGM with a base flow takes condition_in_channels=5 (sparse 2 + mask 1 + base 2)")
+        want = 3 + 2 * (base is not None) + 3 * bool(condition_image)
+        if condition_in_channels != want:
+            raise ValueError(f"this FGM takes condition_in_channels={want} (sparse 2 + mask 1"
+                             + (" + base 2" if base is not None else "") + (" + image 3" if condition_image else "") + ")")
         inner = self._build_trunk(in_channels + image_latent_channels, num_attention_heads, attention_head_dim,
                                   time_embed_dim, num_layers, patch_size, sample_height, sample_width,
                                   sample_frames, temporal_compression_ratio, use_rotary_positional_embeddings,
@@ -258,6 +264,7 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         strength: Optional[torch.Tensor] = None,
         reference_hidden_states: Optional[List[torch.Tensor]] = None,
         return_dict: bool = True,
+        image: Optional[torch.Tensor] = None,
     ) -> Union[FGMOutput, Tuple[torch.Tensor]]:
         """Predict noise/velocity.
 
@@ -268,6 +275,7 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
             condition: sparse condition (B, T, 3, H, W) from :func:`sparse_condition` (None = all zeros).
             strength: motion strength M_s (B,) px/frame (None = no strength embedding added).
             reference_hidden_states: CRM per-layer tokens, list of (B, N, D_ref).
+            image: reference image (B, 3, H, W) in [0, 1]; needed when ``config.condition_image``.
         Returns:
             FGMOutput.sample (B, T', C_out, h, w).
         """
@@ -284,6 +292,11 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
                 image_latents = torch.cat([image_latents, pad], dim=1)
             hidden_states = torch.cat([hidden_states, image_latents.to(hidden_states.dtype)], dim=2)
         tokens = self.patch_embed(self._no_text(hidden_states), hidden_states)
+        if cfg.condition_image:
+            if image is None or condition is None:
+                raise ValueError("this FGM reads the reference image with its condition (config.condition_image): pass image=")
+            frames = (image.to(condition.dtype) * 2 - 1)[:, None].expand(-1, condition.shape[1], -1, -1, -1)
+            condition = torch.cat([condition, frames], dim=2)
         if condition is not None:
             cond_tokens = self.condition_encoder(condition.to(tokens.dtype))
             if cond_tokens.shape != tokens.shape:

@@ -42,6 +42,10 @@ class DataConfig:
     cache_dir: Optional[str] = None    # synthetic: rendered scenes kept on disk (render once, reuse across runs)
     condition_variants: Optional[int] = None  # synthetic: conditions cycle through this many draws per scene
                                               # (lets the residual FGM cache its per-condition latents)
+    precompute_latents: bool = False   # fgm: encode every (scene, condition draw) with the frozen codecs before
+                                       # the training clock starts (needs condition_variants), like VAE-latent caching
+    latent_cache_file: Optional[str] = None  # with precompute_latents: keep the encoded latents in this file and reuse
+                                             # them in later runs with the same codecs and data (else re-encoded)
 
 
 @dataclass
@@ -92,6 +96,12 @@ class TrainConfig:
     refiner: Dict[str, Any] = field(default_factory=dict)
     refiner_layer_weight: float = 0.0             # T (attention output) on synthetic data: + weight × layer_affinity_loss
     refiner_frames: Optional[int] = None          # T trains on this many random frames (of 1..T-1) per clip
+    fgm_latent_weighting: str = "none"            # fgm: none | decoder (weight the latent MSE per latent frame and
+                                                  # channel by the frozen decoder's gain, ≈ the decoded flow's error)
+    fgm_decoded_loss_weight: float = 0.0          # fgm (x0 prediction): + weight × EPE (px / flow_scale) between the
+                                                  # decoded predicted and true latents, on a random latent crop
+    fgm_decoded_crop: Optional[List[int]] = field(default_factory=lambda: [4, 4])  # latent cells (h, w) of that
+                                                  # crop; null = decode the whole latent (exact, slower)
 
     @property
     def use_crm(self) -> bool:
@@ -149,6 +159,14 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None)
         raise ConfigError.at(src, "data.source", f"is {cfg.data.source!r}", "use synthetic or shards")
     if cfg.data.source == "shards" and not cfg.data.shards:
         raise ConfigError.at(src, "data.shards", "is empty while data.source is shards", "give the prepare-data output folder")
+    if cfg.data.precompute_latents and not cfg.data.condition_variants:
+        raise ConfigError.at(src, "data.precompute_latents", "is true while data.condition_variants is unset",
+                             "set data.condition_variants (how many condition draws per scene to encode)")
+    if cfg.fgm_latent_weighting not in ("none", "decoder"):
+        raise ConfigError.at(src, "fgm_latent_weighting", f"is {cfg.fgm_latent_weighting!r}", "use none or decoder")
+    if cfg.fgm_decoded_loss_weight > 0 and cfg.scheduler.prediction_type != "sample":
+        raise ConfigError.at(src, "fgm_decoded_loss_weight", "needs the predicted clean latent",
+                             "set scheduler.prediction_type: sample")
     if not 0 <= cfg.scheduler.train_timestep_min < cfg.scheduler.num_train_timesteps:
         raise ConfigError.at(src, "scheduler.train_timestep_min", f"is {cfg.scheduler.train_timestep_min}",
                              f"give 0 to {cfg.scheduler.num_train_timesteps - 1}")

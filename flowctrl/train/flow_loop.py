@@ -112,9 +112,15 @@ class Stage1Trainable(nn.Module):
     """The trainable modules of one run in one ``nn.Module`` (what DDP/FSDP wrap). ``forward`` = loss."""
 
     def __init__(self, kind: str, models: Dict[str, nn.Module], scheduler=None, codec_epe_weight: float = 0.0,
-                 codec_sample_latent: bool = True, refiner_layer_weight: float = 0.0) -> None:
+                 codec_sample_latent: bool = True, refiner_layer_weight: float = 0.0,
+                 latent_weight: Optional[torch.Tensor] = None, decoded: Optional["DecodedLatentLoss"] = None) -> None:
         super().__init__()
         self.kind = kind
+        self.decoded = decoded  # holds the frozen codec outside the module tree (not trained, not checkpointed)
+        if latent_weight is not None:
+            self.register_buffer("latent_weight", latent_weight, persistent=False)
+        else:
+            self.latent_weight = None
         self.codec_epe_weight = codec_epe_weight
         self.codec_sample_latent = codec_sample_latent
         self.refiner_layer_weight = refiner_layer_weight
@@ -129,7 +135,7 @@ class Stage1Trainable(nn.Module):
 
     def forward(self, batch: Dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
         if self.kind == "fgm":
-            return diffusion_loss(self.fgm, self.crm, self.scheduler, batch)
+            return diffusion_loss(self.fgm, self.crm, self.scheduler, batch, self.latent_weight, self.decoded)
         if self.kind == "refiner":
             if self.refiner_layer_weight > 0 and "layers" in batch:  # synthetic data: surfaces known
                 from flowctrl.models.refiner import layer_affinity_loss
@@ -156,12 +162,16 @@ def diffusion_target(scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.
     return z0 if kind == "sample" else noise
 
 
-def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: Dict[str, torch.Tensor],
+                   latent_weight: Optional[torch.Tensor] = None,
+                   decoded: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """MSE of the FGM's prediction (:func:`diffusion_target`) on one prepared batch.
 
     ``batch`` keys: ``latents`` (B,T',C,h,w) clean flow latent, ``image_latents`` (B,1,C_i,h,w),
     ``condition`` (B,T,3|5,H,W) (already dropped to zeros for CFG samples), ``strength`` (B,),
-    ``plucker`` (B,T,6,H,W), ``noise`` like latents, ``timesteps`` (B,) long.
+    ``plucker`` (B,T,6,H,W), ``noise`` like latents, ``timesteps`` (B,) long (``crop_offsets`` (B,2)
+    with ``decoded``). ``latent_weight`` (1,T',C,1,1) weights the squared error (:func:`decoder_latent_weights`);
+    ``decoded(pred_x0, z0, crop_offsets)`` adds a loss on decoded flows (:class:`DecodedLatentLoss`).
     """
     z0, noise, t = batch["latents"], batch["noise"], batch["timesteps"]
     zt = scheduler.add_noise(z0, noise, t)
@@ -169,8 +179,78 @@ def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: D
     refs = None
     if crm is not None:
         refs = crm(batch["image_latents"], t, batch["plucker"])
-    pred = fgm(zt, t, batch["image_latents"], batch["condition"], batch["strength"], refs).sample
-    return F.mse_loss(pred.float(), target.float())
+    pred = fgm(zt, t, batch["image_latents"], batch["condition"], batch["strength"], refs, image=batch.get("image")).sample
+    err = (pred.float() - target.float()).square()
+    loss = (err * latent_weight).mean() if latent_weight is not None else err.mean()
+    if decoded is not None:
+        loss = loss + decoded(pred, z0, batch.get("crop_offsets"))
+    return loss
+
+
+@torch.no_grad()
+def decoder_latent_weights(codec: nn.Module, num_frames: int, size: Tuple[int, int], probe_scale: float = 0.1,
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """How much the frozen decoder moves the flow per unit of latent error, per latent frame and channel.
+
+    Around the zero-residual latent z₀, noise of std ``probe_scale`` is put into one (latent frame, channel)
+    at a time; the weight is the decoded flow's mean squared change / probe_scale², normalised to mean 1.
+    A latent MSE weighted by it approximates the decoded flow's squared error (a diagonal linearisation of
+    the decoder), which the plain latent MSE does not: unweighted, a residual FGM lowered its latent error
+    on validation scenes by 16 % while its decoded EPE rose by 7 %. Returns (1, T', C, 1, 1).
+    """
+    from flowctrl.models.fgm import zero_residual_latent
+
+    zero = zero_residual_latent(codec, num_frames, size)
+    _, tl, c, h, w = zero.shape
+    ref = codec.decode(zero, num_frames)
+    probes = []
+    for f in range(tl):
+        for ch in range(c):
+            z = zero.clone()
+            z[0, f, ch] += probe_scale * torch.randn(h, w, generator=generator).to(z.device)
+            probes.append(z)
+    gains = []
+    for start in range(0, len(probes), 8):
+        batch = torch.cat(probes[start:start + 8])
+        gains.append((codec.decode(batch, num_frames) - ref).square().flatten(1).mean(1) / probe_scale ** 2)
+    g = torch.cat(gains).view(1, tl, c, 1, 1)
+    return (g / g.mean()).cpu()
+
+
+class DecodedLatentLoss:
+    """Mean EPE (in units of ``flow_scale`` px) between the frozen decoder's flows of the predicted and the
+    true clean latents: the FGM's error as the flow sees it. ``crop`` (h, w latent cells, all frames): one
+    random crop per sample, a fraction of a full decode's cost (both latents are decoded relative to the
+    zero-residual latent, so the crop's border effects appear on both sides; the decoder's group norms
+    see only the crop, though); None: the whole latent."""
+
+    def __init__(self, codec: nn.Module, num_frames: int, size: Tuple[int, int], crop: Optional[Tuple[int, int]],
+                 weight: float) -> None:
+        from flowctrl.models.fgm import zero_residual_latent
+
+        self.codec, self.num_frames, self.weight = codec, num_frames, weight
+        self.crop = tuple(int(v) for v in crop) if crop else None
+        self.zero = zero_residual_latent(codec, num_frames, size)
+
+    def offsets(self, batch: int, latent_size: Tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        """(B, 2) top-left latent cells of the crops, drawn from ``generator``."""
+        hy, hx = (max(1, n - c + 1) for n, c in zip(latent_size, self.crop))
+        return torch.stack([torch.randint(0, hy, (batch,), generator=generator),
+                            torch.randint(0, hx, (batch,), generator=generator)], dim=1)
+
+    def _crop(self, z: torch.Tensor, offsets: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.crop is None:
+            return z
+        ch, cw = self.crop
+        return torch.stack([z[i, :, :, int(y):int(y) + ch, int(x):int(x) + cw] for i, (y, x) in enumerate(offsets.tolist())])
+
+    def __call__(self, pred: torch.Tensor, z0: torch.Tensor, offsets: Optional[torch.Tensor]) -> torch.Tensor:
+        zero = self._crop(self.zero.to(pred.device).expand(len(pred), -1, -1, -1, -1), offsets)
+        with torch.no_grad():
+            want = self.codec.decode(self._crop(z0, offsets) + zero, self.num_frames)
+        got = self.codec.decode(self._crop(pred, offsets).to(zero.dtype) + zero, self.num_frames)
+        scale = float(self.codec.config.flow_scale)
+        return self.weight * (got - want).square().sum(dim=2).add(1e-8).sqrt().mean() / scale
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -222,6 +302,84 @@ class LatentCache:
             self.residual[key] = out
         return out
 
+    def fingerprint(self, data, base: Optional[str]) -> str:
+        """A hash of what the cached latents depend on: both codecs' weights, the data config, the base."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for model in (self.codec, self.image_codec):
+            for name, tensor in sorted(model.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        fields = {k: getattr(data, k) for k in ("source", "shards", "num_scenes", "seed", "num_frames", "height", "width",
+                                                 "condition", "cache_dir", "condition_variants")}
+        fields.pop("cache_dir")  # where scenes are kept does not change them
+        h.update(json.dumps({"data": fields, "base": base}, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def save(self, path: str, key: str) -> None:
+        """Write the cache to ``path`` (torch format; temporary file + rename) under fingerprint ``key``."""
+        tmp = f"{path}.tmp"
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"fingerprint": key, "store": self.store, "residual": self.residual}, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Optional[str], key: str) -> bool:
+        """Fill the cache from ``path`` when it exists and was written for fingerprint ``key``."""
+        if not path or not os.path.isfile(path):
+            return False
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") != key:
+            return False
+        self.store.update(saved["store"])
+        self.residual.update(saved["residual"])
+        return True
+
+    @torch.no_grad()
+    def precompute(self, dataset, base: Optional[str], variants: int, batch_size: int = 8, progress: bool = True) -> int:
+        """Encode every (item, condition draw) of ``dataset`` before training, in batches (≈3× faster per
+        item than one at a time): the image latents and, for a residual FGM (``base`` set), the residual
+        latents and base flows under the keys :meth:`SyntheticFlowDataset.condition_key` gives at epochs
+        ``0 … variants−1``; without a base, the flow latents. Returns the number of entries encoded."""
+        import sys
+
+        from tqdm import tqdm
+
+        from flowctrl.models.fgm import coarse_base, zero_residual_latent
+
+        dev = next(self.codec.parameters()).device
+        if base is None:
+            jobs = [(0, i) for i in range(len(dataset)) if i not in self.store]
+        else:
+            jobs = [(v, i) for v in range(variants) for i in range(len(dataset)) if (i, v) not in self.residual]
+        zero = None
+        bar = tqdm(total=len(jobs), desc="encode latents", unit="item", disable=not progress, file=sys.stderr)
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            items = []
+            for v, i in chunk:
+                dataset.set_epoch(v)
+                items.append(dataset[i])
+            images = torch.stack([it["image"] for it in items])[:, None].to(dev)
+            zi = self.image_codec.encode_channels(images * 2 - 1).cpu()
+            flows = torch.stack([it["flow"] for it in items])
+            if base is None:
+                z = self.codec.encode(flows.to(dev)).cpu()
+                for k, (_, i) in enumerate(chunk):
+                    self.store[i] = (z[k], zi[k])
+            else:
+                dense = coarse_base(torch.stack([it["sparse"] for it in items]), torch.stack([it["mask"] for it in items]), base)
+                if zero is None:
+                    zero = zero_residual_latent(self.codec, flows.shape[1], flows.shape[-2:])
+                z = (self.codec.encode((flows - dense).to(dev)) - zero).cpu()
+                for k, (v, i) in enumerate(chunk):
+                    self.residual[(i, v)] = (z[k], dense[k])
+                    self.store.setdefault(i, (None, zi[k]))
+            bar.update(len(chunk))
+        bar.close()
+        dataset.set_epoch(0)
+        return len(jobs)
+
     @torch.no_grad()
     def get(self, index: int, flow: torch.Tensor, image: torch.Tensor, with_flow: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """(flow latent, image latent) of item ``index``; ``with_flow=False`` skips the flow (None)."""
@@ -236,7 +394,7 @@ class LatentCache:
 def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], cache: LatentCache, scheduler,
                       flow_scale: float, cfg_dropout: float, generator: torch.Generator,
                       base: Optional[str] = None, keys: Optional[List[Any]] = None,
-                      min_timestep: int = 0) -> Dict[str, torch.Tensor]:
+                      min_timestep: int = 0, decoded: Optional[DecodedLatentLoss] = None) -> Dict[str, torch.Tensor]:
     """Items → the batch :func:`diffusion_loss` takes (latents, noise, timesteps in
     ``[min_timestep, num_train_timesteps)``, dropped conditions).
 
@@ -257,15 +415,19 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
         z0 = torch.stack([r[0] for r in res])
         cond = append_base(cond, torch.stack([r[1] for r in res]), flow_scale)
     keep = (torch.rand(len(items), generator=generator) >= cfg_dropout).float().view(-1, 1, 1, 1, 1)
-    return {
+    out = {
         "latents": z0,
         "image_latents": zi,
         "condition": cond * keep,
         "strength": b["strength"],
         "plucker": b["plucker"],
+        "image": b["image"],
         "noise": torch.randn(z0.shape, generator=generator),
         "timesteps": torch.randint(min_timestep, scheduler.config.num_train_timesteps, (len(items),), generator=generator),
     }
+    if decoded is not None and decoded.crop is not None:  # drawn last: other runs keep their random stream
+        out["crop_offsets"] = decoded.offsets(len(items), tuple(z0.shape[-2:]), generator)
+    return out
 
 
 def pick_frames(batch: Dict[str, torch.Tensor], k: int, generator: torch.Generator) -> Dict[str, torch.Tensor]:
@@ -423,9 +585,19 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     set_seed(cfg.seed)
     models = build_models(cfg)
     scheduler = make_scheduler(cfg) if cfg.model == "fgm" else None
+    latent_weight, decoded = None, None
+    if cfg.model == "fgm":
+        models["codec"].requires_grad_(False).eval()
+        size = (cfg.data.height, cfg.data.width)
+        if cfg.fgm_latent_weighting == "decoder":
+            latent_weight = decoder_latent_weights(models["codec"], cfg.data.num_frames, size,
+                                                   generator=torch.Generator().manual_seed(cfg.seed))
+        if cfg.fgm_decoded_loss_weight > 0:
+            decoded = DecodedLatentLoss(models["codec"], cfg.data.num_frames, size, cfg.fgm_decoded_crop,
+                                        cfg.fgm_decoded_loss_weight)
     module = Stage1Trainable(cfg.model, models, scheduler, codec_epe_weight=cfg.codec_epe_weight,
                               codec_sample_latent=cfg.codec_sample_latent,
-                              refiner_layer_weight=cfg.refiner_layer_weight)
+                              refiner_layer_weight=cfg.refiner_layer_weight, latent_weight=latent_weight, decoded=decoded)
     if cfg.gradient_checkpointing:
         for m in module.children():
             if hasattr(m, "enable_gradient_checkpointing") and getattr(m, "_supports_gradient_checkpointing", False):
@@ -447,6 +619,18 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     dataset = build_dataset(cfg)
     cache = LatentCache(models["codec"], models["image_codec"]) if cfg.model == "fgm" else None
     flow_scale = float(models["codec"].config.flow_scale) if cfg.model == "fgm" else 0.0
+    if cache is not None and cfg.data.precompute_latents:  # before the clock: data preparation, not training
+        t = time.time()
+        key = cache.fingerprint(cfg.data, models["fgm"].config.base)
+        if cache.load(cfg.data.latent_cache_file, key):
+            log(f"latents read from {cfg.data.latent_cache_file} in {time.time() - t:.0f}s")
+        else:
+            n = cache.precompute(dataset, models["fgm"].config.base, cfg.data.condition_variants,
+                                 progress=accelerator.is_main_process)
+            log(f"encoded {n} latents with the frozen codecs in {time.time() - t:.0f}s")
+            if cfg.data.latent_cache_file and accelerator.is_main_process:
+                cache.save(cfg.data.latent_cache_file, key)
+        accelerator.wait_for_everyone()
 
     step, metrics = start_run(accelerator, out, config_to_dict(cfg), resume, log)
 
@@ -462,7 +646,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
         if cfg.model == "fgm":
             keys = [dataset.condition_key(i) for i in idx] if cfg.data.condition_variants and hasattr(dataset, "condition_key") else None
             batch = prepare_fgm_batch(items, idx, cache, scheduler, flow_scale, cfg.cfg_dropout, gen,
-                                      models["fgm"].config.base, keys, cfg.scheduler.train_timestep_min)
+                                      models["fgm"].config.base, keys, cfg.scheduler.train_timestep_min, decoded)
         else:
             batch = collate(items)
             if cfg.model == "refiner" and cfg.refiner_frames:
