@@ -353,3 +353,23 @@ def test_fgm_training_with_image_condition_weighted_and_decoded_losses_runs_and_
     assert any("latents read from" in m for m in logs)  # the second run reuses the first run's latents
     train(cfg, resume="latest", log=lambda m: None)
     assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
+
+
+def test_cli_set_overrides_nested_keys_with_yaml_values(tmp_path, capsys):
+    from flowctrl.train.config import apply_settings
+
+    cfg = load_config(str(REPO / "configs/train/fgm_residual_tiny.yaml"),
+                      settings=["codec_path=runs/codec/final", "data.num_scenes=200", "fgm_decoded_crop=null",
+                                "scheduler.train_timestep_min=950", "fgm.num_layers=3"])
+    assert cfg.codec_path == "runs/codec/final" and cfg.data.num_scenes == 200 and cfg.fgm_decoded_crop is None
+    assert cfg.scheduler.train_timestep_min == 950 and cfg.scheduler.prediction_type == "sample"  # siblings kept
+    assert cfg.fgm["num_layers"] == 3 and cfg.fgm["condition_image"] is True
+    assert apply_settings({}, ["a.b.c=[4, 4]"], "x") == {"a": {"b": {"c": [4, 4]}}}
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        load_config(None, settings=["num_scenes"])
+    with pytest.raises(ConfigError, match="data.num_scens: is not a known key"):
+        load_config(None, settings=["data.num_scens=3"])
+    bad = _config(tmp_path)
+    assert cli_main(["train", "flow", "--config", str(bad), "--set", "batch_size=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch_size" in err[0]

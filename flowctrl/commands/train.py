@@ -21,6 +21,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default=None, help="overrides output_dir of the config")
     p.add_argument("--max-steps", type=int, default=None, help="overrides max_steps of the config")
     p.add_argument("--seed", type=int, default=None, help="overrides seed of the config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, dotted for nested ones, YAML value (repeatable): "
+                        "--set codec_path=runs/codec/final --set data.num_scenes=200 --set fgm_decoded_crop=null")
 
 
 def register(subparsers) -> None:
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from flowctrl.train.config import load_config
     from flowctrl.train.flow_loop import train
 
-    cfg = load_config(args.config, {"output_dir": args.output_dir, "max_steps": args.max_steps, "seed": args.seed})
+    cfg = load_config(args.config, {"output_dir": args.output_dir, "max_steps": args.max_steps, "seed": args.seed},
+                      args.set)
     result = train(cfg, resume=args.resume)
     if result.get("final"):
         print(f"trained {cfg.model}: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")

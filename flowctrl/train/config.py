@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -127,10 +127,35 @@ def _build(cls, data: Dict[str, Any], source: str, prefix: str = ""):
         raise ConfigError.at(source, prefix, str(err), "check the keys") from None
 
 
+def apply_settings(data: Dict[str, Any], settings: Sequence[str], source: str) -> Dict[str, Any]:
+    """``--set KEY=VALUE`` strings applied to a config mapping (in place, returned): dotted keys reach into
+    nested mappings (``data.num_scenes=200``), values are YAML (``null``, ``[4, 4]``, ``1e-4``)."""
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError.at(source, "--set", f"{item!r} is not KEY=VALUE", "write e.g. --set data.num_scenes=200")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError.at(source, f"--set {key}", f"value {text!r} is not valid YAML", "quote strings, write lists as [a, b]") from None
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for name in parents:
+            child = node.get(name)
+            if child is None:
+                child = node[name] = {}
+            if not isinstance(child, dict):
+                raise ConfigError.at(source, f"--set {key}", f"{name} is not a mapping", "set the whole value instead")
+            node = child
+        node[leaf] = value
+    return data
+
+
 def read_config_data(path: Optional[os.PathLike], overrides: Optional[Dict[str, Any]] = None,
-                     example: str = "configs/train/fgm_tiny.yaml") -> Dict[str, Any]:
+                     example: str = "configs/train/fgm_tiny.yaml", settings: Sequence[str] = ()) -> Dict[str, Any]:
     """The top-level mapping of a YAML config file (empty when ``path`` is None) with the non-None
-    CLI ``overrides`` applied; a missing or unparsable file is a one-line :class:`ConfigError`."""
+    CLI ``overrides`` and then the ``--set KEY=VALUE`` ``settings`` (:func:`apply_settings`) applied; a
+    missing or unparsable file is a one-line :class:`ConfigError`."""
     data: Dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -145,12 +170,12 @@ def read_config_data(path: Optional[os.PathLike], overrides: Optional[Dict[str, 
     for k, v in (overrides or {}).items():
         if v is not None:
             data[k] = v
-    return data
+    return apply_settings(data, settings, str(path or "<defaults>"))
 
 
-def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
-    """Read a YAML config (or defaults when ``path`` is None) and apply CLI overrides."""
-    data = read_config_data(path, overrides)
+def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None, settings: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (or defaults when ``path`` is None) and apply CLI overrides and ``--set`` settings."""
+    data = read_config_data(path, overrides, settings=settings)
     cfg = _build(TrainConfig, data, str(path or "<defaults>"))
     src = str(path or "<defaults>")
     if cfg.model not in MODELS:

@@ -157,12 +157,14 @@ def _build(cls, data: Any, source: str, prefix: str = ""):
     return cls(**kwargs)
 
 
-def load_video_config(path: Optional[os.PathLike], overrides: Optional[Dict[str, Any]] = None) -> VideoTrainConfig:
-    """Read and validate a YAML config (defaults when ``path`` is None); ``overrides`` set top-level keys."""
+def load_video_config(path: Optional[os.PathLike], overrides: Optional[Dict[str, Any]] = None,
+                      settings: Sequence[str] = ()) -> VideoTrainConfig:
+    """Read and validate a YAML config (defaults when ``path`` is None); ``overrides`` set top-level keys,
+    ``settings`` are ``--set KEY=VALUE`` strings (dotted keys, YAML values)."""
     from flowctrl.train.config import read_config_data
 
     src = str(path or "<defaults>")
-    data = read_config_data(path, overrides, example="configs/train/video_tiny.yaml")
+    data = read_config_data(path, overrides, example="configs/train/video_tiny.yaml", settings=settings)
     cfg = _build(VideoTrainConfig, data, src)
     checks = [
         (cfg.data.source in ("synthetic", "textures", "shards"), "data.source", f"is {cfg.data.source!r}",
@@ -613,6 +615,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="overrides max_steps")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     parser.add_argument("--seed", type=int, default=None, help="overrides seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key (dotted for nested ones, YAML value; repeatable)")
 
 
 def main(args: Any = None) -> int:
@@ -624,7 +628,7 @@ def main(args: Any = None) -> int:
         args = parser.parse_args(args)
     overrides = {"output_dir": getattr(args, "output_dir", None) or getattr(args, "output", None),
                  "max_steps": getattr(args, "max_steps", None), "seed": getattr(args, "seed", None)}
-    cfg = load_video_config(getattr(args, "config", None), overrides)
+    cfg = load_video_config(getattr(args, "config", None), overrides, getattr(args, "set", None) or ())
     result = train(cfg, resume=getattr(args, "resume", None))
     if result.get("final"):
         print(f"trained video model: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
