@@ -184,9 +184,9 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
         raise ConfigError.at(src, "data.source", f"is {cfg.data.source!r}", "use synthetic or shards")
     if cfg.data.source == "shards" and not cfg.data.shards:
         raise ConfigError.at(src, "data.shards", "is empty while data.source is shards", "give the prepare-data output folder")
-    if cfg.data.precompute_latents and not cfg.data.condition_variants:
-        raise ConfigError.at(src, "data.precompute_latents", "is true while data.condition_variants is unset",
-                             "set data.condition_variants (how many condition draws per scene to encode)")
+    if cfg.data.precompute_latents and (cfg.data.source != "synthetic" or not cfg.data.condition_variants):
+        raise ConfigError.at(src, "data.precompute_latents", "needs data.source: synthetic with data.condition_variants set",
+                             "set data.condition_variants (how many condition draws per scene to encode), or turn it off")
     if cfg.fgm_latent_weighting not in ("none", "decoder"):
         raise ConfigError.at(src, "fgm_latent_weighting", f"is {cfg.fgm_latent_weighting!r}", "use none or decoder")
     if cfg.fgm_decoded_loss_weight > 0 and cfg.scheduler.prediction_type != "sample":

@@ -311,9 +311,9 @@ class LatentCache:
             for name, tensor in sorted(model.state_dict().items()):
                 h.update(name.encode())
                 h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        # not data.cache_dir: where the rendered scenes are kept does not change them
         fields = {k: getattr(data, k) for k in ("source", "shards", "num_scenes", "seed", "num_frames", "height", "width",
-                                                 "condition", "cache_dir", "condition_variants")}
-        fields.pop("cache_dir")  # where scenes are kept does not change them
+                                                 "condition", "condition_variants")}
         h.update(json.dumps({"data": fields, "base": base}, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
