@@ -284,6 +284,21 @@ class LatentCache:
         self.codec, self.image_codec = codec, image_codec
         self.store: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.residual: Dict[Any, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._zero: Dict[Tuple[int, int, int], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def encode_residuals(self, flows: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, base: str
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Flows (B,T,2,H,W) px and their controls → (latents of flow − base relative to the zero residual's
+        (B,T',C,h,w) on the CPU, base flows (B,T,2,H,W) px). The zero-residual latent is encoded once per size."""
+        from flowctrl.models.fgm import coarse_base, zero_residual_latent
+
+        t, h, w = flows.shape[1], flows.shape[-2], flows.shape[-1]
+        if (t, h, w) not in self._zero:
+            self._zero[(t, h, w)] = zero_residual_latent(self.codec, t, (h, w))
+        dense = coarse_base(sparse, mask, base)
+        dev = next(self.codec.parameters()).device
+        return (self.codec.encode((flows - dense).to(dev)) - self._zero[(t, h, w)]).cpu(), dense
 
     @torch.no_grad()
     def get_residual(self, key: Any, flow: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, base: str
@@ -292,12 +307,8 @@ class LatentCache:
         condition is identified by ``key`` (None: not cached, the condition changes every epoch)."""
         if key is not None and key in self.residual:
             return self.residual[key]
-        from flowctrl.models.fgm import coarse_base, zero_residual_latent
-
-        dense = coarse_base(sparse[None], mask[None], base)
-        dev = next(self.codec.parameters()).device
-        z = self.codec.encode((flow[None] - dense).to(dev)) - zero_residual_latent(self.codec, flow.shape[0], flow.shape[-2:])
-        out = (z[0].cpu(), dense[0])
+        z, dense = self.encode_residuals(flow[None], sparse[None], mask[None], base)
+        out = (z[0], dense[0])
         if key is not None:
             self.residual[key] = out
         return out
@@ -345,14 +356,11 @@ class LatentCache:
 
         from tqdm import tqdm
 
-        from flowctrl.models.fgm import coarse_base, zero_residual_latent
-
         dev = next(self.codec.parameters()).device
         if base is None:
             jobs = [(0, i) for i in range(len(dataset)) if i not in self.store]
         else:
             jobs = [(v, i) for v in range(variants) for i in range(len(dataset)) if (i, v) not in self.residual]
-        zero = None
         bar = tqdm(total=len(jobs), desc="encode latents", unit="item", disable=not progress, file=sys.stderr)
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
@@ -368,10 +376,8 @@ class LatentCache:
                 for k, (_, i) in enumerate(chunk):
                     self.store[i] = (z[k], zi[k])
             else:
-                dense = coarse_base(torch.stack([it["sparse"] for it in items]), torch.stack([it["mask"] for it in items]), base)
-                if zero is None:
-                    zero = zero_residual_latent(self.codec, flows.shape[1], flows.shape[-2:])
-                z = (self.codec.encode((flows - dense).to(dev)) - zero).cpu()
+                z, dense = self.encode_residuals(flows, torch.stack([it["sparse"] for it in items]),
+                                                 torch.stack([it["mask"] for it in items]), base)
                 for k, (v, i) in enumerate(chunk):
                     self.residual[(i, v)] = (z[k], dense[k])
                     self.store.setdefault(i, (None, zi[k]))
@@ -585,9 +591,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     set_seed(cfg.seed)
     models = build_models(cfg)
     scheduler = make_scheduler(cfg) if cfg.model == "fgm" else None
+    for name in ("codec", "image_codec"):  # frozen in an FGM run (the loss helpers below decode with the codec)
+        if cfg.model == "fgm" and name in models:
+            models[name].requires_grad_(False).eval()
     latent_weight, decoded = None, None
     if cfg.model == "fgm":
-        models["codec"].requires_grad_(False).eval()
         size = (cfg.data.height, cfg.data.width)
         if cfg.fgm_latent_weighting == "decoder":
             latent_weight = decoder_latent_weights(models["codec"], cfg.data.num_frames, size,
@@ -602,9 +610,6 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
         for m in module.children():
             if hasattr(m, "enable_gradient_checkpointing") and getattr(m, "_supports_gradient_checkpointing", False):
                 m.enable_gradient_checkpointing()
-    for name in ("codec", "image_codec"):
-        if cfg.model == "fgm" and name in models:
-            models[name].requires_grad_(False).eval()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
