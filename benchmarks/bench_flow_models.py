@@ -11,7 +11,9 @@ the camera as Plücker rays). The learned models get the true motion strength M_
 control. Writes ``benchmarks/results/flow_models.md`` (table) and ``flow_models_curves.png``.
 
 The parameter-free parametric interpolation (T's base and the residual FGM's base) is its own row, so what
-the learning adds is visible. Training scenes (default 2000, seeds 0+) are rendered into ``--scene-cache``
+the learning adds is visible. When FGM + CRM's CRM has ``camera_base_depth`` (its base carries the camera's
+flow of a plane at that depth), two more no-learning rows see the camera too: that plane flow plus the
+Gaussian, and plus the parametric interpolation of what the controls add to it (FGM + CRM's base). Training scenes (default 2000, seeds 0+) are rendered into ``--scene-cache``
 before any training clock starts; the FGM runs use the first ``--fgm-scenes`` of them with
 ``--fgm-config`` (default the residual FGM). ``--codec-from`` reuses a codec trained earlier under the same
 budget (only valid while its code and config are unchanged). ``--test-seed 5000`` evaluates on the
@@ -114,14 +116,15 @@ def main() -> int:
         if "refiner" in wanted:
             run_training("refiner", "configs/train/refiner_tiny.yaml", work, args.minutes, {**data, "max_steps": big, "checkpoint_every": big})
         codec = args.codec_from or str(work / "codec" / "final")
-        fdata = {"data": {**data["data"], "num_scenes": min(args.fgm_scenes, args.train_scenes),
-                          "latent_cache_file": str(work / "fgm_latents.pt")}}
+        # one latent file per run: with the CRM's camera base the residual latents differ from the FGM's
+        fdata = lambda name: {"data": {**data["data"], "num_scenes": min(args.fgm_scenes, args.train_scenes),  # noqa: E731
+                                       "latent_cache_file": str(work / f"{name}_latents.pt")}}
         if "fgm" in wanted:
             run_training("fgm", args.fgm_config, work, args.minutes,
-                         {**fdata, "max_steps": big, "checkpoint_every": big, "codec_path": codec, "crm": None})
+                         {**fdata("fgm"), "max_steps": big, "checkpoint_every": big, "codec_path": codec, "crm": None})
         if "fgm_crm" in wanted:
             run_training("fgm_crm", args.fgm_config, work, args.minutes,
-                         {**fdata, "max_steps": big, "checkpoint_every": big, "codec_path": codec})
+                         {**fdata("fgm_crm"), "max_steps": big, "checkpoint_every": big, "codec_path": codec})
     from flowctrl.models.flow_codec import FlowCodec
     from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
 
@@ -130,12 +133,20 @@ def main() -> int:
              if name in wanted}
     test = SyntheticFlowDataset(SyntheticConfig(num_scenes=args.test_scenes, seed=args.test_seed, num_frames=16, height=64, width=64,
                                                 with_dense=False))
-    methods = tuple(m for m in ("gaussian", "parametric", "refiner", "fgm", "fgm_crm") if m in ("gaussian", "parametric") or m in wanted)
+    # a CRM with camera_base_depth refines the camera's plane flow: the same no-learning base, and the Gaussian
+    # interpolation on top of that plane flow, get their own rows (they see the camera, like FGM + CRM)
+    from flowctrl.models.fgm import camera_base_depth, plane_camera_flow
+
+    plane_depth = camera_base_depth(pipes["fgm_crm"].crm) if "fgm_crm" in pipes else None
+    with_camera = ("gaussian_cam", "parametric_cam") if plane_depth is not None else ()
+    methods = tuple(m for m in ("gaussian", "parametric", *with_camera, "refiner", "fgm", "fgm_crm")
+                    if m in ("gaussian", "parametric", *with_camera) or m in wanted)
     errs = {m: {mode: [] for mode in MODES} for m in methods}
     codec_err = []
     t0 = time.time()
     for i in range(args.test_scenes):
         clip = test.clip(i)
+        plane = plane_camera_flow(clip["K"][None], clip["w2c"][None], plane_depth, (64, 64))[0] if with_camera else None
         if codec is not None:
             with torch.no_grad():
                 codec_err.append(epe(codec.decode(codec.encode(clip["flow"][None]), 16), clip["flow"]))
@@ -145,6 +156,10 @@ def main() -> int:
             dense = densify(sparse, mask)
             errs["gaussian"][mode].append(epe(dense, clip["flow"]))
             errs["parametric"][mode].append(epe(parametric_interpolation(sparse[None], mask[None])[0], clip["flow"]))
+            if plane is not None:  # what the controls add to the plane flow, interpolated, + the plane flow
+                rest = (sparse - plane) * (mask > 0)
+                errs["gaussian_cam"][mode].append(epe(plane + densify(rest, mask), clip["flow"]))
+                errs["parametric_cam"][mode].append(epe(plane + parametric_interpolation(rest[None], mask[None])[0], clip["flow"]))
             unified = SimpleNamespace(flow=dense[None], sparse_flow=sparse[None], sparse_mask=mask[None], num_frames=16,
                                       size=(64, 64), K=None, w2c=None, camera_flow=None)
             if "refiner" in pipes:
@@ -172,6 +187,10 @@ def main() -> int:
     base_local = rows[0][-1]
     names = {"gaussian": "Gaussian interpolation (eq. 6–7)", "parametric": "parametric interpolation (no learning: T's base and the residual FGM's base)",
              "refiner": "refinement net T", "fgm": "FGM",
+             "gaussian_cam": f"camera plane flow (z = {plane_depth:g}) + Gaussian interpolation (no learning; sees the camera)"
+             if plane_depth else "",
+             "parametric_cam": f"camera plane flow (z = {plane_depth:g}) + parametric interpolation (no learning; FGM + CRM's base)"
+             if plane_depth else "",
              "fgm_crm": "FGM + CRM"}
     run_dir = {"codec": Path(args.codec_from).parent if args.codec_from else work / "codec"}
     curves = {name: read_metrics(run_dir.get(name, work / name)) for name in ("codec", "refiner", "fgm", "fgm_crm")

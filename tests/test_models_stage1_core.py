@@ -258,6 +258,51 @@ def test_residual_fgm_condition_and_pipeline_return_base_plus_decoded_residual(m
     assert torch.allclose(out, base + 0.01 * zero.numel(), atol=1e-3)
 
 
+def test_crm_camera_base_starts_the_residual_from_the_cameras_plane_flow():
+    """A CRM's camera_base_depth: the residual base is the camera's flow of a fronto-parallel plane plus the
+    parametric interpolation of what the controls add to it; a pure rotation's plane flow is the homography's
+    at any depth, a sideways move's is f·t/depth everywhere; a fresh FGM + CRM returns that base exactly."""
+    from diffusers import DDIMScheduler
+
+    from flowctrl.flow.camera import homography_flow
+    from flowctrl.models.fgm import coarse_base, plane_camera_flow
+    from flowctrl.pipelines.flow_generation import FlowGenerationPipeline
+
+    K = torch.tensor([[[30.0, 0.0, 15.5], [0.0, 30.0, 15.5], [0.0, 0.0, 1.0]]])
+    yaw = torch.tensor([0.0, 0.02, 0.04])
+    rot = torch.eye(4).repeat(1, 3, 1, 1)
+    rot[0, :, 0, 0], rot[0, :, 0, 2], rot[0, :, 2, 0], rot[0, :, 2, 2] = yaw.cos(), yaw.sin(), -yaw.sin(), yaw.cos()
+    for depth in (2.0, 50.0):
+        got = plane_camera_flow(K, rot, depth, (32, 32))
+        assert got.shape == (1, 3, 2, 32, 32)
+        assert torch.allclose(got[0], homography_flow(K.expand(3, 3, 3), rot[0, :, :3, :3], 32, 32), atol=1e-4)
+    move = torch.eye(4).repeat(1, 3, 1, 1)
+    move[0, :, 0, 3] = torch.tensor([0.0, 0.1, 0.2])
+    side = plane_camera_flow(K, move, 4.0, (32, 32))
+    assert torch.allclose(side[0, :, 0], (30.0 * move[0, :, 0, 3] / 4.0)[:, None, None].expand(3, 32, 32), atol=1e-4)
+    assert torch.allclose(side[0, :, 1], torch.zeros(3, 32, 32), atol=1e-5)
+
+    flow, sparse, mask = _affine_scene([(3, 4), (28, 6), (5, 27), (26, 25)])
+    assert torch.equal(coarse_base(sparse, torch.zeros_like(mask), "parametric", side), side)  # camera-only
+    base = coarse_base(sparse, mask, "parametric", side)
+    on = mask[0, 1:, 0] > 0
+    assert torch.allclose(base[0, 1:].permute(1, 0, 2, 3)[:, on], sparse[0, 1:].permute(1, 0, 2, 3)[:, on], atol=1e-4)
+    with pytest.raises(ValueError, match="camera_base_depth"):
+        CameraReferenceModel(**TINY, camera_base_depth=0.0)
+
+    fgm = FlowGenerationModel(**{**TINY, "sample_frames": 3}, base="parametric", condition_in_channels=5, reference_dim=32)
+    crm = CameraReferenceModel(**{**TINY, "sample_frames": 3, "attention_head_dim": 16}, camera_base_depth=4.0)
+    codec = FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8, 8))
+    pipe = FlowGenerationPipeline(fgm=fgm, crm=crm, codec=codec, image_codec=FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8, 8)),
+                                  scheduler=DDIMScheduler(prediction_type="sample", timestep_spacing="trailing"), guidance_scale=1.0)
+    no_points = SimpleNamespace(flow=torch.zeros(1, 3, 2, 32, 32), sparse_flow=torch.zeros(1, 3, 2, 32, 32),
+                                sparse_mask=torch.zeros(1, 3, 1, 32, 32), num_frames=3, size=(32, 32), K=K, w2c=move)
+    out = pipe(torch.rand(1, 3, 32, 32), no_points, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, side, atol=1e-4)
+    static = pipe(torch.rand(1, 3, 32, 32), SimpleNamespace(**{**vars(no_points), "K": None, "w2c": None}), num_inference_steps=1)
+    assert torch.allclose(static, torch.zeros_like(static), atol=1e-5)  # no camera given: no camera flow
+
+
 def test_fgm_condition_image_reaches_the_tokens_only_through_the_guider():
     """config.condition_image: the full-resolution image joins the condition; a fresh guider (zero output)
     ignores it, a trained one does not; forgetting the image or the channel count is a clear error."""

@@ -355,6 +355,48 @@ def test_fgm_training_with_image_condition_weighted_and_decoded_losses_runs_and_
     assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
 
 
+def test_crm_camera_base_trains_on_the_cameras_plane_flow_and_the_decoded_loss_alone(tmp_path):
+    """crm.camera_base_depth: the cached residuals are taken over plane flow + parametric interpolation (each
+    item's own camera), under their own fingerprint; fgm_latent_loss_weight 0 trains on the decoded loss alone."""
+    from flowctrl.models.fgm import coarse_base, plane_camera_flow
+    from flowctrl.models.flow_codec import FlowCodec
+    from flowctrl.train.data import ConditionConfig, SyntheticConfig, SyntheticFlowDataset
+    from flowctrl.train.flow_loop import LatentCache, prepare_fgm_batch
+
+    torch.manual_seed(0)
+    codec = FlowCodec(latent_channels=4, block_out_channels=(8, 8, 8, 8)).eval()
+    ds = SyntheticFlowDataset(SyntheticConfig(num_scenes=2, num_frames=5, height=32, width=32, with_dense=False,
+                                              condition=ConditionConfig(mode="random"), condition_variants=1))
+    cam = LatentCache(codec, codec, camera_depth=6.0)
+    assert cam.precompute(ds, "parametric", 1, progress=False) == 2
+    it = ds[1]
+    plane = plane_camera_flow(it["K"][None], it["w2c"][None], 6.0, (32, 32))
+    want = coarse_base(it["sparse"][None], it["mask"][None], "parametric", plane)[0]
+    assert torch.allclose(cam.residual[(1, 0)][1], want, atol=1e-5) and plane.abs().max() > 0.1
+    cfg = load_config(None, {"data": {"num_scenes": 2, "condition_variants": 1, "precompute_latents": True}})
+    assert cam.fingerprint(cfg.data, "parametric") != LatentCache(codec, codec).fingerprint(cfg.data, "parametric")
+    with pytest.raises(ValueError, match="K, w2c"):
+        LatentCache(codec, codec, camera_depth=6.0).get_residual(None, it["flow"], it["sparse"], it["mask"], "parametric")
+
+    sched = make_scheduler(load_config(None, {"scheduler": {"prediction_type": "sample"}}))
+    batch = prepare_fgm_batch([ds[0], it], [0, 1], cam, sched, 8.0, 0.0, torch.Generator().manual_seed(0), "parametric",
+                              [ds.condition_key(0), ds.condition_key(1)])
+    wrong = lambda zt, t, *a, **k: SimpleNamespace(sample=batch["latents"] + 1.0)  # noqa: E731
+    decoded = lambda pred, z0, offsets: (pred - z0).abs().mean()  # noqa: E731
+    only = diffusion_loss(wrong, None, sched, batch, decoded=decoded, latent_loss_weight=0.0)
+    both = diffusion_loss(wrong, None, sched, batch, decoded=decoded)
+    assert abs(float(only) - 1.0) < 1e-5 and abs(float(both) - 2.0) < 1e-5
+    with pytest.raises(ConfigError, match="nothing to train on"):
+        load_config(None, {"fgm_latent_loss_weight": 0.0})
+
+    run = {**TINY_RUN, "max_steps": 2, "checkpoint_every": 2, "cfg_dropout": 0.0, "output_dir": str(tmp_path / "cam"),
+           "scheduler": {"prediction_type": "sample"}, "fgm": {**TINY_RUN["fgm"], "base": "parametric", "condition_in_channels": 5},
+           "crm": {**TINY_RUN["crm"], "camera_base_depth": 6.0},
+           "fgm_latent_loss_weight": 0.0, "fgm_decoded_loss_weight": 1.0}
+    out = train(load_config(None, run), log=lambda m: None)
+    assert json.loads((Path(out["final"]) / "crm" / "config.json").read_text())["camera_base_depth"] == 6.0
+
+
 def test_cli_set_overrides_nested_keys_with_yaml_values(tmp_path, capsys):
     from flowctrl.train.config import apply_settings
 

@@ -22,7 +22,10 @@ class CameraReferenceModel(_CogVideoXTrunk, ConfigMixin):
     """CRM: image latent + Plücker camera embedding → per-layer tokens (list of (B, N, D)).
 
     Args (config): ``image_latent_channels`` (input channels), ``camera_channels`` (6 for Plücker rays),
-    ``condition_channels`` (camera encoder widths), the rest as ``diffusers.CogVideoXTransformer3DModel``.
+    ``condition_channels`` (camera encoder widths), ``camera_base_depth`` (with a residual FGM: the coarse
+    base it refines also carries the camera's reprojection flow of a fronto-parallel plane at this z-depth,
+    in the units of the camera translation — :func:`flowctrl.models.fgm.coarse_base`; None = the camera
+    reaches the FGM through reference attention only), the rest as ``diffusers.CogVideoXTransformer3DModel``.
     """
 
     @register_to_config
@@ -44,8 +47,11 @@ class CameraReferenceModel(_CogVideoXTrunk, ConfigMixin):
         norm_eps: float = 1e-5,
         camera_channels: int = 6,
         condition_channels: Sequence[int] = (16, 32, 64, 128),
+        camera_base_depth: Optional[float] = None,
     ) -> None:
         super().__init__()
+        if camera_base_depth is not None and not camera_base_depth > 0:
+            raise ValueError(f"camera_base_depth must be a positive z-depth (or None), got {camera_base_depth}")
         inner = self._build_trunk(image_latent_channels, num_attention_heads, attention_head_dim, time_embed_dim,
                                   num_layers, patch_size, sample_height, sample_width, sample_frames,
                                   temporal_compression_ratio, use_rotary_positional_embeddings, attention_bias,

@@ -53,11 +53,16 @@ def sparse_condition(sparse: torch.Tensor, mask: torch.Tensor, flow_scale: float
 BASES = (None, "parametric")
 
 
-def coarse_base(sparse: torch.Tensor, mask: torch.Tensor, kind: Optional[str]) -> Optional[torch.Tensor]:
+def coarse_base(sparse: torch.Tensor, mask: torch.Tensor, kind: Optional[str],
+                camera_flow: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """The dense coarse flow an FGM with ``config.base`` denoises the residual of (None when ``kind`` is None).
 
     ``"parametric"``: :func:`flowctrl.models.refiner.parametric_interpolation` of the controls (robust affine
     fit + spread residuals; zero at frames without controls, so camera-only conditions give a zero base).
+    With ``camera_flow`` (B,T,2,H,W) px (the camera's flow of a plane, :func:`plane_camera_flow`; given
+    when a CRM has ``camera_base_depth``), the base is that flow plus the parametric interpolation of what
+    the controls add to it (control − camera flow at the control pixels): camera-only conditions then
+    start from the camera's flow instead of zero.
     sparse (B,T,2,H,W) px, mask (B,T,1,H,W) → (B,T,2,H,W) px.
     """
     if kind is None:
@@ -66,18 +71,38 @@ def coarse_base(sparse: torch.Tensor, mask: torch.Tensor, kind: Optional[str]) -
         raise ValueError(f"unknown FGM base {kind!r}; use one of {BASES}")
     from flowctrl.models.refiner import parametric_interpolation
 
-    return parametric_interpolation(sparse * (mask > 0), mask)
+    on = mask > 0
+    if camera_flow is None:
+        return parametric_interpolation(sparse * on, mask)
+    camera_flow = camera_flow.to(sparse.dtype)
+    return camera_flow + parametric_interpolation((sparse - camera_flow) * on, mask)
 
 
-def fgm_condition(sparse: torch.Tensor, mask: torch.Tensor, flow_scale: float, base: Optional[str] = None
-                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def plane_camera_flow(K: torch.Tensor, w2c: torch.Tensor, depth: float, size: Tuple[int, int]) -> torch.Tensor:
+    """Reprojection flow (B,T,2,H,W) px of a fronto-parallel plane at z-``depth`` (camera-translation units)
+    under the trajectory ``w2c`` (B,T,4,4) with intrinsics ``K`` (B,3,3) px at ``size`` (H, W): the
+    depth-free prior of a CRM's coarse base (no occlusion test: a plane does not occlude itself)."""
+    from flowctrl.flow.camera import camera_flow
+
+    depth_map = torch.full((K.shape[0], 1, *size), float(depth), dtype=torch.float32, device=K.device)
+    return camera_flow(depth_map, K.float(), w2c.float(), occlusion=False)[0]
+
+
+def camera_base_depth(crm) -> Optional[float]:
+    """The CRM's ``camera_base_depth`` (None without a CRM or when unset)."""
+    return None if crm is None else getattr(crm.config, "camera_base_depth", None)
+
+
+def fgm_condition(sparse: torch.Tensor, mask: torch.Tensor, flow_scale: float, base: Optional[str] = None,
+                  camera_flow: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The FGM's control condition and coarse base flow.
 
     Returns ``(condition, base)``: condition (B,T,3,H,W) = :func:`sparse_condition`, with ``base`` set
-    (B,T,5,H,W) = that + tanh(base/flow_scale); base (B,T,2,H,W) px or None.
+    (B,T,5,H,W) = that + tanh(base/flow_scale); base (B,T,2,H,W) px or None (``camera_flow``: see
+    :func:`coarse_base`).
     """
     cond = sparse_condition(sparse, mask, flow_scale)
-    dense = coarse_base(sparse, mask, base)
+    dense = coarse_base(sparse, mask, base, camera_flow)
     if dense is not None:
         cond = append_base(cond, dense, flow_scale)
     return cond, dense

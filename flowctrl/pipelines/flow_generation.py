@@ -190,6 +190,9 @@ class FlowGenerationPipeline:
         hw = (max(mult, round(h / mult) * mult), max(mult, round(w / mult) * mult))
         img = F.interpolate(image, size=hw, mode="bilinear", align_corners=False) if hw != (h, w) else image
         sparse_w, mask_w = _resize_flow(sparse, hw), _resize_mask(mask, hw)
+        from flowctrl.models.fgm import camera_base_depth, fgm_condition, plane_camera_flow
+
+        plane_flow = None  # with a CRM's camera_base_depth: the residual base carries the camera's plane flow
         if self.crm is not None:
             if unified.K is not None and unified.w2c is not None:
                 from flowctrl.flow.camera import plucker_rays
@@ -198,10 +201,11 @@ class FlowGenerationPipeline:
                 K[:, 0] *= hw[1] / w
                 K[:, 1] *= hw[0] / h
                 plucker = plucker_rays(K, unified.w2c.to(dev).float(), hw[0], hw[1])
+                if camera_base_depth(self.crm) is not None:
+                    plane_flow = plane_camera_flow(K, unified.w2c.to(dev), camera_base_depth(self.crm), hw)
             else:
                 plucker = self._static_plucker(t_frames, *hw).to(dev)
         from flowctrl.flow.strength import motion_strength
-        from flowctrl.models.fgm import fgm_condition
         from flowctrl.models.guider import latent_num_frames
 
         if strength is None:
@@ -209,7 +213,8 @@ class FlowGenerationPipeline:
         else:
             strength_t = torch.tensor([float(strength)], device=dev)
         # with config.base the FGM denoises the residual over a coarse dense flow of the controls (fgm.py)
-        cond, base = fgm_condition(sparse_w, mask_w, self.fgm.config.flow_scale, getattr(self.fgm.config, "base", None))
+        cond, base = fgm_condition(sparse_w, mask_w, self.fgm.config.flow_scale, getattr(self.fgm.config, "base", None),
+                                   plane_flow)
         uncond = torch.zeros_like(cond)
         img_lat = self.image_codec.encode_channels(img[:, None] * 2 - 1)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale

@@ -96,6 +96,7 @@ class TrainConfig:
     refiner: Dict[str, Any] = field(default_factory=dict)
     refiner_layer_weight: float = 0.0             # T (attention output) on synthetic data: + weight × layer_affinity_loss
     refiner_frames: Optional[int] = None          # T trains on this many random frames (of 1..T-1) per clip
+    fgm_latent_loss_weight: float = 1.0           # fgm: weight of the latent-space MSE (0 = the decoded loss alone)
     fgm_latent_weighting: str = "none"            # fgm: none | decoder (weight the latent MSE per latent frame and
                                                   # channel by the frozen decoder's gain, ≈ the decoded flow's error)
     fgm_decoded_loss_weight: float = 0.0          # fgm (x0 prediction): + weight × EPE (px / flow_scale) between the
@@ -189,6 +190,9 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
                              "set data.condition_variants (how many condition draws per scene to encode), or turn it off")
     if cfg.fgm_latent_weighting not in ("none", "decoder"):
         raise ConfigError.at(src, "fgm_latent_weighting", f"is {cfg.fgm_latent_weighting!r}", "use none or decoder")
+    if cfg.fgm_latent_loss_weight < 0 or (cfg.fgm_latent_loss_weight == 0 and cfg.fgm_decoded_loss_weight <= 0):
+        raise ConfigError.at(src, "fgm_latent_loss_weight", f"is {cfg.fgm_latent_loss_weight} with fgm_decoded_loss_weight "
+                             f"{cfg.fgm_decoded_loss_weight}: nothing to train on", "give one of them a positive weight")
     if cfg.fgm_decoded_loss_weight > 0 and cfg.scheduler.prediction_type != "sample":
         raise ConfigError.at(src, "fgm_decoded_loss_weight", "needs the predicted clean latent",
                              "set scheduler.prediction_type: sample")

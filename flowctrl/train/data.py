@@ -15,7 +15,8 @@ Every item is a dict of tensors (shapes for one sample; the DataLoader adds ``B`
 
     image (3,H,W) [0,1]; flow (T,2,H,W) px; sparse (T,2,H,W) px; mask (T,1,H,W) {0,1};
     dense (T,2,H,W) px (Gaussian eq. 6–7 of sparse); plucker (T,6,H,W); strength () px/frame (eq. 8);
-    layers (1,H,W) int64 surface of each reference pixel (synthetic only; T's optional auxiliary loss)
+    layers (1,H,W) int64 surface of each reference pixel (synthetic only; T's optional auxiliary loss);
+    K (3,3) px and w2c (T,4,4) the camera (a CRM's camera base, ``crm.camera_base_depth``)
 """
 from __future__ import annotations
 
@@ -218,6 +219,8 @@ class SyntheticFlowDataset(Dataset):
             "strength": clip["strength"],
             "camera_only": torch.tensor(mode == "camera"),
             "layers": clip["layers"],
+            "K": clip["K"],
+            "w2c": clip["w2c"],
         }
         if self.config.with_dense:
             item["dense"] = densify(sparse, mask)
@@ -267,6 +270,8 @@ class ShardConditionDataset(Dataset):
             "plucker": plucker_rays(K[None].float(), w2c[None].float(), h, w)[0],
             "strength": motion_strength(flow[None])[0],
             "camera_only": torch.tensor(mode == "camera"),
+            "K": K.float(),
+            "w2c": w2c.float(),
         }
         if self.with_dense:
             item["dense"] = densify(sparse, mask)

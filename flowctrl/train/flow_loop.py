@@ -113,9 +113,11 @@ class Stage1Trainable(nn.Module):
 
     def __init__(self, kind: str, models: Dict[str, nn.Module], scheduler=None, codec_epe_weight: float = 0.0,
                  codec_sample_latent: bool = True, refiner_layer_weight: float = 0.0,
-                 latent_weight: Optional[torch.Tensor] = None, decoded: Optional["DecodedLatentLoss"] = None) -> None:
+                 latent_weight: Optional[torch.Tensor] = None, decoded: Optional["DecodedLatentLoss"] = None,
+                 latent_loss_weight: float = 1.0) -> None:
         super().__init__()
         self.kind = kind
+        self.latent_loss_weight = latent_loss_weight
         self.decoded = decoded  # holds the frozen codec outside the module tree (not trained, not checkpointed)
         if latent_weight is not None:
             self.register_buffer("latent_weight", latent_weight, persistent=False)
@@ -135,7 +137,8 @@ class Stage1Trainable(nn.Module):
 
     def forward(self, batch: Dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
         if self.kind == "fgm":
-            return diffusion_loss(self.fgm, self.crm, self.scheduler, batch, self.latent_weight, self.decoded)
+            return diffusion_loss(self.fgm, self.crm, self.scheduler, batch, self.latent_weight, self.decoded,
+                                  self.latent_loss_weight)
         if self.kind == "refiner":
             if self.refiner_layer_weight > 0 and "layers" in batch:  # synthetic data: surfaces known
                 from flowctrl.models.refiner import layer_affinity_loss
@@ -164,8 +167,9 @@ def diffusion_target(scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.
 
 def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: Dict[str, torch.Tensor],
                    latent_weight: Optional[torch.Tensor] = None,
-                   decoded: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
-    """MSE of the FGM's prediction (:func:`diffusion_target`) on one prepared batch.
+                   decoded: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                   latent_loss_weight: float = 1.0) -> torch.Tensor:
+    """``latent_loss_weight`` × MSE of the FGM's prediction (:func:`diffusion_target`) on one prepared batch.
 
     ``batch`` keys: ``latents`` (B,T',C,h,w) clean flow latent, ``image_latents`` (B,1,C_i,h,w),
     ``condition`` (B,T,3|5,H,W) (already dropped to zeros for CFG samples), ``strength`` (B,),
@@ -181,7 +185,7 @@ def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: D
         refs = crm(batch["image_latents"], t, batch["plucker"])
     pred = fgm(zt, t, batch["image_latents"], batch["condition"], batch["strength"], refs, image=batch.get("image")).sample
     err = (pred.float() - target.float()).square()
-    loss = (err * latent_weight).mean() if latent_weight is not None else err.mean()
+    loss = latent_loss_weight * ((err * latent_weight).mean() if latent_weight is not None else err.mean())
     if decoded is not None:
         loss = loss + decoded(pred, z0, batch.get("crop_offsets"))
     return loss
@@ -278,36 +282,45 @@ def batch_indices(cfg: TrainConfig, n: int, step: int, rank: int, world: int) ->
 
 class LatentCache:
     """Frozen-codec latents of each dataset item (the flow target and the reference image never change);
-    for a residual FGM (``base``) the residual latent and the base flow of each (item, condition draw)."""
+    for a residual FGM (``base``) the residual latent and the base flow of each (item, condition draw).
+    ``camera_depth`` (the CRM's ``camera_base_depth``): the bases carry the camera's plane flow (fgm.coarse_base)."""
 
-    def __init__(self, codec: nn.Module, image_codec: nn.Module) -> None:
+    def __init__(self, codec: nn.Module, image_codec: nn.Module, camera_depth: Optional[float] = None) -> None:
         self.codec, self.image_codec = codec, image_codec
+        self.camera_depth = camera_depth
         self.store: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.residual: Dict[Any, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._zero: Dict[Tuple[int, int, int], torch.Tensor] = {}
 
     @torch.no_grad()
-    def encode_residuals(self, flows: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, base: str
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encode_residuals(self, flows: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, base: str,
+                         K: Optional[torch.Tensor] = None, w2c: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Flows (B,T,2,H,W) px and their controls → (latents of flow − base relative to the zero residual's
-        (B,T',C,h,w) on the CPU, base flows (B,T,2,H,W) px). The zero-residual latent is encoded once per size."""
-        from flowctrl.models.fgm import coarse_base, zero_residual_latent
+        (B,T',C,h,w) on the CPU, base flows (B,T,2,H,W) px). The zero-residual latent is encoded once per size.
+        K (B,3,3), w2c (B,T,4,4): the cameras, needed with ``camera_depth``."""
+        from flowctrl.models.fgm import coarse_base, plane_camera_flow, zero_residual_latent
 
         t, h, w = flows.shape[1], flows.shape[-2], flows.shape[-1]
         if (t, h, w) not in self._zero:
             self._zero[(t, h, w)] = zero_residual_latent(self.codec, t, (h, w))
-        dense = coarse_base(sparse, mask, base)
+        cam = None
+        if self.camera_depth is not None:
+            if K is None or w2c is None:
+                raise ValueError("a CRM with camera_base_depth needs each item's camera (K, w2c)")
+            cam = plane_camera_flow(K, w2c, self.camera_depth, (h, w))
+        dense = coarse_base(sparse, mask, base, cam)
         dev = next(self.codec.parameters()).device
         return (self.codec.encode((flows - dense).to(dev)) - self._zero[(t, h, w)]).cpu(), dense
 
     @torch.no_grad()
-    def get_residual(self, key: Any, flow: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, base: str
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def get_residual(self, key: Any, flow: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, base: str,
+                     K: Optional[torch.Tensor] = None, w2c: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(latent of flow − base relative to a zero residual's, base (T,2,H,W) px) for one item whose
         condition is identified by ``key`` (None: not cached, the condition changes every epoch)."""
         if key is not None and key in self.residual:
             return self.residual[key]
-        z, dense = self.encode_residuals(flow[None], sparse[None], mask[None], base)
+        z, dense = self.encode_residuals(flow[None], sparse[None], mask[None], base,
+                                         None if K is None else K[None], None if w2c is None else w2c[None])
         out = (z[0], dense[0])
         if key is not None:
             self.residual[key] = out
@@ -325,7 +338,10 @@ class LatentCache:
         # not data.cache_dir: where the rendered scenes are kept does not change them
         fields = {k: getattr(data, k) for k in ("source", "shards", "num_scenes", "seed", "num_frames", "height", "width",
                                                  "condition", "condition_variants")}
-        h.update(json.dumps({"data": fields, "base": base}, sort_keys=True, default=str).encode())
+        what = {"data": fields, "base": base}
+        if self.camera_depth is not None:  # (absent otherwise: caches written before it existed stay valid)
+            what["camera_depth"] = self.camera_depth
+        h.update(json.dumps(what, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
     def save(self, path: str, key: str) -> None:
@@ -377,7 +393,9 @@ class LatentCache:
                     self.store[i] = (z[k], zi[k])
             else:
                 z, dense = self.encode_residuals(flows, torch.stack([it["sparse"] for it in items]),
-                                                 torch.stack([it["mask"] for it in items]), base)
+                                                 torch.stack([it["mask"] for it in items]), base,
+                                                 *(torch.stack([it[k] for it in items]) if k in items[0] else None
+                                                   for k in ("K", "w2c")))
                 for k, (v, i) in enumerate(chunk):
                     self.residual[(i, v)] = (z[k], dense[k])
                     self.store.setdefault(i, (None, zi[k]))
@@ -416,8 +434,8 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
     if base is None:
         z0 = torch.stack([l[0] for l in lat])
     else:
-        res = [cache.get_residual(None if keys is None else keys[k], it["flow"], it["sparse"], it["mask"], base)
-               for k, it in enumerate(items)]
+        res = [cache.get_residual(None if keys is None else keys[k], it["flow"], it["sparse"], it["mask"], base,
+                                  it.get("K"), it.get("w2c")) for k, it in enumerate(items)]
         z0 = torch.stack([r[0] for r in res])
         cond = append_base(cond, torch.stack([r[1] for r in res]), flow_scale)
     keep = (torch.rand(len(items), generator=generator) >= cfg_dropout).float().view(-1, 1, 1, 1, 1)
@@ -605,7 +623,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
                                         cfg.fgm_decoded_loss_weight)
     module = Stage1Trainable(cfg.model, models, scheduler, codec_epe_weight=cfg.codec_epe_weight,
                               codec_sample_latent=cfg.codec_sample_latent,
-                              refiner_layer_weight=cfg.refiner_layer_weight, latent_weight=latent_weight, decoded=decoded)
+                              refiner_layer_weight=cfg.refiner_layer_weight, latent_weight=latent_weight, decoded=decoded,
+                              latent_loss_weight=cfg.fgm_latent_loss_weight)
     if cfg.gradient_checkpointing:
         for m in module.children():
             if hasattr(m, "enable_gradient_checkpointing") and getattr(m, "_supports_gradient_checkpointing", False):
@@ -622,7 +641,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
             models[name].to(device)
 
     dataset = build_dataset(cfg)
-    cache = LatentCache(models["codec"], models["image_codec"]) if cfg.model == "fgm" else None
+    cache = None
+    if cfg.model == "fgm":
+        from flowctrl.models.fgm import camera_base_depth
+
+        cache = LatentCache(models["codec"], models["image_codec"], camera_base_depth(models.get("crm")))
     flow_scale = float(models["codec"].config.flow_scale) if cfg.model == "fgm" else 0.0
     if cache is not None and cfg.data.precompute_latents:  # before the clock: data preparation, not training
         t = time.time()
