@@ -299,6 +299,9 @@ def test_crm_camera_base_starts_the_residual_from_the_cameras_plane_flow():
                                 sparse_mask=torch.zeros(1, 3, 1, 32, 32), num_frames=3, size=(32, 32), K=K, w2c=move)
     out = pipe(torch.rand(1, 3, 32, 32), no_points, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(out, side, atol=1e-4)
+    own = torch.rand(1, 3, 2, 32, 32)  # stage 1's own camera flow (the user's depth) wins over the plane
+    given = pipe(torch.rand(1, 3, 32, 32), SimpleNamespace(**vars(no_points), camera_flow=own), num_inference_steps=1)
+    assert torch.allclose(given, own, atol=1e-4)
     static = pipe(torch.rand(1, 3, 32, 32), SimpleNamespace(**{**vars(no_points), "K": None, "w2c": None}), num_inference_steps=1)
     assert torch.allclose(static, torch.zeros_like(static), atol=1e-5)  # no camera given: no camera flow
 

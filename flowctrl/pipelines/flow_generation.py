@@ -192,7 +192,10 @@ class FlowGenerationPipeline:
         sparse_w, mask_w = _resize_flow(sparse, hw), _resize_mask(mask, hw)
         from flowctrl.models.fgm import camera_base_depth, fgm_condition, plane_camera_flow
 
-        plane_flow = None  # with a CRM's camera_base_depth: the residual base carries the camera's plane flow
+        # with a CRM's camera_base_depth the residual base carries the camera's flow: stage 1's own camera flow
+        # when ``unified`` has one (the user's depth, or the analytic layer's plane at the trajectory's scene
+        # depth, in the trajectory's units), else that of a plane at camera_base_depth (the training scenes' scale)
+        camera_base = None
         if self.crm is not None:
             if unified.K is not None and unified.w2c is not None:
                 from flowctrl.flow.camera import plucker_rays
@@ -202,7 +205,9 @@ class FlowGenerationPipeline:
                 K[:, 1] *= hw[0] / h
                 plucker = plucker_rays(K, unified.w2c.to(dev).float(), hw[0], hw[1])
                 if camera_base_depth(self.crm) is not None:
-                    plane_flow = plane_camera_flow(K, unified.w2c.to(dev), camera_base_depth(self.crm), hw)
+                    given = getattr(unified, "camera_flow", None)
+                    camera_base = (_resize_flow(given.to(dev).float(), hw) if given is not None
+                                   else plane_camera_flow(K, unified.w2c.to(dev), camera_base_depth(self.crm), hw))
             else:
                 plucker = self._static_plucker(t_frames, *hw).to(dev)
         from flowctrl.flow.strength import motion_strength
@@ -214,7 +219,7 @@ class FlowGenerationPipeline:
             strength_t = torch.tensor([float(strength)], device=dev)
         # with config.base the FGM denoises the residual over a coarse dense flow of the controls (fgm.py)
         cond, base = fgm_condition(sparse_w, mask_w, self.fgm.config.flow_scale, getattr(self.fgm.config, "base", None),
-                                   plane_flow)
+                                   camera_base)
         uncond = torch.zeros_like(cond)
         img_lat = self.image_codec.encode_channels(img[:, None] * 2 - 1)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
