@@ -302,6 +302,12 @@ def test_crm_camera_base_starts_the_residual_from_the_cameras_plane_flow():
     own = torch.rand(1, 3, 2, 32, 32)  # stage 1's own camera flow (the user's depth) wins over the plane
     given = pipe(torch.rand(1, 3, 32, 32), SimpleNamespace(**vars(no_points), camera_flow=own), num_inference_steps=1)
     assert torch.allclose(given, own, atol=1e-4)
+    # the zero residual's latent and decoded flow are computed once per size and codec weights
+    cached = pipe._zero_residual_pair(3, (32, 32))
+    assert pipe._zero_residual_pair(3, (32, 32))[1] is cached[1]
+    with torch.no_grad():
+        next(codec.parameters()).mul_(1.5)  # fine-tuned in place: recomputed
+    assert not torch.equal(pipe._zero_residual_pair(3, (32, 32))[1], cached[1])
     static = pipe(torch.rand(1, 3, 32, 32), SimpleNamespace(**{**vars(no_points), "K": None, "w2c": None}), num_inference_steps=1)
     assert torch.allclose(static, torch.zeros_like(static), atol=1e-5)  # no camera given: no camera flow
 

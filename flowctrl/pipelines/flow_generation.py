@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -69,8 +69,26 @@ class FlowGenerationPipeline:
         self.fgm, self.crm, self.codec, self.image_codec = fgm, crm, codec, image_codec
         self.scheduler, self.refiner = scheduler, refiner
         self.sampler, self.guidance_scale, self.num_inference_steps = sampler, guidance_scale, num_inference_steps
+        self._zero_residual: Dict[Any, Tuple[torch.Tensor, torch.Tensor]] = {}
         for m in self.modules().values():
             m.eval()
+
+    def _zero_residual_pair(self, num_frames: int, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(latent z₀ of a zero residual (1,T',C,h,w), its decoded flow (1,T,2,H,W)) for a residual FGM.
+
+        Two of the three codec passes of a call (at 512² × 49 frames ~2/3 of its time on a CPU) depend only on
+        the codec and the size, so repeated calls (API, app) reuse them. Keyed by the size, the codec's weights'
+        in-place version counters and its decode method, so fine-tuning, loading weights or moving the codec
+        recomputes them."""
+        from flowctrl.models.fgm import zero_residual_latent
+
+        params = list(self.codec.parameters())
+        key = (num_frames, tuple(size), self.codec.decode, tuple(p._version for p in params),
+               params[0].device, params[0].dtype)
+        if key not in self._zero_residual:
+            zero = zero_residual_latent(self.codec, num_frames, size)
+            self._zero_residual = {key: (zero, self.codec.decode(zero, num_frames=num_frames))}  # the latest size only
+        return self._zero_residual[key]
 
     def modules(self) -> Dict[str, torch.nn.Module]:
         names = ("fgm", "crm", "codec", "image_codec", "refiner")
@@ -240,12 +258,10 @@ class FlowGenerationPipeline:
             if callback is not None:
                 callback("flow_model", i + 1, len(sched.timesteps))
         if base is not None:  # residual FGM: latents are relative to a zero residual's (fgm.zero_residual_latent)
-            from flowctrl.models.fgm import zero_residual_latent
-
-            zero = zero_residual_latent(self.codec, t_frames, hw)
+            zero, zero_flow = self._zero_residual_pair(t_frames, hw)
             # minus the decoded zero residual: latent 0 gives the base exactly, not base + the codec's round-trip
             # error of 0 (validation, perfect residual latents: 0.403 px vs 0.448 without the correction)
-            flow = base + self.codec.decode(latents + zero, num_frames=t_frames) - self.codec.decode(zero, num_frames=t_frames)
+            flow = base + self.codec.decode(latents + zero, num_frames=t_frames) - zero_flow
         else:
             flow = self.codec.decode(latents, num_frames=t_frames)
         return _resize_flow(flow, (h, w)).cpu()
