@@ -392,10 +392,8 @@ class LatentCache:
                 for k, (_, i) in enumerate(chunk):
                     self.store[i] = (z[k], zi[k])
             else:
-                z, dense = self.encode_residuals(flows, torch.stack([it["sparse"] for it in items]),
-                                                 torch.stack([it["mask"] for it in items]), base,
-                                                 *(torch.stack([it[k] for it in items]) if k in items[0] else None
-                                                   for k in ("K", "w2c")))
+                stack = lambda key: torch.stack([it[key] for it in items]) if key in items[0] else None  # noqa: E731
+                z, dense = self.encode_residuals(flows, stack("sparse"), stack("mask"), base, stack("K"), stack("w2c"))
                 for k, (v, i) in enumerate(chunk):
                     self.residual[(i, v)] = (z[k], dense[k])
                     self.store.setdefault(i, (None, zi[k]))
