@@ -14,6 +14,14 @@ import argparse
 from flowctrl.errors import ConfigError
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--set KEY=VALUE`` option of ``flowctrl train flow|video`` (read by
+    :func:`flowctrl.train.config.apply_settings`; defined here so the CLI starts without importing yaml)."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, dotted for nested ones, YAML value (repeatable): "
+                             "--set codec_path=runs/codec/final --set data.num_scenes=200 --set fgm_decoded_crop=null")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training YAML (see configs/train/)")
     p.add_argument("--resume", default=None, metavar="latest|PATH",
@@ -21,9 +29,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default=None, help="overrides output_dir of the config")
     p.add_argument("--max-steps", type=int, default=None, help="overrides max_steps of the config")
     p.add_argument("--seed", type=int, default=None, help="overrides seed of the config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, dotted for nested ones, YAML value (repeatable): "
-                        "--set codec_path=runs/codec/final --set data.num_scenes=200 --set fgm_decoded_crop=null")
+    add_set_argument(p)
 
 
 def register(subparsers) -> None:

@@ -615,8 +615,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="overrides max_steps")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     parser.add_argument("--seed", type=int, default=None, help="overrides seed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key (dotted for nested ones, YAML value; repeatable)")
+    from flowctrl.commands.train import add_set_argument
+
+    add_set_argument(parser)
 
 
 def main(args: Any = None) -> int:
