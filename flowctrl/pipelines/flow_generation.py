@@ -37,6 +37,12 @@ CONFIG_NAME = "flow_pipeline.json"
 SAMPLERS = ("ddim", "dpm")
 
 
+def _report(callback: Optional[Callback], stage: str, done: int, total: int = 1) -> None:
+    """``callback(stage, done, total)`` when a callback is given."""
+    if callback is not None:
+        callback(stage, done, total)
+
+
 def _resize_flow(flow: torch.Tensor, size) -> torch.Tensor:
     b, t, c, h, w = flow.shape
     if (h, w) == tuple(size):
@@ -186,7 +192,9 @@ class FlowGenerationPipeline:
             image: (1,3,H,W) in [0,1] at the working size of ``unified``.
             num_inference_steps: denoising steps (diffusion kind; default from the folder's config).
             generator: seeds the initial noise (and DDIM's η noise).
-            callback: ``callback("flow_model", done, total)`` once per step.
+            callback: ``callback(stage, done, total)``: ``"flow encode"`` 0/1 and 1/1 around the image latent,
+                ``"flow_model"`` once per denoising step, ``"flow decode"`` 0/1 and 1/1 around the flow
+                decode (the codec passes dominate a call on a CPU); T reports ``"flow_model"`` 1/1.
             guidance_scale: classifier-free guidance on the sparse condition (1 = off).
             sampler: ``"ddim"`` or ``"dpm"`` (DPM-Solver++ multistep).
             strength: target motion strength M_s (px/frame, eq. 8; the user's strength control);
@@ -239,7 +247,11 @@ class FlowGenerationPipeline:
         cond, base = fgm_condition(sparse_w, mask_w, self.fgm.config.flow_scale, getattr(self.fgm.config, "base", None),
                                    camera_base)
         uncond = torch.zeros_like(cond)
+        # the codec passes are most of a call's time on a CPU (bench_flow_model_call.py): they get stages of
+        # their own, so a progress display names the pass that is running instead of looking stuck
+        _report(callback, "flow encode", 0)
         img_lat = self.image_codec.encode_channels(img[:, None] * 2 - 1)
+        _report(callback, "flow encode", 1)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         sched = self._sampler(sampler or self.sampler)
         steps = num_inference_steps or self.num_inference_steps
@@ -255,8 +267,8 @@ class FlowGenerationPipeline:
                 pred_u = self.fgm(x, tt, img_lat, uncond, strength_t, refs, image=img).sample
                 pred = pred_u + scale * (pred - pred_u)
             latents = sched.step(pred, t, latents, generator=generator).prev_sample
-            if callback is not None:
-                callback("flow_model", i + 1, len(sched.timesteps))
+            _report(callback, "flow_model", i + 1, len(sched.timesteps))
+        _report(callback, "flow decode", 0)
         if base is not None:  # residual FGM: latents are relative to a zero residual's (fgm.zero_residual_latent)
             zero, zero_flow = self._zero_residual_pair(t_frames, hw)
             # minus the decoded zero residual: latent 0 gives the base exactly, not base + the codec's round-trip
@@ -264,6 +276,7 @@ class FlowGenerationPipeline:
             flow = base + self.codec.decode(latents + zero, num_frames=t_frames) - zero_flow
         else:
             flow = self.codec.decode(latents, num_frames=t_frames)
+        _report(callback, "flow decode", 1)
         return _resize_flow(flow, (h, w)).cpu()
 
     def _refine(self, image, unified, sparse, mask, callback) -> torch.Tensor:
@@ -280,6 +293,5 @@ class FlowGenerationPipeline:
         local = _resize_flow(self.refiner(img, _resize_flow(dense, hw), _resize_mask(mask, hw)), (h, w))
         if getattr(unified, "camera_flow", None) is not None:
             local = compose_flows(local, unified.camera_flow.to(local.device).float())
-        if callback is not None:
-            callback("flow_model", 1, 1)
+        _report(callback, "flow_model", 1)
         return local.cpu()
