@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
-import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_flow_models import MODES, epe  # noqa: E402
@@ -37,22 +37,12 @@ from flowctrl.train.data import ConditionConfig, SyntheticConfig, SyntheticFlowD
 LOCAL_MODES = ("random", "grid", "edge")
 
 
-def blurred(image: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
-    """(3,H,W) → the same blurred with a separable Gaussian of ``sigma`` px (replicate borders)."""
-    k = torch.arange(-3, 4, dtype=image.dtype)
-    g = torch.exp(-k ** 2 / (2 * sigma ** 2))
-    g = (g / g.sum()).view(1, 1, 1, 7).repeat(3, 1, 1, 1)
-    x = F.conv2d(F.pad(image[None], (3, 3, 0, 0), mode="replicate"), g, groups=3)
-    x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), g.transpose(2, 3), groups=3)
-    return x[0]
-
-
 def bilateral_spread(values: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, sigma: float,
                      sigma_colour: float) -> torch.Tensor:
     """Spread sparse ``values`` (T,2,H,W) set where ``mask`` (T,1,H,W) over every pixel the way
     :func:`flowctrl.flow.densify.gaussian_densify` does (weights exp(−|p−q|²/σ²), divided by max(Σ weights, 1),
     so the spread fades far from every control), with each weight also multiplied by
-    exp(−|I(p)−I(q)|²/2σ_c²) (I = the blurred image (3,H,W) in [0, 1]); exact at the controls. On a flat
+    exp(−|I(p)−I(q)|²/2σ_c²) (I = the image (3,H,W) in [0, 1] blurred with σ = 1 px); exact at the controls. On a flat
     image it is that spread.
     → (T,2,H,W)."""
     t, _, h, w = values.shape
@@ -61,7 +51,7 @@ def bilateral_spread(values: torch.Tensor, mask: torch.Tensor, image: torch.Tens
         return torch.zeros_like(values)
     ys, xs = torch.meshgrid(torch.arange(h, dtype=values.dtype), torch.arange(w, dtype=values.dtype), indexing="ij")
     pos = torch.stack([xs.flatten(), ys.flatten()], 1)
-    colour = blurred(image).reshape(3, -1).T
+    colour = gaussian_blur2d(image[None], (7, 7), (1.0, 1.0), border_type="replicate")[0].reshape(3, -1).T
     weight = torch.exp(-torch.cdist(pos, pos[idx]).square() / sigma ** 2
                        - torch.cdist(colour, colour[idx]).square() / (2 * sigma_colour ** 2))   # (HW, N)
     m = mask[:, 0].reshape(t, -1)[:, idx]                                                   # (T, N)

@@ -25,22 +25,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.pipelines.stage1 import Callback, report_progress
 
-Callback = Callable[[str, int, int], None]
 CONFIG_NAME = "flow_pipeline.json"
 SAMPLERS = ("ddim", "dpm")
-
-
-def _report(callback: Optional[Callback], stage: str, done: int, total: int = 1) -> None:
-    """``callback(stage, done, total)`` when a callback is given."""
-    if callback is not None:
-        callback(stage, done, total)
 
 
 def _resize_flow(flow: torch.Tensor, size) -> torch.Tensor:
@@ -249,9 +243,9 @@ class FlowGenerationPipeline:
         uncond = torch.zeros_like(cond)
         # the codec passes are most of a call's time on a CPU (bench_flow_model_call.py): they get stages of
         # their own, so a progress display names the pass that is running instead of looking stuck
-        _report(callback, "flow encode", 0)
+        report_progress(callback, "flow encode", 0)
         img_lat = self.image_codec.encode_channels(img[:, None] * 2 - 1)
-        _report(callback, "flow encode", 1)
+        report_progress(callback, "flow encode", 1)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         sched = self._sampler(sampler or self.sampler)
         steps = num_inference_steps or self.num_inference_steps
@@ -267,8 +261,8 @@ class FlowGenerationPipeline:
                 pred_u = self.fgm(x, tt, img_lat, uncond, strength_t, refs, image=img).sample
                 pred = pred_u + scale * (pred - pred_u)
             latents = sched.step(pred, t, latents, generator=generator).prev_sample
-            _report(callback, "flow_model", i + 1, len(sched.timesteps))
-        _report(callback, "flow decode", 0)
+            report_progress(callback, "flow_model", i + 1, len(sched.timesteps))
+        report_progress(callback, "flow decode", 0)
         if base is not None:  # residual FGM: latents are relative to a zero residual's (fgm.zero_residual_latent)
             zero, zero_flow = self._zero_residual_pair(t_frames, hw)
             # minus the decoded zero residual: latent 0 gives the base exactly, not base + the codec's round-trip
@@ -276,7 +270,7 @@ class FlowGenerationPipeline:
             flow = base + self.codec.decode(latents + zero, num_frames=t_frames) - zero_flow
         else:
             flow = self.codec.decode(latents, num_frames=t_frames)
-        _report(callback, "flow decode", 1)
+        report_progress(callback, "flow decode", 1)
         return _resize_flow(flow, (h, w)).cpu()
 
     def _refine(self, image, unified, sparse, mask, callback) -> torch.Tensor:
@@ -293,5 +287,5 @@ class FlowGenerationPipeline:
         local = _resize_flow(self.refiner(img, _resize_flow(dense, hw), _resize_mask(mask, hw)), (h, w))
         if getattr(unified, "camera_flow", None) is not None:
             local = compose_flows(local, unified.camera_flow.to(local.device).float())
-        _report(callback, "flow_model", 1)
+        report_progress(callback, "flow_model", 1)
         return local.cpu()

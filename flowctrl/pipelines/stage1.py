@@ -97,7 +97,8 @@ class UnifiedFlow:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 
 
-def _progress(callback: Optional[Callback], stage: str, done: int, total: int) -> None:
+def report_progress(callback: Optional[Callback], stage: str, done: int, total: int = 1) -> None:
+    """``callback(stage, done, total)`` when a progress callback is given (stage 1 and the learned flow model)."""
     if callback is not None:
         callback(stage, done, total)
 
@@ -214,9 +215,9 @@ def compute_unified_flow(
     local_mask = _acting(plan.local_unscaled, smask).to(torch.float32).expand(1, plan.num_frames, 1, plan.height,
                                                                               plan.width).contiguous()
     # camera flow and composition run together, frame by frame
-    _progress(callback, "compose", 0, 1)
+    report_progress(callback, "compose", 0, 1)
     flow, valid, cam = plan.frames(0, plan.num_frames, with_camera_flow=True)
-    _progress(callback, "compose", 1, 1)
+    report_progress(callback, "compose", 1, 1)
     return UnifiedFlow(flow=flow.contiguous(), depth=plan.depth, local_mask=local_mask, valid=valid, K=plan.K,
                        w2c=plan.w2c, sparse_flow=sparse, sparse_mask=smask, K_frames=plan.K_frames,
                        local_flow=plan.local, camera_flow=cam, strength_scale=float(plan.strength_scale))
@@ -344,7 +345,7 @@ def plan_unified_flow(
         controls = controls.resized(H, W)
 
     # 1. local motion --------------------------------------------------------------------------
-    _progress(callback, "local", 0, 1)
+    report_progress(callback, "local", 0, 1)
     groups = _local_groups(controls, T, H, W)
     local = None
     all_tracks = [g["tracks"] for g in groups]
@@ -362,12 +363,12 @@ def plan_unified_flow(
         local = torch.zeros(1, T, 2, H, W)
     video_flow = None
     if controls.ref_video is not None:
-        _progress(callback, "reference video", 0, 1)
+        report_progress(callback, "reference video", 0, 1)
         from flowctrl.flow.estimate import estimate_flow
 
         video_flow = estimate_flow(_load_video(controls.ref_video, T, H, W), method=flow_method)
         local = local + video_flow
-        _progress(callback, "reference video", 1, 1)
+        report_progress(callback, "reference video", 1, 1)
     if controls.motion_mask is not None:
         brush = controls.motion_mask.to(local.dtype).reshape(1, 1, 1, H, W)
         local = local * brush
@@ -375,18 +376,18 @@ def plan_unified_flow(
     if controls.static_mask is not None:
         static = controls.static_mask.reshape(1, 1, H, W)
         local = local * (1.0 - static.to(local.dtype)[:, None])
-    _progress(callback, "local", 1, 1)
+    report_progress(callback, "local", 1, 1)
 
     # 2. camera ---------------------------------------------------------------------------------
     depth_src = depth if depth is not None else controls.depth
     depth_map, K, w2c, K_frames = None, None, None, None
     if controls.camera is not None or depth_src is not None or depth_model is not None:
-        _progress(callback, "depth", 0, 1)
+        report_progress(callback, "depth", 0, 1)
         from flowctrl.depth import resolve_depth
 
         depth_map = resolve_depth(image, depth_src, depth_model, depth_kind=depth_kind, depth_scale=depth_scale,
                                   plane_distance=plane_distance)
-        _progress(callback, "depth", 1, 1)
+        report_progress(callback, "depth", 1, 1)
     if controls.camera is not None:
         traj = controls.camera.resample(T)
         K_frames = traj.intrinsics_all(H, W).to(torch.float32)[None]
