@@ -177,7 +177,7 @@ def test_flow_channel_mapping_round_trip_and_codec_shapes():
 def test_save_load_round_trips_outputs_exactly(tmp_path):
     torch.manual_seed(1)
     crm = CameraReferenceModel(**TINY)
-    fgm = FlowGenerationModel(**TINY, reference_dim=16)
+    fgm = FlowGenerationModel(**TINY, reference_dim=16, control_tokens=8)
     for p in fgm.parameters():  # make the zero-initialised parts non-zero so they are tested too
         p.data.add_(torch.randn_like(p) * 0.01)
     T = RefinementNet(channels=(8, 16))
@@ -329,3 +329,61 @@ def test_fgm_condition_image_reaches_the_tokens_only_through_the_guider():
         torch.nn.init.normal_(fgm.condition_encoder.conv_out.weight, std=0.1)
         torch.nn.init.normal_(fgm.proj_out.weight, std=0.1)
         assert not torch.allclose(fgm(z, t, img_lat, cond, strength, image=a).sample, fgm(z, t, img_lat, cond, strength, image=b).sample)
+
+
+def test_control_pixels_and_tokens_know_where_each_control_is():
+    """control_pixels finds the controlled pixels (any frame), subsamples evenly past max_tokens and pads; the
+    encoder emits one token per (control, latent frame) and a keep mask (a clip without controls keeps its
+    "no controls" tokens)."""
+    from flowctrl.models.control_tokens import ControlTokenEncoder, control_pixels, fourier_features
+
+    mask = torch.zeros(3, 5, 1, 8, 8)
+    mask[0, 2, 0, 1, 3] = 1      # pixel 11, on one frame only
+    mask[0, :, 0, 6, 2] = 1      # pixel 50
+    mask[1, :, 0].view(5, 64)[:, ::2] = 1  # 32 pixels: 0, 2, …, 62
+    index, valid = control_pixels(mask, max_tokens=4)
+    assert index.shape == (3, 4) and index[0, :2].tolist() == [11, 50] and valid[0].tolist() == [True, True, False, False]
+    assert index[1].tolist() == [0, 20, 42, 62] and bool(valid[1].all()) and not bool(valid[2].any())
+    assert torch.allclose(fourier_features(torch.tensor([[0.5]]), 2), torch.tensor([[1.0, 0.0, 0.0, -1.0]]), atol=1e-6)
+
+    enc = ControlTokenEncoder(out_dim=6, max_tokens=4)
+    sparse = torch.zeros(3, 5, 2, 8, 8)
+    tokens, keep = enc(sparse_condition(sparse, mask, 8.0), torch.rand(3, 3, 8, 8))
+    assert tokens.shape == (3, 2 * 4, 6) and keep.shape == (3, 8)  # 5 frames → 2 latent frames × 4 controls
+    assert keep[0].tolist() == [True, True, False, False] * 2 and bool(keep[1].all())
+    assert keep[2].tolist() == [True, False, False, False] * 2  # no controls: the empty token per latent frame
+    assert torch.equal(tokens[2, 0], enc.empty.detach()) and torch.equal(tokens[0, 2], enc.empty.detach())
+
+
+def test_fgm_control_tokens_read_the_controls_and_ignore_batch_padding():
+    """config.control_tokens: with the guider's output still zero, the controls reach the prediction through the
+    tokens alone — moving one control's flow changes it; a clip's output is the same alone or batched with a
+    clip that has more controls (padding is masked out of the attention); save → load keeps the option."""
+    torch.manual_seed(0)
+    fgm = FlowGenerationModel(**TINY, control_tokens=8).eval()
+    torch.nn.init.normal_(fgm.proj_out.weight, std=0.1)
+    assert float(fgm.condition_encoder.conv_out.weight.abs().sum()) == 0
+    z, img_lat, _, _, t, strength = _inputs()
+    sparse, mask = torch.zeros(2, 9, 2, 32, 32), torch.zeros(2, 9, 1, 32, 32)
+    mask[0, :, 0, 5, 7] = 1
+    mask[1, :, 0, 20, 3] = mask[1, :, 0, 9, 30] = mask[1, :, 0, 25, 25] = 1
+    sparse[:, :, 0] = 4.0 * mask[:, :, 0]
+    image = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        both = fgm(z, t, img_lat, sparse_condition(sparse, mask, 8.0), strength, image=image).sample
+        alone = fgm(z[:1], t[:1], img_lat[:1], sparse_condition(sparse[:1], mask[:1], 8.0), strength[:1], image=image[:1]).sample
+        assert torch.allclose(both[:1], alone, atol=1e-5)
+        moved = sparse.clone()
+        moved[0, :, 1, 5, 7] = -3.0
+        other = fgm(z, t, img_lat, sparse_condition(moved, mask, 8.0), strength, image=image).sample
+        assert not torch.allclose(other[0], both[0], atol=1e-4) and torch.allclose(other[1], both[1], atol=1e-5)
+        # the same with reference attention (its processor takes the padding mask too)
+        torch.manual_seed(1)
+        crm, ref_fgm = CameraReferenceModel(**TINY), FlowGenerationModel(**TINY, control_tokens=8, reference_dim=16).eval()
+        for p in ref_fgm.parameters():
+            p.data.add_(torch.randn_like(p) * 0.05)
+        plucker = torch.randn(2, 9, 6, 32, 32)
+        cond = sparse_condition(sparse, mask, 8.0)
+        both = ref_fgm(z, t, img_lat, cond, strength, crm(img_lat, t, plucker), image=image).sample
+        alone = ref_fgm(z[:1], t[:1], img_lat[:1], cond[:1], strength[:1], crm(img_lat[:1], t[:1], plucker[:1]), image=image[:1]).sample
+        assert torch.allclose(both[:1], alone, atol=1e-5)

@@ -334,6 +334,40 @@ def test_decoder_latent_weights_and_decoded_loss_measure_the_flow_error_of_a_lat
         load_config(None, {"fgm_decoded_loss_weight": 1.0, "scheduler": {"prediction_type": "v_prediction"}})
 
 
+class _BiasedDecoder(_LinearDecoder):
+    """_LinearDecoder + 0.7 px everywhere: the decode of the zero latent is not zero flow."""
+
+    def decode(self, z, num_frames):
+        return super().decode(z, num_frames) + 0.7
+
+
+def test_decoded_loss_against_the_true_flow():
+    """target="flow" compares decode(pred + z₀) − decode(z₀) with the true residual flow: given the codec's round
+    trip of the true latent as that flow, it equals the round-trip ("latent") loss; a whole-flow FGM decodes as is."""
+    from flowctrl.train.flow_loop import DecodedLatentLoss
+
+    dec = _BiasedDecoder([1.0, 2.0, 0.0])
+    torch.manual_seed(0)
+    z0, pred = torch.randn(2, 3, 3, 4, 4), torch.randn(2, 3, 3, 4, 4)
+    round_trip = DecodedLatentLoss(dec, 9, (32, 32), crop=None, weight=3.0)
+    to_flow = DecodedLatentLoss(dec, 9, (32, 32), crop=None, weight=3.0, target="flow")
+    residual_flow = dec.decode(z0, 9) - 0.7        # what a residual FGM's pipeline adds to its base for latent z0
+    assert torch.allclose(to_flow(pred, z0, None, residual_flow), round_trip(pred, z0, None))
+    assert float(to_flow(z0, torch.zeros_like(z0), None, residual_flow)) < 1e-3  # the true latent costs nothing
+    assert float(to_flow(pred, z0, None, residual_flow)) > 0.5
+    whole = DecodedLatentLoss(dec, 9, (32, 32), crop=None, weight=1.0, target="flow", residual=False)
+    assert float(whole(z0, z0, None, dec.decode(z0, 9))) < 1e-3  # no zero-residual offset, bias kept
+    with pytest.raises(ValueError, match="target_flow"):
+        to_flow(pred, z0, None)
+    with pytest.raises(ValueError, match="crop must be None"):
+        DecodedLatentLoss(dec, 9, (32, 32), crop=(2, 2), weight=1.0, target="flow")
+    with pytest.raises(ConfigError, match="fgm_decoded_crop: null"):
+        load_config(None, {"fgm_decoded_loss_weight": 1.0, "fgm_decoded_target": "flow", "fgm_decoded_crop": [4, 4],
+                           "scheduler": {"prediction_type": "sample"}})
+    with pytest.raises(ConfigError, match="fgm_decoded_target"):
+        load_config(None, {"fgm_decoded_target": "pixels"})
+
+
 def test_fgm_training_with_image_condition_weighted_and_decoded_losses_runs_and_resumes(tmp_path):
     """The residual FGM's extra options go through the real loop (fresh run and the bit-exact resume)."""
     run = {**TINY_RUN, "max_steps": 4, "checkpoint_every": 2, "cfg_dropout": 0.0,
@@ -384,12 +418,16 @@ def test_crm_camera_base_trains_on_the_cameras_plane_flow_and_the_decoded_loss_a
     batch = prepare_fgm_batch([ds[0], it], [0, 1], cam, sched, 8.0, 0.0, torch.Generator().manual_seed(0), "parametric",
                               [ds.condition_key(0), ds.condition_key(1)])
     wrong = lambda zt, t, *a, **k: SimpleNamespace(sample=batch["latents"] + 1.0)  # noqa: E731
-    decoded = lambda pred, z0, offsets: (pred - z0).abs().mean()  # noqa: E731
+    decoded = lambda pred, z0, offsets, target_flow: (pred - z0).abs().mean()  # noqa: E731
     only = diffusion_loss(wrong, None, sched, batch, decoded=decoded, latent_loss_weight=0.0)
     both = diffusion_loss(wrong, None, sched, batch, decoded=decoded)
     assert abs(float(only) - 1.0) < 1e-5 and abs(float(both) - 2.0) < 1e-5
     with pytest.raises(ConfigError, match="nothing to train on"):
         load_config(None, {"fgm_latent_loss_weight": 0.0})
+    flow_target = SimpleNamespace(crop=None, target="flow")  # a flow-target decoded loss: the batch carries flow − base
+    batch = prepare_fgm_batch([ds[0], it], [0, 1], cam, sched, 8.0, 0.0, torch.Generator().manual_seed(0), "parametric",
+                              [ds.condition_key(0), ds.condition_key(1)], decoded=flow_target)
+    assert torch.allclose(batch["target_flow"][1], it["flow"] - cam.residual[(1, 0)][1])
 
     run = {**TINY_RUN, "max_steps": 2, "checkpoint_every": 2, "cfg_dropout": 0.0, "output_dir": str(tmp_path / "cam"),
            "scheduler": {"prediction_type": "sample"}, "fgm": {**TINY_RUN["fgm"], "base": "parametric", "condition_in_channels": 5},

@@ -39,6 +39,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from flowctrl.errors import MissingWeightsError
+from flowctrl.models.control_tokens import ControlTokenEncoder, control_attention_mask
 from flowctrl.models.embeddings import MotionStrengthEmbedding
 from flowctrl.models.guider import ConditionEncoder
 from flowctrl.models.reference_attention import ReferenceAttnProcessor
@@ -221,6 +222,9 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
             channels, ``condition_in_channels`` 5); latents are taken relative to :func:`zero_residual_latent`
             and the sampled flow is ``base + decode(latent + zero_residual_latent)``; the output projection
             starts at zero (with ``prediction_type: sample`` a fresh model returns the base flow).
+        control_tokens: 0 (off) or the most controls per clip the blocks also attend to as tokens of their own, in
+            the text stream (:mod:`flowctrl.models.control_tokens`; a flowctrl extension): every patch token can
+            look up every control by its look and position instead of only through the guider's map.
         other arguments: as ``diffusers.CogVideoXTransformer3DModel``.
     """
 
@@ -250,6 +254,7 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         flow_scale: float = 8.0,
         base: Optional[str] = None,
         condition_image: bool = False,
+        control_tokens: int = 0,
     ) -> None:
         super().__init__()
         if base not in BASES:
@@ -266,6 +271,8 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
             raise ValueError(f"condition_channels needs log2(8·patch_size) = {(8 * patch_size).bit_length() - 1} entries")
         self.condition_encoder = ConditionEncoder(condition_in_channels, inner, condition_channels, temporal_compression_ratio)
         self.strength_embedding = MotionStrengthEmbedding(time_embed_dim) if use_motion_strength else None
+        self.control_encoder = (ControlTokenEncoder(inner, control_tokens, temporal_compression_ratio)
+                                if control_tokens else None)
         self.norm_final = nn.LayerNorm(inner, norm_eps)
         self.norm_out = AdaLayerNorm(embedding_dim=time_embed_dim, output_dim=2 * inner, norm_eps=norm_eps, chunk_dim=1)
         self.proj_out = nn.Linear(inner, patch_size * patch_size * (out_channels or in_channels))
@@ -300,7 +307,8 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
             condition: sparse condition (B, T, 3, H, W) from :func:`sparse_condition` (None = all zeros).
             strength: motion strength M_s (B,) px/frame (None = no strength embedding added).
             reference_hidden_states: CRM per-layer tokens, list of (B, N, D_ref).
-            image: reference image (B, 3, H, W) in [0, 1]; needed when ``config.condition_image``.
+            image: reference image (B, 3, H, W) in [0, 1]; needed when ``config.condition_image`` (and read by
+                the control tokens when ``config.control_tokens``).
         Returns:
             FGMOutput.sample (B, T', C_out, h, w).
         """
@@ -317,6 +325,11 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
                 image_latents = torch.cat([image_latents, pad], dim=1)
             hidden_states = torch.cat([hidden_states, image_latents.to(hidden_states.dtype)], dim=2)
         tokens = self.patch_embed(self._no_text(hidden_states), hidden_states)
+        ehs, masking = tokens[:, :0], {}
+        if self.control_encoder is not None and condition is not None:
+            ehs, keep = self.control_encoder(condition.to(tokens.dtype), image)
+            if not bool(keep.all()):
+                masking = control_attention_mask(keep, tokens.shape[1], tokens.dtype)
         if cfg.condition_image:
             if image is None or condition is None:
                 raise ValueError("this FGM reads the reference image with its condition (config.condition_image): pass image=")
@@ -328,15 +341,14 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
                 raise ValueError(f"condition gives tokens {tuple(cond_tokens.shape)}, latent gives {tuple(tokens.shape)}: "
                                  "the condition must have the frames and pixel size the latent was encoded from")
             tokens = tokens + cond_tokens
-        ehs = tokens[:, :0]
         rope = self._rope(tl, h, w, tokens.device)
         for i, block in enumerate(self.transformer_blocks):
-            kwargs = None
+            kwargs = dict(masking) or None
             if reference_hidden_states is not None:
                 if cfg.reference_dim is None:
                     raise ValueError("this FGM has no reference attention (config.reference_dim is None)")
                 ref = reference_hidden_states[self.reference_layer(i, len(reference_hidden_states))]
-                kwargs = {"reference_hidden_states": ref}
+                kwargs = {**masking, "reference_hidden_states": ref}
             tokens, ehs = self._run_block(block, tokens, ehs, emb, rope, kwargs)
         tokens = self.norm_final(tokens)
         tokens = self.norm_out(tokens, temb=emb)

@@ -103,6 +103,10 @@ class TrainConfig:
                                                   # decoded predicted and true latents, on a random latent crop
     fgm_decoded_crop: Optional[List[int]] = field(default_factory=lambda: [4, 4])  # latent cells (h, w) of that
                                                   # crop; null = decode the whole latent (exact, slower)
+    fgm_decoded_target: str = "latent"            # fgm: what the decoded prediction is compared with: latent = the
+                                                  # decoder's flow of the true latent (the codec's round trip);
+                                                  # flow = the true flow itself (what the benchmark measures; no
+                                                  # frozen decode of the target per step; needs fgm_decoded_crop: null)
 
     @property
     def use_crm(self) -> bool:
@@ -196,6 +200,11 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
     if cfg.fgm_decoded_loss_weight > 0 and cfg.scheduler.prediction_type != "sample":
         raise ConfigError.at(src, "fgm_decoded_loss_weight", "needs the predicted clean latent",
                              "set scheduler.prediction_type: sample")
+    if cfg.fgm_decoded_target not in ("latent", "flow"):
+        raise ConfigError.at(src, "fgm_decoded_target", f"is {cfg.fgm_decoded_target!r}", "use latent or flow")
+    if cfg.fgm_decoded_target == "flow" and cfg.fgm_decoded_crop:
+        raise ConfigError.at(src, "fgm_decoded_target", "is flow with a latent crop (fgm_decoded_crop)",
+                             "set fgm_decoded_crop: null (the flow target is compared on the whole decoded clip)")
     if not 0 <= cfg.scheduler.train_timestep_min < cfg.scheduler.num_train_timesteps:
         raise ConfigError.at(src, "scheduler.train_timestep_min", f"is {cfg.scheduler.train_timestep_min}",
                              f"give 0 to {cfg.scheduler.num_train_timesteps - 1}")

@@ -174,8 +174,8 @@ def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: D
     ``batch`` keys: ``latents`` (B,T',C,h,w) clean flow latent, ``image_latents`` (B,1,C_i,h,w),
     ``condition`` (B,T,3|5,H,W) (already dropped to zeros for CFG samples), ``strength`` (B,),
     ``plucker`` (B,T,6,H,W), ``noise`` like latents, ``timesteps`` (B,) long (``crop_offsets`` (B,2)
-    with ``decoded``). ``latent_weight`` (1,T',C,1,1) weights the squared error (:func:`decoder_latent_weights`);
-    ``decoded(pred_x0, z0, crop_offsets)`` adds a loss on decoded flows (:class:`DecodedLatentLoss`).
+    with a cropping ``decoded``, ``target_flow`` (B,T,2,H,W) px with a flow-target one). ``latent_weight`` (1,T',C,1,1) weights the squared error (:func:`decoder_latent_weights`);
+    ``decoded(pred_x0, z0, crop_offsets, target_flow)`` adds a loss on decoded flows (:class:`DecodedLatentLoss`).
     """
     z0, noise, t = batch["latents"], batch["noise"], batch["timesteps"]
     zt = scheduler.add_noise(z0, noise, t)
@@ -187,7 +187,7 @@ def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: D
     err = (pred.float() - target.float()).square()
     loss = latent_loss_weight * ((err * latent_weight).mean() if latent_weight is not None else err.mean())
     if decoded is not None:
-        loss = loss + decoded(pred, z0, batch.get("crop_offsets"))
+        loss = loss + decoded(pred, z0, batch.get("crop_offsets"), batch.get("target_flow"))
     return loss
 
 
@@ -222,19 +222,34 @@ def decoder_latent_weights(codec: nn.Module, num_frames: int, size: Tuple[int, i
 
 
 class DecodedLatentLoss:
-    """Mean EPE (in units of ``flow_scale`` px) between the frozen decoder's flows of the predicted and the
-    true clean latents: the FGM's error as the flow sees it. ``crop`` (h, w latent cells, all frames): one
-    random crop per sample, a fraction of a full decode's cost (both latents are decoded relative to the
-    zero-residual latent, so the crop's border effects appear on both sides; the decoder's group norms
-    see only the crop, though); None: the whole latent."""
+    """Mean EPE (in units of ``flow_scale`` px) of the frozen decoder's flow of the predicted clean latent: the
+    FGM's error as the flow sees it. A residual FGM's latents are decoded relative to the zero-residual latent
+    z₀ (``residual``), as :class:`~flowctrl.pipelines.flow_generation.FlowGenerationPipeline` samples them.
+
+    ``target``: ``"latent"`` compares with the decoder's flow of the true latent (the codec's round trip of the
+    true flow; a second, gradient-free decode per step); ``"flow"`` compares ``decode(pred + z₀) − decode(z₀)``
+    with the true (residual) flow itself — what the benchmark measures, codec error included, and one decode
+    per step instead of two. ``crop`` (h, w latent cells, all frames; ``"latent"`` only): one random crop per
+    sample, a fraction of a full decode's cost (the crop's border effects appear on both sides; the decoder's
+    group norms see only the crop, though); None: the whole latent."""
 
     def __init__(self, codec: nn.Module, num_frames: int, size: Tuple[int, int], crop: Optional[Tuple[int, int]],
-                 weight: float) -> None:
+                 weight: float, target: str = "latent", residual: bool = True) -> None:
         from flowctrl.models.fgm import zero_residual_latent
 
-        self.codec, self.num_frames, self.weight = codec, num_frames, weight
+        if target not in ("latent", "flow"):
+            raise ValueError(f"decoded-loss target {target!r}: use latent or flow")
+        self.codec, self.num_frames, self.weight, self.target = codec, num_frames, weight, target
         self.crop = tuple(int(v) for v in crop) if crop else None
+        if self.crop and target == "flow":
+            raise ValueError("the flow target is compared on whole clips: crop must be None")
         self.zero = zero_residual_latent(codec, num_frames, size)
+        self.zero_flow = None
+        if residual:
+            with torch.no_grad():
+                self.zero_flow = codec.decode(self.zero, num_frames)
+        else:  # a whole-flow FGM's latents are the codec's own
+            self.zero = torch.zeros_like(self.zero)
 
     def offsets(self, batch: int, latent_size: Tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         """(B, 2) top-left latent cells of the crops, drawn from ``generator``."""
@@ -248,11 +263,21 @@ class DecodedLatentLoss:
         ch, cw = self.crop
         return torch.stack([z[i, :, :, int(y):int(y) + ch, int(x):int(x) + cw] for i, (y, x) in enumerate(offsets.tolist())])
 
-    def __call__(self, pred: torch.Tensor, z0: torch.Tensor, offsets: Optional[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, pred: torch.Tensor, z0: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+                 target_flow: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """pred, z0 (B,T',C,h,w) latents (relative to z₀ for a residual FGM); ``target_flow`` (B,T,2,H,W) px, the
+        true (residual) flow, needed with ``target="flow"``. Returns the weighted loss (scalar)."""
         zero = self._crop(self.zero.to(pred.device).expand(len(pred), -1, -1, -1, -1), offsets)
-        with torch.no_grad():
-            want = self.codec.decode(self._crop(z0, offsets) + zero, self.num_frames)
         got = self.codec.decode(self._crop(pred, offsets).to(zero.dtype) + zero, self.num_frames)
+        if self.target == "flow":
+            if target_flow is None:
+                raise ValueError("the flow-target decoded loss needs the batch's target_flow")
+            want = target_flow.to(got)
+            if self.zero_flow is not None:
+                got = got - self.zero_flow.to(got)
+        else:
+            with torch.no_grad():
+                want = self.codec.decode(self._crop(z0, offsets) + zero, self.num_frames)
         scale = float(self.codec.config.flow_scale)
         return self.weight * (got - want).square().sum(dim=2).add(1e-8).sqrt().mean() / scale
 
@@ -435,7 +460,8 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
         res = [cache.get_residual(None if keys is None else keys[k], it["flow"], it["sparse"], it["mask"], base,
                                   it.get("K"), it.get("w2c")) for k, it in enumerate(items)]
         z0 = torch.stack([r[0] for r in res])
-        cond = append_base(cond, torch.stack([r[1] for r in res]), flow_scale)
+        dense = torch.stack([r[1] for r in res])
+        cond = append_base(cond, dense, flow_scale)
     keep = (torch.rand(len(items), generator=generator) >= cfg_dropout).float().view(-1, 1, 1, 1, 1)
     out = {
         "latents": z0,
@@ -449,6 +475,8 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
     }
     if decoded is not None and decoded.crop is not None:  # drawn last: other runs keep their random stream
         out["crop_offsets"] = decoded.offsets(len(items), tuple(z0.shape[-2:]), generator)
+    if decoded is not None and decoded.target == "flow":
+        out["target_flow"] = b["flow"] if base is None else b["flow"] - dense
     return out
 
 
@@ -618,7 +646,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
                                                    generator=torch.Generator().manual_seed(cfg.seed))
         if cfg.fgm_decoded_loss_weight > 0:
             decoded = DecodedLatentLoss(models["codec"], cfg.data.num_frames, size, cfg.fgm_decoded_crop,
-                                        cfg.fgm_decoded_loss_weight)
+                                        cfg.fgm_decoded_loss_weight, cfg.fgm_decoded_target,
+                                        residual=models["fgm"].config.base is not None)
     module = Stage1Trainable(cfg.model, models, scheduler, codec_epe_weight=cfg.codec_epe_weight,
                               codec_sample_latent=cfg.codec_sample_latent,
                               refiner_layer_weight=cfg.refiner_layer_weight, latent_weight=latent_weight, decoded=decoded,

@@ -1,0 +1,125 @@
+"""Control tokens: the FGM's sparse controls as a token sequence in the CogVideoX blocks' text stream.
+
+A flowctrl extension of seed 000's FGM. The pose-guider-style :class:`~flowctrl.models.guider.ConditionEncoder`
+hands the controls to the DiT as a map added to the patch tokens, 16 px per token: a control reaches a distant
+token on the same surface only through self-attention between patch tokens. CogVideoX blocks already attend
+jointly over a second token stream (the text tokens of text-to-video); here that stream carries one token per
+(control pixel, latent frame), so every patch token can look up every control directly, by what the control
+looks like and where it is — the mechanism that made the refinement net T learn (its attention output over
+the controls, :class:`~flowctrl.models.refiner.RefinementNet`).
+
+A token's features: the control's condition values (bounded dx, dy, mask) on the frames its latent frame covers
+(grouped like the causal VAE groups frames), the reference image's ``patch × patch`` RGB window around it, Fourier
+features of its position, and a sinusoid of its latent-frame index; a two-layer MLP maps them to the token width.
+A clip without controls gets one learned "no controls" token per latent frame; the padding of a batch's shorter
+control lists is masked out of the attention (:func:`control_attention_mask`), so a clip's output does not depend
+on what it is batched with.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from flowctrl.models.guider import group_frames
+
+
+def control_pixels(mask: torch.Tensor, max_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pixels that carry a control on any frame, at most ``max_tokens`` per clip (evenly subsampled in raster order).
+
+    mask (B,T,1,H,W) → (index (B,N) long flat pixel indices y·W + x, valid (B,N) bool); N ≥ 1 (padding invalid).
+    """
+    b = mask.shape[0]
+    on = (mask > 0).any(dim=1).flatten(1)  # (B, H·W)
+    picks = []
+    for row in on:
+        where = row.nonzero().flatten()
+        if len(where) > max_tokens:
+            where = where[torch.linspace(0, len(where) - 1, max_tokens, device=where.device).round().long()]
+        picks.append(where)
+    n = max(1, max(len(p) for p in picks))
+    index = torch.zeros(b, n, dtype=torch.long, device=mask.device)
+    valid = torch.zeros(b, n, dtype=torch.bool, device=mask.device)
+    for i, p in enumerate(picks):
+        index[i, :len(p)] = p
+        valid[i, :len(p)] = True
+    return index, valid
+
+
+def fourier_features(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """x (..., D) in [0, 1] → (..., 2·D·num_freqs): sin and cos of 2^k·π·x, k = 0 … num_freqs−1."""
+    freqs = math.pi * 2.0 ** torch.arange(num_freqs, device=x.device, dtype=x.dtype)
+    angles = (x[..., None] * freqs).flatten(-2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def control_attention_mask(keep: torch.Tensor, num_patch_tokens: int, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+    """The attention keyword arguments that hide padded control tokens from every query.
+
+    keep (B, L) bool over the control tokens → ``{"attention_mask": (B, 1, L + num_patch_tokens)}`` additive
+    (0 = attend, the dtype's lowest value = masked), the form diffusers' CogVideoX attention processors take.
+    """
+    patch = keep.new_ones(keep.shape[0], num_patch_tokens)
+    allowed = torch.cat([keep, patch], dim=1)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=keep.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return {"attention_mask": mask[:, None]}
+
+
+class ControlTokenEncoder(nn.Module):
+    """(condition (B,T,3,H,W), image (B,3,H,W) in [0, 1]) → control tokens (B, T'·N, out_dim) + which to attend to.
+
+    Args:
+        out_dim: token width of the transformer (the blocks' ``dim``).
+        max_tokens: controls kept per clip (N ≤ max_tokens; more are evenly subsampled).
+        temporal_compression: frames per latent frame (4 for the causal 3D VAE).
+        patch: side of the RGB window around each control (odd).
+        num_freqs: Fourier frequencies per position coordinate.
+        hidden: MLP width.
+    """
+
+    def __init__(self, out_dim: int, max_tokens: int = 32, temporal_compression: int = 4, patch: int = 5,
+                 num_freqs: int = 4, hidden: int = 64) -> None:
+        super().__init__()
+        if patch % 2 != 1:
+            raise ValueError(f"control-token patch must be odd, got {patch}")
+        self.max_tokens, self.temporal_compression, self.patch, self.num_freqs = max_tokens, temporal_compression, patch, num_freqs
+        self.frame_dim = 8
+        features = 3 * temporal_compression + 3 * patch * patch + 4 * num_freqs + self.frame_dim
+        self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+        self.empty = nn.Parameter(torch.zeros(out_dim))
+
+    def _frame_embedding(self, num_latent_frames: int, device, dtype) -> torch.Tensor:
+        k = torch.arange(num_latent_frames, device=device, dtype=dtype)[:, None]
+        freqs = 1.0 / (10.0 ** torch.arange(self.frame_dim // 2, device=device, dtype=dtype))
+        return torch.cat([(k * freqs).sin(), (k * freqs).cos()], dim=-1)  # (T', frame_dim)
+
+    def forward(self, condition: torch.Tensor, image: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """condition (B,T,≥3,H,W): channels 0–2 = (tanh(dx/s)·m, tanh(dy/s)·m, m) (:func:`~flowctrl.models.fgm.sparse_condition`);
+        image (B,3,H,W) in [0, 1] or None (zeros). → tokens (B, T'·N, out_dim), latent-frame major, and keep
+        (B, T'·N) bool: False for padding (a clip without controls keeps its "no controls" tokens)."""
+        b, t, _, h, w = condition.shape
+        cond = condition[:, :, :3]
+        index, valid = control_pixels(cond[:, :, 2:3], self.max_tokens)
+        n = index.shape[1]
+        flat = cond.flatten(3)                                                   # (B,T,3,H·W)
+        values = torch.gather(flat, 3, index[:, None, None].expand(b, t, 3, n))  # (B,T,3,N)
+        grouped = group_frames(values[..., None], self.temporal_compression)     # (B,T',r·3,N,1)
+        grouped = grouped[..., 0].transpose(2, 3)                                # (B,T',N,r·3)
+        tl = grouped.shape[1]
+        if image is None:
+            image = cond.new_zeros(b, 3, h, w)
+        windows = nn.functional.unfold(image.to(cond.dtype) * 2 - 1, self.patch, padding=self.patch // 2)  # (B,3k²,H·W)
+        windows = torch.gather(windows, 2, index[:, None].expand(b, windows.shape[1], n)).transpose(1, 2)  # (B,N,3k²)
+        xy = torch.stack([(index % w).to(cond.dtype) / max(1, w - 1), (index // w).to(cond.dtype) / max(1, h - 1)], dim=-1)
+        per_point = torch.cat([windows, fourier_features(xy, self.num_freqs)], dim=-1)   # (B,N,·)
+        frames = self._frame_embedding(tl, cond.device, cond.dtype)
+        feats = torch.cat([grouped, per_point[:, None].expand(-1, tl, -1, -1),
+                           frames[None, :, None].expand(b, -1, n, -1)], dim=-1)        # (B,T',N,F)
+        tokens = self.mlp(feats)
+        real = valid[:, None, :, None].to(tokens.dtype)
+        tokens = tokens * real + self.empty.to(tokens.dtype) * (1 - real)
+        keep = valid.clone()
+        keep[:, 0] |= ~valid.any(dim=1)  # no controls: attend to the empty token
+        return tokens.flatten(1, 2), keep[:, None].expand(-1, tl, -1).flatten(1)
