@@ -435,6 +435,12 @@ def test_crm_camera_base_trains_on_the_cameras_plane_flow_and_the_decoded_loss_a
            "fgm_latent_loss_weight": 0.0, "fgm_decoded_loss_weight": 1.0}
     out = train(load_config(None, run), log=lambda m: None)
     assert json.loads((Path(out["final"]) / "crm" / "config.json").read_text())["camera_base_depth"] == 6.0
+    # the same run with the true residual flow as the decoded loss's target (whole clips)
+    cfg = load_config(None, {**run, "output_dir": str(tmp_path / "cam_flow")},
+                      settings=["fgm_decoded_crop=null", "fgm_decoded_target=flow"])
+    out = train(cfg, log=lambda m: None)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "cam_flow")]
+    assert out["final"] and len(losses) == 2 and all(v == v and v > 0 for v in losses)
 
 
 def test_cli_set_overrides_nested_keys_with_yaml_values(tmp_path, capsys):

@@ -174,7 +174,8 @@ def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: D
     ``batch`` keys: ``latents`` (B,T',C,h,w) clean flow latent, ``image_latents`` (B,1,C_i,h,w),
     ``condition`` (B,T,3|5,H,W) (already dropped to zeros for CFG samples), ``strength`` (B,),
     ``plucker`` (B,T,6,H,W), ``noise`` like latents, ``timesteps`` (B,) long (``crop_offsets`` (B,2)
-    with a cropping ``decoded``, ``target_flow`` (B,T,2,H,W) px with a flow-target one). ``latent_weight`` (1,T',C,1,1) weights the squared error (:func:`decoder_latent_weights`);
+    with a cropping ``decoded``, ``target_flow`` (B,T,2,H,W) px with a flow-target one). ``latent_weight``
+    (1,T',C,1,1) weights the squared error (:func:`decoder_latent_weights`);
     ``decoded(pred_x0, z0, crop_offsets, target_flow)`` adds a loss on decoded flows (:class:`DecodedLatentLoss`).
     """
     z0, noise, t = batch["latents"], batch["noise"], batch["timesteps"]
