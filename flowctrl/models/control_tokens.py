@@ -21,6 +21,7 @@ import math
 from typing import Dict, Optional, Tuple
 
 import torch
+from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 from flowctrl.models.guider import group_frames
@@ -90,11 +91,6 @@ class ControlTokenEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
         self.empty = nn.Parameter(torch.zeros(out_dim))
 
-    def _frame_embedding(self, num_latent_frames: int, device, dtype) -> torch.Tensor:
-        k = torch.arange(num_latent_frames, device=device, dtype=dtype)[:, None]
-        freqs = 1.0 / (10.0 ** torch.arange(self.frame_dim // 2, device=device, dtype=dtype))
-        return torch.cat([(k * freqs).sin(), (k * freqs).cos()], dim=-1)  # (T', frame_dim)
-
     def forward(self, condition: torch.Tensor, image: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """condition (B,T,≥3,H,W): channels 0–2 = (tanh(dx/s)·m, tanh(dy/s)·m, m) (:func:`~flowctrl.models.fgm.sparse_condition`);
         image (B,3,H,W) in [0, 1] or None (zeros). → tokens (B, T'·N, out_dim), latent-frame major, and keep
@@ -114,7 +110,7 @@ class ControlTokenEncoder(nn.Module):
         windows = torch.gather(windows, 2, index[:, None].expand(b, windows.shape[1], n)).transpose(1, 2)  # (B,N,3k²)
         xy = torch.stack([(index % w).to(cond.dtype) / max(1, w - 1), (index // w).to(cond.dtype) / max(1, h - 1)], dim=-1)
         per_point = torch.cat([windows, fourier_features(xy, self.num_freqs)], dim=-1)   # (B,N,·)
-        frames = self._frame_embedding(tl, cond.device, cond.dtype)
+        frames = get_timestep_embedding(torch.arange(tl, device=cond.device), self.frame_dim, max_period=100).to(cond.dtype)
         feats = torch.cat([grouped, per_point[:, None].expand(-1, tl, -1, -1),
                            frames[None, :, None].expand(b, -1, n, -1)], dim=-1)        # (B,T',N,F)
         tokens = self.mlp(feats)
