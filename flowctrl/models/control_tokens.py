@@ -27,26 +27,30 @@ from torch import nn
 from flowctrl.models.guider import group_frames
 
 
+def true_indices(on: torch.Tensor, max_count: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Where each row of ``on`` (B, P) bool is True, in order, padded: (index (B,K) long, valid (B,K) bool), K ≥ 1.
+
+    With ``max_count``, a row with more True entries keeps ``max_count`` of them, evenly spaced in that order.
+    Padding entries are in range (they point at False positions) and not valid.
+    """
+    counts = on.sum(1, keepdim=True)                                                 # (B, 1)
+    k = max(1, int(counts.max()) if on.numel() else 0)
+    if max_count is not None:
+        k = min(k, max_count)
+    order = torch.argsort((~on).to(torch.int8), dim=1, stable=True)                # True entries first, in order
+    j = torch.arange(k, device=on.device).expand(len(on), k)
+    if max_count is not None:
+        spaced = (j * (counts - 1) / max(max_count - 1, 1)).round().long()
+        j = torch.where(counts > max_count, spaced, j)
+    return torch.gather(order, 1, j), j < counts
+
+
 def control_pixels(mask: torch.Tensor, max_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pixels that carry a control on any frame, at most ``max_tokens`` per clip (evenly subsampled in raster order).
 
     mask (B,T,1,H,W) → (index (B,N) long flat pixel indices y·W + x, valid (B,N) bool); N ≥ 1 (padding invalid).
     """
-    b = mask.shape[0]
-    on = (mask > 0).any(dim=1).flatten(1)  # (B, H·W)
-    picks = []
-    for row in on:
-        where = row.nonzero().flatten()
-        if len(where) > max_tokens:
-            where = where[torch.linspace(0, len(where) - 1, max_tokens, device=where.device).round().long()]
-        picks.append(where)
-    n = max(1, max(len(p) for p in picks))
-    index = torch.zeros(b, n, dtype=torch.long, device=mask.device)
-    valid = torch.zeros(b, n, dtype=torch.bool, device=mask.device)
-    for i, p in enumerate(picks):
-        index[i, :len(p)] = p
-        valid[i, :len(p)] = True
-    return index, valid
+    return true_indices((mask > 0).any(dim=1).flatten(1), max_tokens)
 
 
 def fourier_features(x: torch.Tensor, num_freqs: int) -> torch.Tensor:

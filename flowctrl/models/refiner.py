@@ -28,6 +28,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from flowctrl.models.control_tokens import true_indices
+
 
 def _norm(ch: int) -> nn.Module:
     return nn.GroupNorm(min(8, ch), ch)
@@ -239,11 +241,8 @@ class RefinementNet(ModelMixin, ConfigMixin):
         y (N, D+1, H, W) head output; base/dense (N, 2, H, W); mask (N, 1, H, W) → (N, 2, H, W)."""
         n, _, h, w = base.shape
         d = self.config.feature_dim
-        m = mask.reshape(n, h * w) > 0
-        counts = m.sum(1)
-        k = max(1, int(counts.max()))
-        idx = torch.argsort((~m).to(torch.int8), dim=1, stable=True)[:, :k]            # control pixels first
-        valid = torch.arange(k, device=m.device)[None] < counts[:, None]                  # (N, k)
+        idx, valid = true_indices(mask.reshape(n, h * w) > 0)                             # control pixels (N, k)
+        k = idx.shape[1]
         feat = y[:, :d].reshape(n, d, h * w)
         keep = y[:, d].reshape(n, h * w)
         fq = torch.gather(feat, 2, idx[:, None].expand(n, d, k))                          # (N, D, k)
