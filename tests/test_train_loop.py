@@ -461,3 +461,15 @@ def test_cli_set_overrides_nested_keys_with_yaml_values(tmp_path, capsys):
     assert cli_main(["train", "flow", "--config", str(bad), "--set", "batch_size=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "batch_size" in err[0]
+
+
+def test_lr_schedule_spans_the_runs_optimizer_updates_under_gradient_accumulation(tmp_path):
+    # 6 batches, 2 per update: 3 updates; warmup of 2 batches = 1 update. A linear schedule peaks after
+    # the first update and reaches 0 at the last (it used to count batches: peak 0.5×, end 0.75×).
+    path = _config(tmp_path, "acc", model="refiner", max_steps=6, batch_size=1, gradient_accumulation_steps=2,
+                   lr_scheduler="linear", lr_warmup_steps=2, learning_rate=1e-3, refiner_frames=1,
+                   refiner={"channels": [8, 8]}, data={**TINY_RUN["data"], "condition": {"mode": "random"}})
+    train(load_config(str(path)), log=lambda m: None)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "acc")]
+    assert lrs[1] == pytest.approx(1e-3) and lrs[3] == pytest.approx(5e-4) and lrs[5] == pytest.approx(0.0)
+    assert lrs[0] == 0.0 and lrs[2] == lrs[1] and lrs[4] == lrs[3]  # unchanged between updates

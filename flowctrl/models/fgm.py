@@ -283,6 +283,11 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
             for block in self.transformer_blocks:
                 block.attn1.set_processor(ReferenceAttnProcessor(inner, reference_dim))
 
+    def fresh_parameter_names(self) -> set:
+        """Parameters that keep their own initialisation when starting from CogVideoX (:meth:`from_cogvideox`):
+        a residual FGM's zero output projection, so that it starts at its base flow."""
+        return {"proj_out.weight", "proj_out.bias"} if self.config.base is not None else set()
+
     def reference_layer(self, i: int, num_reference_layers: int) -> int:
         """Index of the CRM layer whose hidden states feed FGM layer ``i`` (spread evenly)."""
         return min(num_reference_layers - 1, (i * num_reference_layers) // len(self.transformer_blocks))
@@ -367,7 +372,8 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
 
         Blocks, timestep embedding, final norms are copied; the patch embedding keeps the pretrained
         weights for the first input channels (the rest start at zero) and the output projection is
-        copied when its shape matches. ``overrides`` set FGM config fields (e.g. ``in_channels``).
+        copied when its shape matches (a residual FGM keeps its zero one: :meth:`fresh_parameter_names`).
+        ``overrides`` set FGM config fields (e.g. ``in_channels``).
         """
         return _init_from_cogvideox(cls, path, subfolder, overrides)
 
@@ -394,9 +400,10 @@ def _init_from_cogvideox(cls, path, subfolder, overrides):
     model = cls(**{k: v for k, v in fields.items() if k in accepted})
     src = base.state_dict()
     dst = model.state_dict()
+    fresh = model.fresh_parameter_names() if hasattr(model, "fresh_parameter_names") else set()
     load = {}
     for key, value in src.items():
-        if key not in dst:
+        if key not in dst or key in fresh:
             continue
         if dst[key].shape == value.shape:
             load[key] = value

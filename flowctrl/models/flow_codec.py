@@ -30,7 +30,11 @@ def flow_to_channels(flow: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def channels_to_flow(ch: torch.Tensor, scale: float) -> torch.Tensor:
-    """(..., 3, H, W) → (..., 2, H, W) px; inverse of :func:`flow_to_channels`."""
+    """(..., 3, H, W) → (..., 2, H, W) px; inverse of :func:`flow_to_channels`.
+
+    Computed (and returned) in float32 at least: in bf16, ``1 − 1e-4`` rounds to 1 and atanh(1) is infinite,
+    so a bf16 decoder output (mixed precision) would decode to NaN flow."""
+    ch = ch.to(torch.promote_types(ch.dtype, torch.float32))
     v = scale * torch.atanh(ch[..., :2, :, :].clamp(-1 + _EPS, 1 - _EPS))
     vmag = v.norm(dim=-3, keepdim=True)
     mag = scale * torch.atanh(((ch[..., 2:3, :, :] + 1.0) / 2.0).clamp(0.0, 1 - _EPS))

@@ -582,6 +582,23 @@ def start_run(accelerator, out: Path, config: Dict[str, Any], resume: Optional[s
     return step, metrics
 
 
+def make_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int,
+                      accumulation: int, world: int):
+    """The LR schedule of a run, counted in optimizer updates.
+
+    A run's step counts (``max_steps``, ``lr_warmup_steps``) are batches per process; with gradient
+    accumulation ``accumulation`` of them make one optimizer update, and the scheduler that accelerate
+    prepares advances ``world`` times per update (once per process) and not at all in between. So warmup
+    and decay span ``ceil(warmup_steps / accumulation)`` and ``max_steps // accumulation`` updates, and a
+    decaying schedule ends at the run's last update whatever the accumulation and the number of processes.
+    """
+    from diffusers.optimization import get_scheduler
+
+    warmup_updates = -(-warmup_steps // accumulation)
+    total_updates = max(1, max_steps // accumulation)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_updates * world, num_training_steps=total_updates * world)
+
+
 def optimizer_step(accelerator, loss: torch.Tensor, params, optimizer, lr_sched, grad_clip: float) -> None:
     """Backward, optional gradient clipping (on synchronizing steps), optimizer and LR-scheduler step.
     Call inside ``accelerator.accumulate(model)``."""
@@ -624,7 +641,6 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -660,8 +676,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
-    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * world,
-                             num_training_steps=cfg.max_steps * world)
+    lr_sched = make_lr_scheduler(cfg.lr_scheduler, optimizer, cfg.lr_warmup_steps, cfg.max_steps,
+                                 cfg.gradient_accumulation_steps, world)
     module, optimizer, lr_sched = accelerator.prepare(module, optimizer, lr_sched)
     device = accelerator.device
     for name in ("codec", "image_codec"):
@@ -726,21 +742,26 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
                 log(f"time limit {cfg.time_limit_s:.0f}s reached at step {step}")
                 break
 
-    # DDP sanity check: every process's parameters must be identical after the same optimizer steps.
-    local = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3
-                         for p in accelerator.unwrap_model(module).parameters()]).sum().reshape(1).to(device)
-    sums = accelerator.gather(local).cpu().tolist()
+    # DDP sanity check: every process's parameters must be identical after the same optimizer steps
+    # (sharded runs hold different shards by design: nothing to compare).
+    sums, in_sync = None, None
+    if not shards_parameters(accelerator):
+        local = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3
+                             for p in accelerator.unwrap_model(module).parameters()]).sum().reshape(1).to(device)
+        sums = accelerator.gather(local).cpu().tolist()
+        in_sync = max(sums) - min(sums) == 0.0
     if accelerator.is_main_process:
         (out / "train_summary.json").write_text(json.dumps({
             "world_size": world, "step": step, "loss": loss_value, "param_checksums": sums,
-            "in_sync": max(sums) - min(sums) == 0.0}, indent=1))
+            "in_sync": in_sync}, indent=1))
 
     final = None
     timed_out = cfg.time_limit_s is not None and time.time() - t0 >= cfg.time_limit_s
     if step >= cfg.max_steps or (timed_out and stop_after is None):
         _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+        trained = trained_module(accelerator, module)  # every process: gathering sharded weights is collective
         if accelerator.is_main_process:
-            final = save_final(cfg, accelerator.unwrap_model(module), models, out / "final")
+            final = save_final(cfg, trained, models, out / "final")
             log(f"saved {final}")
     accelerator.wait_for_everyone()
     result = {"step": step, "loss": loss_value, "output_dir": str(out), "final": str(final) if final else None}
@@ -749,6 +770,62 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return result
+
+
+def shards_parameters(accelerator) -> bool:
+    """Whether each process holds only a shard of every parameter (FSDP, DeepSpeed ZeRO-3)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def with_full_weights(module: nn.Module, state: Dict[str, torch.Tensor],
+                      rebuild: Optional[Callable[[nn.Module], Any]] = None) -> Any:
+    """A copy of ``module`` holding the whole weights of ``state`` (its full state dict, keys as ``module.state_dict()``).
+
+    Each diffusers model (``module`` itself, or each of its children that is one) is rebuilt from its config,
+    passed to ``rebuild`` (e.g. to add the same LoRA adapter) and loaded with its part of ``state``, strictly.
+    Returns the rebuilt model, or for a container (:class:`Stage1Trainable`) a namespace of its rebuilt
+    children (``fgm``, ``crm``, ``refiner``, ``codec``; None where absent). Needed where the trained parameters are
+    sharded across processes (:func:`shards_parameters`), so the module itself cannot be saved as it is.
+    """
+    from types import SimpleNamespace
+
+    from diffusers.models.modeling_utils import ModelMixin
+
+    def fresh(model: ModelMixin, part: Dict[str, torch.Tensor]) -> ModelMixin:
+        # FSDP2 swaps a sharded module's class for a subclass FSDP<Class>: rebuild the model's own class
+        cls = next(c for c in type(model).__mro__ if issubclass(c, ModelMixin) and not c.__name__.startswith("FSDP"))
+        new = cls.from_config(model.config)
+        if rebuild is not None:
+            rebuild(new)
+        new.load_state_dict(part)
+        return new
+
+    if isinstance(module, ModelMixin):
+        return fresh(module, state)
+    parts: Dict[str, Any] = {"fgm": None, "crm": None, "refiner": None, "codec": None}
+    for name, child in module.named_children():
+        if isinstance(child, ModelMixin):
+            prefix = name + "."
+            parts[name] = fresh(child, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return SimpleNamespace(**parts)
+
+
+def trained_module(accelerator, model: nn.Module, rebuild: Optional[Callable[[nn.Module], Any]] = None) -> Any:
+    """The trained module to save, with whole weights, on the main process (None on the others).
+
+    Under DDP that is the unwrapped module. Under FSDP or ZeRO-3 every process holds a shard of each
+    parameter: the full state dict is gathered (a collective, so *every* process must call this) and loaded
+    into fresh copies (:func:`with_full_weights`).
+    """
+    if not shards_parameters(accelerator):
+        return accelerator.unwrap_model(model) if accelerator.is_main_process else None
+    state = accelerator.get_state_dict(model)
+    return with_full_weights(accelerator.unwrap_model(model), state, rebuild) if accelerator.is_main_process else None
 
 
 def save_final(cfg: TrainConfig, module: Stage1Trainable, models: Dict[str, nn.Module], path: Path) -> Path:

@@ -500,10 +500,10 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
 
     from flowctrl.train.data import num_batches, seeded_order
-    from flowctrl.train.flow_loop import _save_checkpoint, optimizer_step, record_step, start_run
+    from flowctrl.train.flow_loop import (_save_checkpoint, make_lr_scheduler, optimizer_step, record_step, start_run,
+                                         trained_module)
 
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no",
@@ -522,8 +522,8 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
         transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(param_groups(transformer, params, cfg), lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * world,
-                             num_training_steps=cfg.max_steps * world)
+    lr_sched = make_lr_scheduler(cfg.lr_scheduler, optimizer, cfg.lr_warmup_steps, cfg.max_steps,
+                                 cfg.gradient_accumulation_steps, world)
     model, optimizer, lr_sched = accelerator.prepare(transformer, optimizer, lr_sched)
     device = accelerator.device
 
@@ -566,8 +566,9 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
     final = None
     if step >= cfg.max_steps or out_of_time:
         _save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+        trained = trained_module(accelerator, model, rebuild=lambda fresh: setup_trainable(fresh, cfg))  # collective
         if accelerator.is_main_process:
-            pipe.transformer = accelerator.unwrap_model(model)
+            pipe.transformer = trained
             final = save_final(pipe, cfg, out / "final")
             log(f"saved {final}")
     accelerator.wait_for_everyone()
