@@ -98,9 +98,17 @@ class FlowGenerationPipeline:
     def device(self) -> torch.device:
         return next(iter(self.modules().values())).device
 
-    def to(self, device: Union[str, torch.device]) -> "FlowGenerationPipeline":
-        for m in self.modules().values():
-            m.to(device)
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (of the FGM; T's is always float32)."""
+        return next((self.fgm or self.refiner).parameters()).dtype
+
+    def to(self, device: Union[None, str, torch.device] = None, dtype: Optional[torch.dtype] = None) -> "FlowGenerationPipeline":
+        """Move every part to ``device`` and/or cast its weights to ``dtype`` (e.g. ``torch.bfloat16`` on a GPU).
+        Whatever the weights' dtype, a call takes and returns float32 flows (the codec decodes in float32).
+        T stays in float32: it is small, and its parametric base solves linear systems."""
+        for name, m in self.modules().items():
+            m.to(device=device, dtype=None if name == "refiner" else dtype)
         return self
 
     # ------------------------------------------------------------------------------ persistence
@@ -123,8 +131,10 @@ class FlowGenerationPipeline:
         os.replace(tmp, path)
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike], **overrides: Any) -> "FlowGenerationPipeline":
-        """Load a folder written by :meth:`save_pretrained` / ``flowctrl train flow`` (``final/``).
+    def from_pretrained(cls, path: Union[str, os.PathLike], torch_dtype: Optional[torch.dtype] = None,
+                        **overrides: Any) -> "FlowGenerationPipeline":
+        """Load a folder written by :meth:`save_pretrained` / ``flowctrl train flow`` (``final/``), with the
+        weights cast to ``torch_dtype`` when given (:meth:`to`).
 
         Raises :class:`MissingWeightsError` naming the folder when it or a part is missing.
         """
@@ -153,7 +163,8 @@ class FlowGenerationPipeline:
                 if name == "scheduler":
                     parts[name] = DDIMScheduler.from_pretrained(str(folder))
                 elif name in classes:
-                    parts[name] = classes[name].from_pretrained(str(folder), local_files_only=True)
+                    dtype = None if name == "refiner" else torch_dtype  # T stays in float32 (see to())
+                    parts[name] = classes[name].from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
             except (OSError, ValueError, EnvironmentError) as err:
                 raise MissingWeightsError.at(folder, name, f"cannot be loaded ({type(err).__name__})",
                                              "re-save the pipeline or retrain") from None
@@ -243,8 +254,11 @@ class FlowGenerationPipeline:
         uncond = torch.zeros_like(cond)
         # the codec passes are most of a call's time on a CPU (bench_flow_model_call.py): they get stages of
         # their own, so a progress display names the pass that is running instead of looking stuck
+        dt = self.dtype  # the models run in their weights' dtype; latents, scheduler and flows stay float32
+        cond, uncond, strength_t = cond.to(dt), uncond.to(dt), strength_t.to(dt)
         report_progress(callback, "flow encode", 0)
-        img_lat = self.image_codec.encode_channels(img[:, None] * 2 - 1)
+        img_lat = self.image_codec.encode_channels((img[:, None] * 2 - 1).to(next(self.image_codec.parameters()).dtype)).to(dt)
+        img = img.to(dt)
         report_progress(callback, "flow encode", 1)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         sched = self._sampler(sampler or self.sampler)
@@ -253,12 +267,12 @@ class FlowGenerationPipeline:
         shape = (1, latent_num_frames(t_frames), self.codec.config.latent_channels, hw[0] // 8, hw[1] // 8)
         latents = torch.randn(shape, generator=generator, device="cpu").to(dev) * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
-            x = sched.scale_model_input(latents, t)
+            x = sched.scale_model_input(latents, t).to(dt)
             tt = t.reshape(1).to(dev)
-            refs = self.crm(img_lat, tt, plucker) if self.crm is not None else None
-            pred = self.fgm(x, tt, img_lat, cond, strength_t, refs, image=img).sample
+            refs = self.crm(img_lat, tt, plucker.to(dt)) if self.crm is not None else None
+            pred = self.fgm(x, tt, img_lat, cond, strength_t, refs, image=img).sample.float()
             if scale != 1.0:
-                pred_u = self.fgm(x, tt, img_lat, uncond, strength_t, refs, image=img).sample
+                pred_u = self.fgm(x, tt, img_lat, uncond, strength_t, refs, image=img).sample.float()
                 pred = pred_u + scale * (pred - pred_u)
             latents = sched.step(pred, t, latents, generator=generator).prev_sample
             report_progress(callback, "flow_model", i + 1, len(sched.timesteps))
@@ -267,9 +281,9 @@ class FlowGenerationPipeline:
             zero, zero_flow = self._zero_residual_pair(t_frames, hw)
             # minus the decoded zero residual: latent 0 gives the base exactly, not base + the codec's round-trip
             # error of 0 (validation, perfect residual latents: 0.403 px vs 0.448 without the correction)
-            flow = base + self.codec.decode(latents + zero, num_frames=t_frames) - zero_flow
+            flow = base + self.codec.decode((latents + zero).to(zero.dtype), num_frames=t_frames) - zero_flow
         else:
-            flow = self.codec.decode(latents, num_frames=t_frames)
+            flow = self.codec.decode(latents.to(next(self.codec.parameters()).dtype), num_frames=t_frames)
         report_progress(callback, "flow decode", 1)
         return _resize_flow(flow, (h, w)).cpu()
 
