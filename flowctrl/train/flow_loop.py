@@ -677,7 +677,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
     lr_sched = make_lr_scheduler(cfg.lr_scheduler, optimizer, cfg.lr_warmup_steps, cfg.max_steps,
-                                 cfg.gradient_accumulation_steps, world)
+                                 accelerator.gradient_accumulation_steps, world)  # the launcher may override the config's
     module, optimizer, lr_sched = accelerator.prepare(module, optimizer, lr_sched)
     device = accelerator.device
     for name in ("codec", "image_codec"):

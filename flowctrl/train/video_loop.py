@@ -523,7 +523,7 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
     optimizer = torch.optim.AdamW(param_groups(transformer, params, cfg), lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     lr_sched = make_lr_scheduler(cfg.lr_scheduler, optimizer, cfg.lr_warmup_steps, cfg.max_steps,
-                                 cfg.gradient_accumulation_steps, world)
+                                 accelerator.gradient_accumulation_steps, world)  # the launcher may override the config's
     model, optimizer, lr_sched = accelerator.prepare(transformer, optimizer, lr_sched)
     device = accelerator.device
 
