@@ -387,3 +387,43 @@ def test_fgm_control_tokens_read_the_controls_and_ignore_batch_padding():
         both = ref_fgm(z, t, img_lat, cond, strength, crm(img_lat, t, plucker), image=image).sample
         alone = ref_fgm(z[:1], t[:1], img_lat[:1], cond[:1], strength[:1], crm(img_lat[:1], t[:1], plucker[:1]), image=image[:1]).sample
         assert torch.allclose(both[:1], alone, atol=1e-5)
+
+
+def test_control_affinity_loss_scores_tokens_against_the_surface_share_of_each_control():
+    """Two surfaces split the image at x = 16 (tokens of 16 px: the left column of tokens lies on surface 0, the
+    right on 1). Tokens whose products say exactly that score ≈ 0; the swapped assignment scores high; padded
+    controls do not count; and the FGM returns its last block's tokens for it."""
+    from flowctrl.models.control_tokens import control_affinity_loss, control_pixels
+
+    b, t, h, w, d = 1, 5, 32, 32, 4
+    layers = torch.zeros(b, 1, h, w, dtype=torch.long)
+    layers[..., 16:] = 1
+    mask = torch.zeros(b, t, 1, h, w)
+    mask[:, :, :, 5, 3] = 1     # a control on surface 0
+    mask[:, :, :, 20, 27] = 1   # a control on surface 1
+    cond = torch.cat([torch.zeros(b, t, 2, h, w), mask], dim=2)
+    index, valid = control_pixels(mask, 8)
+    assert valid.all() and index.tolist() == [[5 * 32 + 3, 20 * 32 + 27]]
+    tl = 2
+    side = torch.tensor([0.0, 1.0, 0.0, 1.0])                                 # token raster (2×2): x = 0, 1, 0, 1
+    patch = torch.stack([(1 - side) * 10, side * 10, -torch.ones(4) * 10, torch.zeros(4)], -1)   # (S=4, D)
+    control = torch.tensor([[10.0, 0, 1, 0], [0, 10.0, 1, 0]])                # surface 0, surface 1
+    patch_tokens = patch.repeat(tl, 1)[None]                                  # (1, T'·S, D)
+    good = control_affinity_loss(patch_tokens, control.repeat(tl, 1)[None], cond, layers, 8, 16)
+    swapped = control_affinity_loss(patch_tokens, control.flip(0).repeat(tl, 1)[None], cond, layers, 8, 16)
+    assert good < 0.01 and swapped > 10
+    # a third, padded control slot (another clip in the batch has more) changes nothing
+    mask2 = mask.repeat(2, 1, 1, 1, 1)
+    mask2[1, :, :, 9, 9] = 1
+    cond2 = torch.cat([torch.zeros(2, t, 2, h, w), mask2], dim=2)
+    tokens2 = torch.cat([control, torch.full((1, d), 5.0)]).repeat(tl, 1)[None].repeat(2, 1, 1)   # (2, T'·3, D)
+    both = control_affinity_loss(patch_tokens.repeat(2, 1, 1), tokens2, cond2, layers.repeat(2, 1, 1, 1), 8, 16)
+    tokens2[0, 2::3] = -50.0   # clip 0's padded slot
+    assert torch.isfinite(both) and control_affinity_loss(patch_tokens.repeat(2, 1, 1), tokens2, cond2,
+                                                          layers.repeat(2, 1, 1, 1), 8, 16) == both
+
+    fgm = FlowGenerationModel(**TINY, control_tokens=4)
+    z, img_lat, cond_in, _, tt, strength = _inputs()
+    out = fgm(z, tt, img_lat, cond_in, strength, image=torch.rand(2, 3, 32, 32), return_tokens=True)
+    assert out.patch_tokens.shape == (2, 3 * 4, 16) and out.control_tokens.shape[0] == 2
+    assert out.control_tokens.shape[1] % 3 == 0

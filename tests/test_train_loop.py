@@ -473,3 +473,19 @@ def test_lr_schedule_spans_the_runs_optimizer_updates_under_gradient_accumulatio
     lrs = [r["lr"] for r in read_metrics(tmp_path / "acc")]
     assert lrs[1] == pytest.approx(1e-3) and lrs[3] == pytest.approx(5e-4) and lrs[5] == pytest.approx(0.0)
     assert lrs[0] == 0.0 and lrs[2] == lrs[1] and lrs[4] == lrs[3]  # unchanged between updates
+
+
+def test_fgm_affinity_loss_joins_the_training_loss_on_synthetic_data(tmp_path):
+    """fgm_affinity_weight: the first step of the same run (same batch, same initial weights) is higher by the
+    weighted control-affinity loss (a positive BCE); it needs control tokens."""
+    run = {**TINY_RUN, "max_steps": 1, "checkpoint_every": 5, "cfg_dropout": 0.0,
+           "data": {**TINY_RUN["data"], "condition": {"mode": "random"}},
+           "fgm": {**TINY_RUN["fgm"], "control_tokens": 4}}
+    first = {}
+    for weight in (0.0, 0.5):
+        cfg = load_config(None, {**run, "output_dir": str(tmp_path / f"w{weight}"), "fgm_affinity_weight": weight})
+        train(cfg, log=lambda m: None)
+        first[weight] = read_metrics(tmp_path / f"w{weight}")[0]["loss"]
+    assert 0.5 * 0.05 < first[0.5] - first[0.0] < 0.5 * 5.0
+    with pytest.raises(ConfigError, match="control tokens"):
+        load_config(None, {"fgm_affinity_weight": 0.5})

@@ -123,3 +123,39 @@ class ControlTokenEncoder(nn.Module):
         keep = valid.clone()
         keep[:, 0] |= ~valid.any(dim=1)  # no controls: attend to the empty token
         return tokens.flatten(1, 2), keep[:, None].expand(-1, tl, -1).flatten(1)
+
+
+def control_affinity_loss(patch_tokens: torch.Tensor, control_tokens: torch.Tensor, condition: torch.Tensor,
+                          layers: torch.Tensor, max_tokens: int, patch_px: int) -> torch.Tensor:
+    """Auxiliary loss (synthetic data): a patch token p and a control token q of the same latent frame should say,
+    through p·q/√D, how much of p's pixels lie on the surface of q's control pixel — the same-surface supervision
+    that made the refinement net T learn (:func:`~flowctrl.models.refiner.layer_affinity_loss`), given to the
+    FGM's tokens. Binary cross-entropy with that fraction as a soft target, over valid controls.
+
+    Args:
+        patch_tokens: (B, T'·S, D), S = (H/patch_px)·(W/patch_px) tokens per latent frame, raster order.
+        control_tokens: (B, T'·N, D) from :class:`ControlTokenEncoder` (latent-frame major).
+        condition: (B, T, ≥3, H, W) the FGM's condition (channel 2 = mask), to find the control pixels again.
+        layers: (B, 1, H, W) integer surface id of every reference pixel.
+        max_tokens: the encoder's ``max_tokens``; patch_px: pixels per token side (8 × the patch size).
+    Returns: scalar.
+    """
+    b, _, _, h, w = condition.shape
+    index, valid = control_pixels(condition[:, :, 2:3], max_tokens)                      # (B, N)
+    n = index.shape[1]
+    tl = control_tokens.shape[1] // n
+    d = patch_tokens.shape[-1]
+    ids = layers.reshape(b, h * w).long()
+    ids = ids - ids.amin(dim=1, keepdim=True)
+    count = int(ids.max()) + 1
+    onehot = nn.functional.one_hot(ids, count).transpose(1, 2).reshape(b, count, h, w).to(patch_tokens.dtype)
+    share = nn.functional.avg_pool2d(onehot, patch_px).flatten(2)                          # (B, L, S)
+    control_layer = torch.gather(ids, 1, index)                                              # (B, N)
+    target = torch.gather(share, 1, control_layer[:, :, None].expand(b, n, share.shape[2])).transpose(1, 2)  # (B, S, N)
+    p = patch_tokens.reshape(b, tl, -1, d)
+    q = control_tokens.reshape(b, tl, n, d)
+    logits = torch.einsum("btsd,btnd->btsn", p, q) / d ** 0.5
+    weight = valid[:, None, None, :].expand_as(logits).to(logits.dtype)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, target[:, None].expand_as(logits), weight=weight,
+                                                           reduction="sum")
+    return loss / weight.sum().clamp_min(1.0)

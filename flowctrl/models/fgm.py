@@ -200,9 +200,13 @@ class _CogVideoXTrunk(ModelMixin):
 
 @dataclass
 class FGMOutput(BaseOutput):
-    """sample: (B, T', C, h, w) model prediction (ε or v, per the scheduler's prediction type)."""
+    """sample: (B, T', C, h, w) model prediction (ε or v, per the scheduler's prediction type).
+    With ``return_tokens``: the last block's patch tokens (B, T'·S, D) and control tokens (B, T'·N, D) (None
+    without control tokens), for :func:`~flowctrl.models.control_tokens.control_affinity_loss`."""
 
     sample: torch.Tensor
+    patch_tokens: Optional[torch.Tensor] = None
+    control_tokens: Optional[torch.Tensor] = None
 
 
 class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
@@ -302,6 +306,7 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         reference_hidden_states: Optional[List[torch.Tensor]] = None,
         return_dict: bool = True,
         image: Optional[torch.Tensor] = None,
+        return_tokens: bool = False,
     ) -> Union[FGMOutput, Tuple[torch.Tensor]]:
         """Predict noise/velocity.
 
@@ -314,6 +319,7 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
             reference_hidden_states: CRM per-layer tokens, list of (B, N, D_ref).
             image: reference image (B, 3, H, W) in [0, 1]; needed when ``config.condition_image`` (and read by
                 the control tokens when ``config.control_tokens``).
+            return_tokens: also return the last block's patch and control tokens (:class:`FGMOutput`).
         Returns:
             FGMOutput.sample (B, T', C_out, h, w).
         """
@@ -355,6 +361,7 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
                 ref = reference_hidden_states[self.reference_layer(i, len(reference_hidden_states))]
                 kwargs = {**masking, "reference_hidden_states": ref}
             tokens, ehs = self._run_block(block, tokens, ehs, emb, rope, kwargs)
+        last_tokens = tokens
         tokens = self.norm_final(tokens)
         tokens = self.norm_out(tokens, temb=emb)
         tokens = self.proj_out(tokens)
@@ -363,6 +370,8 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         out = out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
         if not return_dict:
             return (out,)
+        if return_tokens:
+            return FGMOutput(sample=out, patch_tokens=last_tokens, control_tokens=ehs if ehs.shape[1] else None)
         return FGMOutput(sample=out)
 
     @classmethod

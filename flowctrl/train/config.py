@@ -97,6 +97,7 @@ class TrainConfig:
     refiner_layer_weight: float = 0.0             # T (attention output) on synthetic data: + weight × layer_affinity_loss
     refiner_frames: Optional[int] = None          # T trains on this many random frames (of 1..T-1) per clip
     fgm_latent_loss_weight: float = 1.0           # fgm: weight of the latent-space MSE (0 = the decoded loss alone)
+    fgm_affinity_weight: float = 0.0              # fgm with control tokens, synthetic data: + weight × control_affinity_loss
     fgm_latent_weighting: str = "none"            # fgm: none | decoder (weight the latent MSE per latent frame and
                                                   # channel by the frozen decoder's gain, ≈ the decoded flow's error)
     fgm_decoded_loss_weight: float = 0.0          # fgm (x0 prediction): + weight × EPE (px / flow_scale) between the
@@ -200,6 +201,9 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
     if cfg.fgm_decoded_loss_weight > 0 and cfg.scheduler.prediction_type != "sample":
         raise ConfigError.at(src, "fgm_decoded_loss_weight", "needs the predicted clean latent",
                              "set scheduler.prediction_type: sample")
+    if cfg.fgm_affinity_weight < 0 or (cfg.fgm_affinity_weight > 0 and not (cfg.fgm or {}).get("control_tokens")):
+        raise ConfigError.at(src, "fgm_affinity_weight", f"is {cfg.fgm_affinity_weight} without control tokens",
+                             "set fgm.control_tokens (the loss scores patch tokens against control tokens), or 0")
     if cfg.fgm_decoded_target not in ("latent", "flow"):
         raise ConfigError.at(src, "fgm_decoded_target", f"is {cfg.fgm_decoded_target!r}", "use latent or flow")
     if cfg.fgm_decoded_target == "flow" and cfg.fgm_decoded_crop:

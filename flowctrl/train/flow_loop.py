@@ -114,10 +114,11 @@ class Stage1Trainable(nn.Module):
     def __init__(self, kind: str, models: Dict[str, nn.Module], scheduler=None, codec_epe_weight: float = 0.0,
                  codec_sample_latent: bool = True, refiner_layer_weight: float = 0.0,
                  latent_weight: Optional[torch.Tensor] = None, decoded: Optional["DecodedLatentLoss"] = None,
-                 latent_loss_weight: float = 1.0) -> None:
+                 latent_loss_weight: float = 1.0, affinity_weight: float = 0.0) -> None:
         super().__init__()
         self.kind = kind
         self.latent_loss_weight = latent_loss_weight
+        self.affinity_weight = affinity_weight
         self.decoded = decoded  # holds the frozen codec outside the module tree (not trained, not checkpointed)
         if latent_weight is not None:
             self.register_buffer("latent_weight", latent_weight, persistent=False)
@@ -138,7 +139,7 @@ class Stage1Trainable(nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
         if self.kind == "fgm":
             return diffusion_loss(self.fgm, self.crm, self.scheduler, batch, self.latent_weight, self.decoded,
-                                  self.latent_loss_weight)
+                                  self.latent_loss_weight, self.affinity_weight)
         if self.kind == "refiner":
             if self.refiner_layer_weight > 0 and "layers" in batch:  # synthetic data: surfaces known
                 from flowctrl.models.refiner import layer_affinity_loss
@@ -168,7 +169,7 @@ def diffusion_target(scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.
 def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: Dict[str, torch.Tensor],
                    latent_weight: Optional[torch.Tensor] = None,
                    decoded: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-                   latent_loss_weight: float = 1.0) -> torch.Tensor:
+                   latent_loss_weight: float = 1.0, affinity_weight: float = 0.0) -> torch.Tensor:
     """``latent_loss_weight`` × MSE of the FGM's prediction (:func:`diffusion_target`) on one prepared batch.
 
     ``batch`` keys: ``latents`` (B,T',C,h,w) clean flow latent, ``image_latents`` (B,1,C_i,h,w),
@@ -176,7 +177,9 @@ def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: D
     ``plucker`` (B,T,6,H,W), ``noise`` like latents, ``timesteps`` (B,) long (``crop_offsets`` (B,2)
     with a cropping ``decoded``, ``target_flow`` (B,T,2,H,W) px with a flow-target one). ``latent_weight``
     (1,T',C,1,1) weights the squared error (:func:`decoder_latent_weights`);
-    ``decoded(pred_x0, z0, crop_offsets, target_flow)`` adds a loss on decoded flows (:class:`DecodedLatentLoss`).
+    ``decoded(pred_x0, z0, crop_offsets, target_flow)`` adds a loss on decoded flows (:class:`DecodedLatentLoss`);
+    ``affinity_weight`` × :func:`~flowctrl.models.control_tokens.control_affinity_loss` is added when the batch
+    has ``layers`` (B,1,H,W) (synthetic data) and the FGM has control tokens.
     """
     z0, noise, t = batch["latents"], batch["noise"], batch["timesteps"]
     zt = scheduler.add_noise(z0, noise, t)
@@ -184,11 +187,20 @@ def diffusion_loss(fgm: nn.Module, crm: Optional[nn.Module], scheduler, batch: D
     refs = None
     if crm is not None:
         refs = crm(batch["image_latents"], t, batch["plucker"])
-    pred = fgm(zt, t, batch["image_latents"], batch["condition"], batch["strength"], refs, image=batch.get("image")).sample
+    with_affinity = affinity_weight > 0 and "layers" in batch
+    out = fgm(zt, t, batch["image_latents"], batch["condition"], batch["strength"], refs, image=batch.get("image"),
+              return_tokens=with_affinity)
+    pred = out.sample
     err = (pred.float() - target.float()).square()
     loss = latent_loss_weight * ((err * latent_weight).mean() if latent_weight is not None else err.mean())
     if decoded is not None:
         loss = loss + decoded(pred, z0, batch.get("crop_offsets"), batch.get("target_flow"))
+    if with_affinity and out.control_tokens is not None:
+        from flowctrl.models.control_tokens import control_affinity_loss
+
+        cfg = fgm.config
+        loss = loss + affinity_weight * control_affinity_loss(out.patch_tokens, out.control_tokens, batch["condition"],
+                                                              batch["layers"], cfg.control_tokens, 8 * cfg.patch_size)
     return loss
 
 
@@ -478,6 +490,8 @@ def prepare_fgm_batch(items: List[Dict[str, torch.Tensor]], indices: List[int], 
         out["crop_offsets"] = decoded.offsets(len(items), tuple(z0.shape[-2:]), generator)
     if decoded is not None and decoded.target == "flow":
         out["target_flow"] = b["flow"] if base is None else b["flow"] - dense
+    if "layers" in b:  # synthetic data: the surfaces, for the control-affinity loss
+        out["layers"] = b["layers"]
     return out
 
 
@@ -668,7 +682,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     module = Stage1Trainable(cfg.model, models, scheduler, codec_epe_weight=cfg.codec_epe_weight,
                               codec_sample_latent=cfg.codec_sample_latent,
                               refiner_layer_weight=cfg.refiner_layer_weight, latent_weight=latent_weight, decoded=decoded,
-                              latent_loss_weight=cfg.fgm_latent_loss_weight)
+                              latent_loss_weight=cfg.fgm_latent_loss_weight, affinity_weight=cfg.fgm_affinity_weight)
     if cfg.gradient_checkpointing:
         for m in module.children():
             if hasattr(m, "enable_gradient_checkpointing") and getattr(m, "_supports_gradient_checkpointing", False):
