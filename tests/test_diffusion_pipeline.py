@@ -143,6 +143,22 @@ def _save_i2v_folder(folder, transformer):
     return vae, sched
 
 
+def test_bf16_checkpoint_renders_float32_video_close_to_the_float32_one(tmp_path):
+    """dtype bf16 (the GPU presets): every module loads in bf16 and the video still comes back float32 in [0, 1],
+    within bf16 rounding of the float32 render (the frequency stabilizers' FFT runs in float32)."""
+    tiny_pipeline().save_pretrained(tmp_path / "ckpt")
+    kw = dict(num_inference_steps=3, guidance_scale=2.0, flow_guidance_scale=1.5)
+    image, flow = _inputs()
+    render = lambda b: b.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(1),  # noqa: E731
+                                prompt_embeds=EMB, negative_prompt_embeds=-EMB)
+    ref = render(DiffusionBackend.from_pretrained(tmp_path / "ckpt", **kw))
+    half = DiffusionBackend.from_pretrained(tmp_path / "ckpt", dtype="bf16", **kw)
+    assert {half.pipeline.transformer.dtype, half.pipeline.vae.dtype, half.pipeline.flow_codec.dtype} == {torch.bfloat16}
+    out = render(half)
+    assert out.dtype == torch.float32 and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert 0 < (out - ref).abs().mean() < 0.01
+
+
 def test_cogvideox_i2v_folder_converts_and_matches_diffusers_pipeline(tmp_path):
     """An untrained conversion of a CogVideoX-I2V folder reproduces diffusers' own I2V pipeline."""
     torch.manual_seed(0)
