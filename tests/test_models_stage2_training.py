@@ -294,3 +294,25 @@ def test_sample_prediction_regresses_x0_and_warped_input_option(tmp_path):
         load_video_config(tiny_cfg(tmp_path, model={**model_cfg, "warped_image": False, "warped_input": False}))
     with pytest.raises(ConfigError, match="prediction_type"):
         load_video_config(tiny_cfg(tmp_path, scheduler={"prediction_type": "flow"}))
+
+
+def test_training_loss_under_bf16_autocast_matches_float32(tmp_path):
+    """The stage-2 loss (latent-space model: 3D VAE and flow codec) under the CPU's bf16 autocast,
+    the mixed precision of the GPU configs: finite, within bf16 rounding of float32, gradients reach the flow branch."""
+    cfg = load_video_config(tiny_cfg(tmp_path, max_steps=1, model={
+        "pixel_space": False, "vae_block_out_channels": [8, 8, 8], "vae_latent_channels": 4, "num_layers": 1,
+        "num_attention_heads": 2, "attention_head_dim": 16, "patch_size": 2, "time_embed_dim": 32}))
+    pipe = build_pipeline(cfg)
+    model = pipe.transformer
+    torch.nn.init.normal_(model.flow_gate.weight, std=0.05)   # open the zero gate: the flow branch carries gradient
+    video, flow = _batch()
+    with torch.no_grad():
+        latents = encode_batch(pipe, video, flow)
+        full = training_loss(pipe, model, latents, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = training_loss(pipe, model, latents, torch.Generator().manual_seed(0))
+    half.backward()
+    assert half.dtype == torch.float32 and torch.isfinite(half) and half.item() == pytest.approx(full.item(), rel=0.05)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.flow_gate.weight.grad.abs().sum() > 0
