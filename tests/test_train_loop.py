@@ -184,17 +184,30 @@ def test_pick_frames_keeps_clips_and_reports_their_times():
     assert pick_frames(batch, 8, torch.Generator()) is batch  # every frame but the reference: unchanged
 
 
-def test_two_process_cpu_ddp_through_accelerate_launch(tmp_path):
-    path = _config(tmp_path, "ddp", max_steps=3, checkpoint_every=2)
+def test_two_process_cpu_ddp_through_accelerate_launch_runs_in_sync_and_resumes(tmp_path):
+    """2 gloo processes through `accelerate launch`: parameters stay in sync and final/ is written; 2 steps, then
+    --resume latest to 4, equals 4 uninterrupted steps (each process's data position and random streams come
+    back from the checkpoint)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
-           "-m", "flowctrl", "train", "flow", "--config", str(path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["step"] == 3
+
+    def launch(name, *extra):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "configs/accelerate/cpu_2proc.yaml"), "-m", "flowctrl", "train", "flow",
+               "--config", str(_config(tmp_path, name, max_steps=4, checkpoint_every=10)), *extra]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    launch("whole")
+    summary = json.loads((tmp_path / "whole" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 4
     assert summary["in_sync"] and summary["param_checksums"][0] == summary["param_checksums"][1]
-    assert (tmp_path / "ddp" / "final" / "fgm" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "whole" / "final" / "fgm" / "diffusion_pytorch_model.safetensors").is_file()
+    launch("split", "--max-steps", "2")
+    assert len(read_metrics(tmp_path / "split")) == 2
+    launch("split", "--resume", "latest")
+    whole = [r["loss"] for r in read_metrics(tmp_path / "whole")]
+    assert len(whole) == 4 and [r["loss"] for r in read_metrics(tmp_path / "split")] == whole
+    assert json.loads((tmp_path / "split" / "train_summary.json").read_text())["in_sync"]
 
 
 def test_config_errors_are_one_line(tmp_path, capsys):
