@@ -101,7 +101,7 @@ class FlowGenerationPipeline:
     @property
     def dtype(self) -> torch.dtype:
         """The weights' dtype (of the FGM; T's is always float32)."""
-        return next((self.fgm or self.refiner).parameters()).dtype
+        return (self.fgm or self.refiner).dtype
 
     def to(self, device: Union[None, str, torch.device] = None, dtype: Optional[torch.dtype] = None) -> "FlowGenerationPipeline":
         """Move every part to ``device`` and/or cast its weights to ``dtype`` (e.g. ``torch.bfloat16`` on a GPU).
@@ -257,7 +257,7 @@ class FlowGenerationPipeline:
         dt = self.dtype  # the models run in their weights' dtype; latents, scheduler and flows stay float32
         cond, uncond, strength_t = cond.to(dt), uncond.to(dt), strength_t.to(dt)
         report_progress(callback, "flow encode", 0)
-        img_lat = self.image_codec.encode_channels((img[:, None] * 2 - 1).to(next(self.image_codec.parameters()).dtype)).to(dt)
+        img_lat = self.image_codec.encode_channels((img[:, None] * 2 - 1).to(self.image_codec.dtype)).to(dt)
         img = img.to(dt)
         report_progress(callback, "flow encode", 1)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
@@ -283,7 +283,7 @@ class FlowGenerationPipeline:
             # error of 0 (validation, perfect residual latents: 0.403 px vs 0.448 without the correction)
             flow = base + self.codec.decode((latents + zero).to(zero.dtype), num_frames=t_frames) - zero_flow
         else:
-            flow = self.codec.decode(latents.to(next(self.codec.parameters()).dtype), num_frames=t_frames)
+            flow = self.codec.decode(latents.to(self.codec.dtype), num_frames=t_frames)
         report_progress(callback, "flow decode", 1)
         return _resize_flow(flow, (h, w)).cpu()
 
