@@ -98,6 +98,10 @@ class FlowGenerationPipeline:
     def device(self) -> torch.device:
         return next(iter(self.modules().values())).device
 
+    # parts that stay float32 whatever dtype the pipeline is cast to: T is small, and its parametric base
+    # solves linear systems (no bf16 kernels, and too coarse in bf16)
+    FLOAT32_PARTS = ("refiner",)
+
     @property
     def dtype(self) -> torch.dtype:
         """The weights' dtype (of the FGM; T's is always float32)."""
@@ -105,10 +109,10 @@ class FlowGenerationPipeline:
 
     def to(self, device: Union[None, str, torch.device] = None, dtype: Optional[torch.dtype] = None) -> "FlowGenerationPipeline":
         """Move every part to ``device`` and/or cast its weights to ``dtype`` (e.g. ``torch.bfloat16`` on a GPU).
-        Whatever the weights' dtype, a call takes and returns float32 flows (the codec decodes in float32).
-        T stays in float32: it is small, and its parametric base solves linear systems."""
+        Whatever the weights' dtype, a call takes and returns float32 flows (the codec decodes in float32);
+        :attr:`FLOAT32_PARTS` (T) stay float32."""
         for name, m in self.modules().items():
-            m.to(device=device, dtype=None if name == "refiner" else dtype)
+            m.to(device=device, dtype=None if name in self.FLOAT32_PARTS else dtype)
         return self
 
     # ------------------------------------------------------------------------------ persistence
@@ -134,7 +138,7 @@ class FlowGenerationPipeline:
     def from_pretrained(cls, path: Union[str, os.PathLike], torch_dtype: Optional[torch.dtype] = None,
                         **overrides: Any) -> "FlowGenerationPipeline":
         """Load a folder written by :meth:`save_pretrained` / ``flowctrl train flow`` (``final/``), with the
-        weights cast to ``torch_dtype`` when given (:meth:`to`).
+        weights loaded as ``torch_dtype`` when given (except :attr:`FLOAT32_PARTS`, as in :meth:`to`).
 
         Raises :class:`MissingWeightsError` naming the folder when it or a part is missing.
         """
@@ -163,7 +167,7 @@ class FlowGenerationPipeline:
                 if name == "scheduler":
                     parts[name] = DDIMScheduler.from_pretrained(str(folder))
                 elif name in classes:
-                    dtype = None if name == "refiner" else torch_dtype  # T stays in float32 (see to())
+                    dtype = None if name in cls.FLOAT32_PARTS else torch_dtype
                     parts[name] = classes[name].from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
             except (OSError, ValueError, EnvironmentError) as err:
                 raise MissingWeightsError.at(folder, name, f"cannot be loaded ({type(err).__name__})",

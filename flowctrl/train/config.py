@@ -201,7 +201,9 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
     if cfg.fgm_decoded_loss_weight > 0 and cfg.scheduler.prediction_type != "sample":
         raise ConfigError.at(src, "fgm_decoded_loss_weight", "needs the predicted clean latent",
                              "set scheduler.prediction_type: sample")
-    if cfg.fgm_affinity_weight < 0 or (cfg.fgm_affinity_weight > 0 and not (cfg.fgm or {}).get("control_tokens")):
+    if cfg.fgm_affinity_weight < 0:
+        raise ConfigError.at(src, "fgm_affinity_weight", f"is {cfg.fgm_affinity_weight}", "give 0 (off) or a positive weight")
+    if cfg.fgm_affinity_weight > 0 and not (cfg.fgm or {}).get("control_tokens"):
         raise ConfigError.at(src, "fgm_affinity_weight", f"is {cfg.fgm_affinity_weight} without control tokens",
                              "set fgm.control_tokens (the loss scores patch tokens against control tokens), or 0")
     if cfg.fgm_decoded_target not in ("latent", "flow"):
