@@ -1,5 +1,5 @@
 """``flowctrl train flow|video``: train the learned stage 1 (FGM + CRM, refinement net T, flow codec) or
-the stage-2 video model (dispatched to ``flowctrl.train.video_loop.main``).
+the stage-2 video model (``flowctrl.train.video_loop``).
 
 examples:
   single process:           flowctrl train flow --config configs/train/fgm_tiny.yaml
@@ -64,11 +64,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.train_target == "video":
         try:
-            from flowctrl.train.video_loop import main as video_main
+            from flowctrl.train.video_loop import load_video_config, train as train_video
         except ModuleNotFoundError as err:
             raise ConfigError.at(None, "train video", f"the video trainer is not installed ({err.name})",
                                  "install the complete flowctrl package") from None
-        return int(video_main(args) or 0)
+        cfg = load_video_config(args.config, {"output_dir": args.output_dir, "max_steps": args.max_steps,
+                                              "seed": args.seed}, args.set)
+        result = train_video(cfg, resume=args.resume)
+        if result.get("final"):
+            print(f"trained video model: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
+        return 0
     from flowctrl.train.config import load_config
     from flowctrl.train.flow_loop import train
 

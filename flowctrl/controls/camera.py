@@ -32,6 +32,8 @@ from typing import Any, List, Optional, Union
 import numpy as np
 import torch
 
+from flowctrl.flow.camera import DEFAULT_FOV_DEG
+
 from flowctrl.controls._common import (
     PathLike, err, expect_list, expect_object, number, number_list, read_json, read_text, reject_unknown,
     require, type_name,
@@ -42,7 +44,6 @@ __all__ = [
     "parse_re10k", "validate_poses",
 ]
 
-DEFAULT_FOV_DEG = 60.0
 ORTHO_TOL = 1e-3  # max |R^T R - I| accepted before re-orthonormalizing (4-5 printed decimals pass)
 
 

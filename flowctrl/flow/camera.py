@@ -11,6 +11,7 @@ moves to camera ``t`` as ``X_t = R_t X + t_t`` and projects (with ``K_t``) to ``
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -21,6 +22,17 @@ from kornia.geometry.linalg import transform_points
 # pixel more than this fraction closer to the camera.
 ZBUFFER_TOLERANCE = 0.02
 MIN_DEPTH = 1e-6
+
+
+DEFAULT_FOV_DEG = 60.0  # horizontal field of view assumed wherever a camera carries no intrinsics
+
+
+def default_intrinsics(height: int, width: int, fov_deg: float = DEFAULT_FOV_DEG,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Pinhole ``K`` ``(3, 3)`` in pixels of ``height x width``: square pixels, horizontal field of view
+    ``fov_deg`` (degrees), principal point at the image centre ``((W-1)/2, (H-1)/2)``."""
+    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    return torch.tensor([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]], dtype=dtype)
 
 
 def _per_frame_K(K: torch.Tensor, t: int) -> torch.Tensor:

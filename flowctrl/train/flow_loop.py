@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flowctrl.errors import ConfigError, MissingWeightsError

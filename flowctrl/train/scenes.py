@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from flowctrl.errors import InputError
+from flowctrl.flow.camera import default_intrinsics
 
 __all__ = [
     "SceneConfig",
@@ -222,16 +223,11 @@ def builtin_trajectory(name: str, num_frames: int, amount: float = 0.6, angle_de
     return _c2w_to_w2c(_axis_angle(rotvec), centers)
 
 
-def _intrinsics(fov_deg: float, height: int, width: int) -> torch.Tensor:
-    focal = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
-    return torch.tensor([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1]], dtype=torch.float64)
-
-
 def _resolve_camera(config: SceneConfig, rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor, str]:
     """→ (w2c ``(T,4,4)`` float64 relative to frame 0, K ``(3,3)`` float64, description)."""
     T, H, W = config.num_frames, config.height, config.width
     camera = config.camera
-    K = _intrinsics(config.fov_deg, H, W)
+    K = default_intrinsics(H, W, config.fov_deg, dtype=torch.float64)
     scale = float(config.camera_scale)
     if isinstance(camera, str) and camera == "random":
         return random_trajectory(rng, T, config.max_translation, config.max_rotation_deg), K, "random"

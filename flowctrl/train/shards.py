@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from flowctrl.errors import ConfigError, InputError
+from flowctrl.flow.camera import default_intrinsics
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v")
 
@@ -71,12 +71,6 @@ def resize_center_crop(video: torch.Tensor, size: Tuple[int, int]) -> torch.Tens
     out = F.interpolate(video, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
     top, left = (nh - h) // 2, (nw - w) // 2
     return out[..., top:top + h, left:left + w].clamp(0, 1)
-
-
-def default_intrinsics(height: int, width: int, fov_deg: float = 60.0) -> torch.Tensor:
-    """Pinhole K (3,3) in pixels with the given horizontal field of view."""
-    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
-    return torch.tensor([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]], dtype=torch.float32)
 
 
 def write_shard(path: os.PathLike, video: torch.Tensor, flow: torch.Tensor, K: torch.Tensor,

@@ -26,7 +26,6 @@ Config (YAML, strict keys; see ``configs/train/video_tiny.yaml``)::
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -42,7 +41,7 @@ from torch import nn
 
 from flowctrl.errors import ConfigError
 
-__all__ = ["VideoTrainConfig", "load_video_config", "build_pipeline", "encode_batch", "training_loss", "train", "main"]
+__all__ = ["VideoTrainConfig", "load_video_config", "build_pipeline", "encode_batch", "training_loss", "train"]
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -607,43 +606,3 @@ def save_final(pipe: Any, cfg: VideoTrainConfig, path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config (configs/train/video_tiny.yaml)")
-    parser.add_argument("--output-dir", dest="output_dir", default=None, help="overrides output_dir")
-    parser.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="overrides max_steps")
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    parser.add_argument("--seed", type=int, default=None, help="overrides seed")
-    from flowctrl.commands.train import add_set_argument
-
-    add_set_argument(parser)
-
-
-def main(args: Any = None) -> int:
-    """Entry of ``flowctrl train video`` (``args``: argparse namespace with config, output_dir, max_steps,
-    resume) or of ``python -m flowctrl.train.video_loop`` (``args``: argv list or None)."""
-    if args is None or isinstance(args, (list, tuple)):
-        parser = argparse.ArgumentParser(prog="flowctrl train video", description="train the stage-2 video DiT")
-        add_arguments(parser)
-        args = parser.parse_args(args)
-    overrides = {"output_dir": getattr(args, "output_dir", None) or getattr(args, "output", None),
-                 "max_steps": getattr(args, "max_steps", None), "seed": getattr(args, "seed", None)}
-    cfg = load_video_config(getattr(args, "config", None), overrides, getattr(args, "set", None) or ())
-    result = train(cfg, resume=getattr(args, "resume", None))
-    if result.get("final"):
-        print(f"trained video model: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    from flowctrl.errors import FlowCtrlError
-
-    try:
-        raise SystemExit(main(sys.argv[1:]))
-    except FlowCtrlError as error:
-        print(f"flowctrl train video: error: {error}", file=sys.stderr)
-        raise SystemExit(2)
