@@ -46,9 +46,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError.at(None, "--num-frames", f"is {args.num_frames}", "give at least 2")
     if args.stride < 1 or args.clips_per_video < 1:
         raise InputError.at(None, "--stride/--clips-per-video", "must be positive", "give 1 or more")
+    pose_estimator = None
+    if args.poses:
+        try:
+            from flowctrl.eval.camera import estimate_poses as pose_estimator
+        except ImportError as err:
+            raise InputError.at(None, "--poses", f"camera-pose estimation is unavailable ({err})",
+                                "install pycolmap and the eval extras, or drop --poses") from None
     counts = prepare_shards(args.video_dir, args.output, num_frames=args.num_frames, size=args.size,
                             stride=args.stride, clips_per_video=args.clips_per_video, flow_method=args.flow,
-                            poses=args.poses, fov_deg=args.fov, captions=args.captions,
+                            pose_estimator=pose_estimator, fov_deg=args.fov, captions=args.captions,
                             progress=not args.no_progress)
     print(f"prepare-data: {counts['ok']} video(s) → {counts['clips']} clip(s) in {args.output}; "
           f"{counts['failed']} failed, {counts['skipped']} already done")

@@ -26,7 +26,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +155,7 @@ def prepare_shards(
     stride: int = 1,
     clips_per_video: int = 1,
     flow_method: str = "dis",
-    poses: bool = False,
+    pose_estimator: Optional[Callable[[torch.Tensor, torch.Tensor], Any]] = None,
     fov_deg: float = 60.0,
     captions: Optional[os.PathLike] = None,
     progress: bool = True,
@@ -165,6 +165,8 @@ def prepare_shards(
 
     Videos already listed in ``manifest.jsonl`` are skipped, so a killed run continues where it stopped.
     A video that cannot be decoded is reported through ``log`` and in the manifest, then skipped.
+    ``pose_estimator(clip (T,3,H,W), K (3,3))`` → an object with ``w2c`` (T,4,4) | None and ``registered`` (T,)
+    (e.g. :func:`flowctrl.eval.camera.estimate_poses`); None = no camera poses in the shards.
     Returns counts ``{"videos", "ok", "failed", "skipped", "clips"}``.
     """
     from tqdm import tqdm
@@ -176,13 +178,6 @@ def prepare_shards(
         raise InputError.at(video_dir, "VIDEO_DIR", "is not a folder", "give a folder of videos")
     if out_dir.resolve() == video_dir.resolve():
         raise InputError.at(out_dir, "-o", "is the input folder", "write shards to a separate folder")
-    estimate_poses = None
-    if poses:
-        try:
-            from flowctrl.eval.camera import estimate_poses
-        except ImportError as err:
-            raise InputError.at(None, "--poses", f"camera-pose estimation is unavailable ({err})",
-                                "install pycolmap and the eval extras, or drop --poses") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     videos = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     caps = _captions(video_dir, captions)
@@ -207,8 +202,8 @@ def prepare_shards(
                 clip = video[k * num_frames:(k + 1) * num_frames]
                 flow = estimate_flow(clip, method=flow_method)[0]
                 w2c = registered = None
-                if estimate_poses is not None:
-                    est = estimate_poses(clip, K)
+                if pose_estimator is not None:
+                    est = pose_estimator(clip, K)
                     if est.w2c is not None:
                         w2c, registered = est.w2c.float(), est.registered
                         w2c = torch.where(registered.view(-1, 1, 1), w2c, torch.eye(4).expand_as(w2c))
