@@ -366,7 +366,7 @@ def _build_scene(config: SceneConfig, rng: np.random.Generator, w2c: torch.Tenso
             ("right", [half_x, 0, depth_c], np.stack([eye[2], eye[1], -eye[0]], 1), (depth_h, half_y), 0.8),
             ("front", [0, 0, front_z], np.stack([eye[0], eye[1], eye[2]], 1), (half_x, half_y), 0.7),
         ]
-    for name, origin, axes, half, gain in walls:
+    for _name, origin, axes, half, gain in walls:
         o, a = static(origin, axes)
         tile = float(rng.uniform(1.2, 2.2))  # texture repeats every ~tile units
         surfaces.append(_Surface(o, a, (half[0] + 1e-3, half[1] + 1e-3), pick_texture(),
