@@ -36,9 +36,10 @@ def load_reference_video(path: PathLike, num_frames: Optional[int] = None, size:
     """
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise err(path, None, "reference video does not exist", "check the path")
+    from flowctrl.errors import ControlFileError
+    from flowctrl.io_safety import check_regular
+
+    path = check_regular(path, "reference video", ControlFileError, missing="reference video does not exist")
     if num_frames is not None and num_frames < 1:
         raise err(path, "num_frames", f"is {num_frames}", "give at least 1 frame")
     frames = []
