@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Optional, Set, Tuple, Type, Union
 
-from flowctrl.errors import FlowCtrlError, InputError
+from flowctrl.errors import FlowCtrlError, InputError, OutputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -274,14 +274,14 @@ def _umask() -> int:
     return mask
 
 
-def os_error(error: OSError, path: PathLike, flag: Optional[str] = None, action: str = "write") -> InputError:
-    """One :class:`InputError` line for an OS error while writing ``path``."""
+def os_error(error: OSError, path: PathLike, flag: Optional[str] = None, action: str = "write") -> OutputError:
+    """One :class:`~flowctrl.errors.OutputError` line for an OS error while writing ``path``."""
     reason = error.strerror or str(error) or type(error).__name__
     fix = {errno.ENOSPC: "free some disk space or choose another folder",
            errno.EROFS: "choose a writable folder", errno.EACCES: "choose a folder you may write to",
            errno.EPERM: "choose a folder you may write to", errno.EDQUOT: "free some space or choose another folder",
            }.get(error.errno or 0, "choose another output path")
-    return InputError.at(os.fspath(path), flag, f"cannot {action} ({reason})", fix)  # type: ignore[return-value]
+    return OutputError.at(os.fspath(path), flag, f"cannot {action} ({reason})", fix)  # type: ignore[return-value]
 
 
 @contextlib.contextmanager

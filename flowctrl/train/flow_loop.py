@@ -570,6 +570,27 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 
+def check_restorable(ckpt: Path, process_index: int) -> None:
+    """Refuse a checkpoint whose random-number state cannot be restored: accelerate's ``load_state``
+    skips an unreadable ``random_states_N.pkl`` with a log line, and the run would then continue with
+    other random draws than the run it claims to resume (no longer bit-exact)."""
+    from accelerate.utils import load as accelerate_load
+    from accelerate.utils.constants import RNG_STATE_NAME
+
+    path = ckpt / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    if not path.is_file():
+        raise ConfigError.at(ckpt, "--resume", f"{path.name} is missing: the random state of process {process_index} "
+                             "cannot be restored", "resume with the same number of processes, or start a new run")
+    try:
+        states = accelerate_load(path)
+        ok = isinstance(states, dict) and all(k in states for k in ("random_state", "numpy_random_seed", "torch_manual_seed"))
+    except Exception:  # noqa: BLE001 - what accelerate would skip silently
+        ok = False
+    if not ok:
+        raise ConfigError.at(path, "--resume", "the saved random state cannot be read, so the run cannot resume exactly",
+                             "restore the file from a copy, or start a new run without --resume")
+
+
 def start_run(accelerator, out: Path, config: Dict[str, Any], resume: Optional[str],
               log: Callable[[str], None]) -> Tuple[int, Path]:
     """Shared start of a training run in ``out`` (stage 1 and stage 2 loops).
@@ -581,8 +602,14 @@ def start_run(accelerator, out: Path, config: Dict[str, Any], resume: Optional[s
     step = 0
     ckpt = resolve_resume(str(out), resume)
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+        check_restorable(ckpt, accelerator.process_index)
+        try:
+            accelerator.load_state(str(ckpt))
+            step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+        except Exception as error:  # noqa: BLE001 - any part that cannot be restored ends the resume
+            raise ConfigError.at(ckpt, "--resume", f"cannot restore the checkpoint ({type(error).__name__}: "
+                                 f"{' '.join(str(error).split())[:160]})",
+                                 "restore the checkpoint's files or start a new run without --resume") from None
         log(f"resumed from {ckpt} at step {step}")
     metrics = out / "metrics.jsonl"
     if accelerator.is_main_process:
@@ -664,7 +691,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     rank, world = accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
     set_seed(cfg.seed)
-    models = build_models(cfg)
+    try:
+        models = build_models(cfg)
+    except (TypeError, ValueError) as error:  # a model section (fgm:, crm:, codec:, refiner:) the model refuses
+        raise ConfigError.at(cfg.output_dir, cfg.model, f"the config's model settings are refused "
+                             f"({' '.join(str(error).split())[:200]})", "check the keys and values of that section") from None
     scheduler = make_scheduler(cfg) if cfg.model == "fgm" else None
     for name in ("codec", "image_codec"):  # frozen in an FGM run (the loss helpers below decode with the codec)
         if cfg.model == "fgm" and name in models:
