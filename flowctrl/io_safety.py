@@ -39,6 +39,7 @@ MAX_IMAGE_PIXELS = 8192 * 8192        # images and masks: 268 MB as float32 RGB,
 
 __all__ = [
     "MAX_CONTROL_BYTES", "MAX_IMAGE_PIXELS", "InputLog", "Terminated", "atomic_path", "check_outputs",
+    "check_safetensors_folder",
     "check_regular", "cleanup_pending", "install_signal_handlers", "note_input", "open_image",
     "os_error", "read_bounded_bytes", "read_bounded_text", "recording_inputs", "same_file",
 ]
@@ -342,6 +343,37 @@ def write_bytes_atomic(path: PathLike, data: bytes, *, flag: Optional[str] = Non
 def write_text_atomic(path: PathLike, text: str, *, flag: Optional[str] = None) -> Path:
     """Write UTF-8 ``text`` to ``path`` through :func:`atomic_path`."""
     return write_bytes_atomic(path, text.encode("utf-8"), flag=flag)
+
+
+# --------------------------------------------------------------------------- weights
+
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_safetensors_folder(path: PathLike, flag: str) -> None:
+    """Refuse a local weights folder (or file) that holds pickle weights (``.bin``, ``.pt``, ...) where
+    no ``.safetensors`` file sits beside them: flowctrl loads safetensors only. A hub id (no such
+    local path) is left to the loaders, which pass ``use_safetensors=True``."""
+    from flowctrl.errors import MissingWeightsError
+
+    root = Path(path)
+    if root.is_file():
+        if root.suffix.lower() != ".safetensors":
+            raise MissingWeightsError.at(root, flag, f"is a {root.suffix or 'non-safetensors'} file",
+                                         "give weights saved as .safetensors (flowctrl loads safetensors only)")
+        return
+    if not root.is_dir():
+        return
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if Path(folder).relative_to(root).parts.__len__() > 3:
+            dirs[:] = []
+            continue
+        pickles = [f for f in files if f.lower().endswith(PICKLE_WEIGHT_SUFFIXES) and not f.startswith("random_states")]
+        if pickles and not any(f.endswith(".safetensors") for f in files):
+            raise MissingWeightsError.at(folder, flag, f"holds only pickle weights ({pickles[0]}), no .safetensors",
+                                         "convert them to .safetensors (save_pretrained(..., safe_serialization=True)); "
+                                         "flowctrl loads safetensors only")
 
 
 # --------------------------------------------------------------------------- signals

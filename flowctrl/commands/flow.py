@@ -161,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
                                             ("--pose", args.pose), ("--mask", args.mask), ("--static-mask", args.static_mask),
                                             ("--depth", args.depth)) if v}
     _check_outputs(outputs, inputs)
+    if args.depth_model:
+        from flowctrl.io_safety import check_safetensors_folder
+
+        check_safetensors_folder(args.depth_model, "--depth-model")
     if "--overlay" in outputs and outputs["--overlay"].suffix.lower() != ".png":
         raise InputError.at(outputs["--overlay"], "--overlay", "is not a .png path", "give a .png file")
 

@@ -233,6 +233,12 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
     if size is not None:
         check_render_size(size[0], size[1], args.frames, source="--size", field=None)
     _check_backend_options(args)
+    from flowctrl.io_safety import check_safetensors_folder
+
+    for flag, value in (("--model", args.model), ("--flow-model", args.flow_model), ("--lora", args.lora),
+                        ("--depth-model", args.depth_model)):
+        if value:
+            check_safetensors_folder(value, flag)  # safetensors only: a .bin-only folder is one line
 
     image_path = Path(args.image)
     image = load_image(image_path)  # missing / corrupt -> InputError naming the file

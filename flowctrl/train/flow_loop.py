@@ -58,8 +58,9 @@ def _load_codec(path: str, field: str):
         if (p / "vae" / "config.json").is_file():  # a CogVideoX checkpoint folder → its VAE
             from diffusers import AutoencoderKLCogVideoX
 
-            return FlowCodec.from_cogvideox_vae(AutoencoderKLCogVideoX.from_pretrained(str(p), subfolder="vae", local_files_only=True))
-        return FlowCodec.from_pretrained(str(p), local_files_only=True)
+            return FlowCodec.from_cogvideox_vae(AutoencoderKLCogVideoX.from_pretrained(
+                str(p), subfolder="vae", local_files_only=True, use_safetensors=True))
+        return FlowCodec.from_pretrained(str(p), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as err:
         raise MissingWeightsError.at(path, field, f"cannot be loaded as a FlowCodec ({type(err).__name__})",
                                      "give a folder written by save_pretrained or a CogVideoX folder with vae/") from None
