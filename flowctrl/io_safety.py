@@ -103,6 +103,43 @@ def note_input(path: PathLike) -> None:
         log.add(path)
 
 
+_CONFINED: contextvars.ContextVar[bool] = contextvars.ContextVar("flowctrl_confined_references", default=False)
+
+
+@contextlib.contextmanager
+def confined_references() -> Iterator[None]:
+    """While active, a path named *inside* a file (an arrow's ``mask``, a bundle's entries) must be a
+    relative name inside the folder of the file that names it: absolute paths, ``~`` and ``..`` are
+    refused, and so is a symlink that leads out of that folder. The web app reads uploads this way, so
+    an uploaded file cannot make the server read (or reveal the existence of) any other file."""
+    token = _CONFINED.set(True)
+    try:
+        yield
+    finally:
+        _CONFINED.reset(token)
+
+
+def references_confined() -> bool:
+    """Whether :func:`confined_references` is active."""
+    return _CONFINED.get()
+
+
+def confined_path(value: str, base: Optional[Path]) -> Optional[str]:
+    """Why ``value`` (a path named inside a file in ``base``) is refused under
+    :func:`confined_references`, or None when it stays inside ``base``. Decided without looking at
+    whether the target exists."""
+    if value.startswith("~") or os.path.isabs(value) or (os.sep != "/" and value.startswith("/")):
+        return "is an absolute path"
+    if ".." in Path(value).parts or ".." in value.replace("\\", "/").split("/"):
+        return "leaves its folder (..)"
+    if base is None:
+        return "has no folder to resolve in"
+    root = os.path.realpath(base)
+    if not _inside(os.path.realpath(os.path.join(root, value)), root):
+        return "leads out of its folder"
+    return None
+
+
 # --------------------------------------------------------------------------- bounded readers
 
 

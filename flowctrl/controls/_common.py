@@ -166,6 +166,13 @@ def resolve_path(value: Any, base: Optional[Path], source: Any, field: str) -> P
     """A path string from a file, relative to ``base`` (the folder of the file that names it)."""
     if not isinstance(value, str) or not value:
         raise err(source, field, f"is {type_name(value)}, expected a file path string", 'give a path like "mask.png"')
+    from flowctrl.io_safety import confined_path, references_confined
+
+    if references_confined():  # the web app: uploads may only name files beside themselves
+        problem = confined_path(value, base)
+        if problem is not None:
+            raise err(source, field, f"{problem}; only file names inside the uploaded file's folder are allowed",
+                      'give a plain file name like "mask.png"')
     path = Path(value).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
