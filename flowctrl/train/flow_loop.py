@@ -385,10 +385,11 @@ class LatentCache:
 
     def save(self, path: str, key: str) -> None:
         """Write the cache to ``path`` (torch format; temporary file + rename) under fingerprint ``key``."""
-        tmp = f"{path}.tmp"
+        from flowctrl.io_safety import atomic_path
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"fingerprint": key, "store": self.store, "residual": self.residual}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".tmp") as tmp:
+            torch.save({"fingerprint": key, "store": self.store, "residual": self.residual}, tmp)
 
     def load(self, path: Optional[str], key: str) -> bool:
         """Fill the cache from ``path`` when it exists and was written for fingerprint ``key``."""
@@ -546,8 +547,11 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int) -> Pa
     final = root / f"{CHECKPOINT_PREFIX}{step}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
+        from flowctrl.io_safety import register_temp
+
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        register_temp(tmp)  # removed if the run is stopped (SIGTERM / SIGHUP / Ctrl-C) before the rename
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
@@ -555,6 +559,9 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int) -> Pa
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        from flowctrl.io_safety import unregister_temp
+
+        unregister_temp(tmp)
         for old in list_checkpoints(output_dir)[:-limit] if limit > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -564,10 +571,10 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int) -> Pa
 def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
+    from flowctrl.io_safety import write_text_atomic
+
     keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(l + "\n" for l in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(l + "\n" for l in keep))
 
 
 
@@ -615,7 +622,9 @@ def start_run(accelerator, out: Path, config: Dict[str, Any], resume: Optional[s
     metrics = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(config, indent=1))
+        from flowctrl.io_safety import write_text_atomic
+
+        write_text_atomic(out / "train_config.json", json.dumps(config, indent=1))
         if ckpt is not None or resume:
             _truncate_metrics(metrics, step)
         elif metrics.exists():
