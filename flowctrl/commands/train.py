@@ -72,8 +72,12 @@ def run(args: argparse.Namespace) -> int:
     from flowctrl.train.config import load_config
     from flowctrl.train.flow_loop import train
 
+    from flowctrl.train.config import check_run_outputs
+
     cfg = load_config(args.config, {"output_dir": args.output_dir, "max_steps": args.max_steps, "seed": args.seed},
                       args.set)
+    check_run_outputs(args.config, cfg.output_dir, [cfg.data.shards, cfg.codec_path, cfg.image_codec_path,
+                                                   cfg.pretrained_cogvideox, cfg.data.latent_cache_file], str(args.config))
     result = train(cfg, resume=args.resume)
     if result.get("final"):
         print(f"trained {cfg.model}: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")

@@ -120,7 +120,7 @@ class TrainConfig:
 
 def _build(cls, data: Dict[str, Any], source: str, prefix: str = ""):
     if not isinstance(data, dict):
-        raise ConfigError.at(source, prefix or "<root>", f"is {type(data).__name__}, not a mapping", "write key: value pairs")
+        raise ConfigError.at(source, prefix.rstrip(".") or "<root>", f"is {type(data).__name__}, not a mapping", "write key: value pairs")
     names = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -311,6 +311,33 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
         if int(getattr(cfg, name)) < 1:
             raise ConfigError.at(src, name, f"is {getattr(cfg, name)}", "give a positive integer")
     return cfg
+
+
+RUN_FILES = ("train_config.json", "metrics.jsonl")
+RUN_FOLDERS = ("final", "checkpoints")
+
+
+def check_run_outputs(config_path: Optional[os.PathLike], output_dir: str, inputs: Sequence[Any], src: str) -> None:
+    """The output rule for a training run: what it writes in ``output_dir`` (``train_config.json``,
+    ``metrics.jsonl``, ``final/``, ``checkpoints/``) may not be or hold the config file or any input
+    (``inputs``: shard folders, codec / model folders named by the config). Checked before any work."""
+    from flowctrl.io_safety import same_file
+
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError.at(src, "output_dir", f"{output_dir} exists and is not a folder", "give a folder for the run")
+    named = [Path(p) for p in ([config_path] if config_path else []) + [p for p in inputs if p]]
+    for src_path in named:
+        real = os.path.realpath(src_path)
+        for name in RUN_FILES:
+            if same_file(out / name, src_path):
+                raise ConfigError.at(src, "output_dir", f"the run would overwrite the input {src_path} ({name})",
+                                     "choose another output_dir or move the input")
+        for name in RUN_FOLDERS:
+            folder = os.path.realpath(out / name)
+            if real == folder or real.startswith(folder + os.sep):
+                raise ConfigError.at(src, "output_dir", f"the run replaces {out / name}, which holds the input {src_path}",
+                                     "choose another output_dir or move the input")
 
 
 def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:

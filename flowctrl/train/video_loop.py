@@ -640,6 +640,11 @@ def main(args: Any = None) -> int:
     overrides = {"output_dir": getattr(args, "output_dir", None) or getattr(args, "output", None),
                  "max_steps": getattr(args, "max_steps", None), "seed": getattr(args, "seed", None)}
     cfg = load_video_config(getattr(args, "config", None), overrides, getattr(args, "set", None) or ())
+    from flowctrl.train.config import check_run_outputs
+
+    init = cfg.model.init if cfg.model.init != "tiny" and Path(cfg.model.init).exists() else None
+    check_run_outputs(getattr(args, "config", None), cfg.output_dir, [cfg.data.shards, init],
+                      str(getattr(args, "config", None) or "<defaults>"))
     result = train(cfg, resume=getattr(args, "resume", None))
     if result.get("final"):
         print(f"trained video model: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
