@@ -61,14 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from flowctrl.io_safety import Terminated, cleanup_pending, install_signal_handlers
+    from flowctrl.io_safety import install_signal_handlers, restore_signal_handlers
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    install_signal_handlers()  # SIGTERM / SIGHUP clean up like SIGINT (no temporary file is left)
+    previous = install_signal_handlers()  # SIGTERM / SIGHUP clean up like SIGINT (no temporary file is left)
+    try:
+        return _run(args)
+    finally:
+        restore_signal_handlers(previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; every failure a user can cause becomes one stderr line."""
+    from flowctrl.io_safety import Terminated, cleanup_pending
+
     try:
         return int(args.func(args) or 0)
     except FlowCtrlError as error:

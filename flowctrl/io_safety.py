@@ -261,6 +261,7 @@ def check_outputs(outputs: Iterable[Tuple[str, PathLike]], inputs: Iterable[Path
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise InputError.at(text, flag, f"folder '{parent}' does not exist", "create it first or choose another path")
+        _probe_writable(parent, text, flag)
         real = os.path.realpath(path)
         for src in named + recorded:
             if same_file(path, src):
@@ -271,6 +272,17 @@ def check_outputs(outputs: Iterable[Tuple[str, PathLike]], inputs: Iterable[Path
         if real in seen:
             raise InputError.at(text, flag, f"is the same path as {seen[real]}", "give each output its own path")
         seen[real] = flag
+
+
+def _probe_writable(folder: Path, text: str, flag: str) -> None:
+    """Create and remove a temporary file in ``folder``, so a read-only folder is refused before work."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".flowctrl-probe.", dir=folder)
+    except OSError as error:
+        raise os_error(error, text, flag) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.remove(name)
 
 
 # --------------------------------------------------------------------------- the atomic writer
@@ -433,12 +445,20 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
-def install_signal_handlers() -> bool:
-    """Turn SIGTERM and SIGHUP into :class:`Terminated` in the main thread (the CLI calls this);
-    returns False where that is impossible (not the main thread)."""
+def install_signal_handlers() -> dict:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` in the main thread (the CLI calls this while a
+    command runs). Returns the previous handlers for :func:`restore_signal_handlers` (empty where
+    nothing was installed: not the main thread, or a handler someone else set)."""
+    previous: dict = {}
     if threading.current_thread() is not threading.main_thread():
-        return False
+        return previous
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
-            signal.signal(sig, _raise_terminated)
-    return True
+            previous[sig] = signal.signal(sig, _raise_terminated)
+    return previous
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    """Put back the handlers :func:`install_signal_handlers` replaced."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -46,7 +46,7 @@ BUNDLE_FIELDS = ("image_size", "image", "arrows", "drags", "camera", "ref_video"
 def _image_size_of(path: Path, source: Any) -> Size:
     from flowctrl.io_safety import open_image
 
-    with open_image(path, "image", ControlFileError, source=source, field="image") as image:
+    with open_image(path, "bundle", ControlFileError, source=source, field="image") as image:
         width, height = image.size
     return height, width
 
@@ -216,8 +216,14 @@ class Controls:
                 raise err(source, "image_size", f"is {type_name(raw)}", "give [H, W]")
             image_size = (int(number(raw[0], source, "image_size[0]", low=1, high=MAX_IMAGE_SIDE, integer=True)),
                           int(number(raw[1], source, "image_size[1]", low=1, high=MAX_IMAGE_SIDE, integer=True)))
-        if image_size is None and data.get("image") is not None:
-            image_size = _image_size_of(resolve_path(data["image"], base_dir, source, "image"), source)
+        if data.get("image") is not None:
+            image_path = resolve_path(data["image"], base_dir, source, "image")
+            if image_size is None:
+                image_size = _image_size_of(image_path, source)
+            elif image_path.is_file():  # named by the bundle: no output may take it, read or not
+                from flowctrl.io_safety import note_input
+
+                note_input(image_path)
         image_size = check_image_size(image_size, source)
 
         def inline_or_file(key: str, parse: Any, load: Any) -> Any:

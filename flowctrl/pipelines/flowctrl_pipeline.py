@@ -104,14 +104,14 @@ def load_image(image: ImageInput, source: Optional[str] = None) -> torch.Tensor:
     ``(H,W,3|4)`` uint8 or float in [0, 1], or a tensor ``(3,H,W)`` / ``(1,3,H,W)`` (float in [0,1] or
     uint8) or ``(H,W,3)`` uint8.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
         from flowctrl.io_safety import open_image
 
         path = Path(image)
         # regular file, header size bounded, decoding errors (bombs too) as one InputError line
-        with open_image(path, "image", InputError) as im:
+        with open_image(path, "input", InputError) as im:
             im.load()
             image = im.convert("RGB")
         source = str(path)
