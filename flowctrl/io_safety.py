@@ -197,7 +197,8 @@ def read_bounded_text(path: PathLike, what: str, error: Type[FlowCtrlError] = In
 
 @contextlib.contextmanager
 def open_image(path: PathLike, what: str, error: Type[FlowCtrlError] = InputError, *,
-               max_pixels: int = MAX_IMAGE_PIXELS, source: Any = None, field: Optional[str] = None) -> Iterator[Any]:
+               max_pixels: int = MAX_IMAGE_PIXELS, source: Any = None, field: Optional[str] = None,
+               missing: Optional[str] = None) -> Iterator[Any]:
     """Open an image with Pillow after checking it is a regular file and its header's size is at
     most ``max_pixels``; yields the (lazy) ``PIL.Image``. Decoding errors inside the block, Pillow's
     ``DecompressionBombError`` included, become one ``error`` line."""
@@ -205,7 +206,7 @@ def open_image(path: PathLike, what: str, error: Type[FlowCtrlError] = InputErro
 
     from PIL import Image, UnidentifiedImageError
 
-    path = check_regular(path, what, error, source=source, field=field)
+    path = check_regular(path, what, error, source=source, field=field, missing=missing)
     where = source or path
     try:
         with warnings.catch_warnings():
@@ -222,7 +223,7 @@ def open_image(path: PathLike, what: str, error: Type[FlowCtrlError] = InputErro
         raise error.at(where, field, f"{what} image is too large to decode safely (decompression bomb)",
                        "give a smaller image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise error.at(where, field, f"cannot read {what} image ({type(exc).__name__})",
+        raise error.at(where, field, f"{what} image cannot be read ({type(exc).__name__})",
                        "give a valid PNG or JPEG file") from None
 
 

@@ -38,7 +38,7 @@ def read_depth_array(path: PathLike) -> Tuple[np.ndarray, bool]:
             with open_image(path, "depth", ControlFileError):
                 pass  # the header's size is within MAX_IMAGE_PIXELS (OpenCV decodes it below)
         except ControlFileError as error:
-            if "cannot read" not in str(error):  # too large: refuse; unidentified: OpenCV says so below
+            if "cannot be read" not in str(error):  # too large: refuse; unidentified: OpenCV says so below
                 raise
     if suffix == ".npy":
         try:

@@ -111,7 +111,7 @@ def load_image(image: ImageInput, source: Optional[str] = None) -> torch.Tensor:
 
         path = Path(image)
         # regular file, header size bounded, decoding errors (bombs too) as one InputError line
-        with open_image(path, "input", InputError) as im:
+        with open_image(path, "input", InputError, missing="image file not found") as im:
             im.load()
             image = im.convert("RGB")
         source = str(path)
