@@ -10,7 +10,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from flowctrl.errors import FlowCtrlError
 
@@ -36,7 +36,13 @@ example:
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
-    """argparse exits 2 on bad usage already; keep its message to the usage line + error."""
+    """Bad usage (a missing or malformed flag) is one line on stderr and exit status 2, like every
+    other user error: ``flowctrl generate: error: the following arguments are required: --image; see
+    flowctrl generate --help``. Subcommand parsers inherit this class through ``add_subparsers``."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        line = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {line}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,19 +61,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from flowctrl.io_safety import install_signal_handlers, restore_signal_handlers
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    previous = install_signal_handlers()  # SIGTERM / SIGHUP clean up like SIGINT (no temporary file is left)
+    try:
+        return _run(args)
+    finally:
+        restore_signal_handlers(previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; every failure a user can cause becomes one stderr line."""
+    from flowctrl.io_safety import Terminated, cleanup_pending
+
     try:
         return int(args.func(args) or 0)
     except FlowCtrlError as error:
         print(f"flowctrl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated as stop:
+        cleanup_pending()
+        print(f"flowctrl {args.command}: stopped by {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
+        cleanup_pending()
         print(f"flowctrl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a write or read the commands did not name (disk full, read-only folder)
+        cleanup_pending()
+        where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+        reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+        print(f"flowctrl {args.command}: error: {where}{reason}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

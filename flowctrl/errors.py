@@ -34,6 +34,10 @@ class InputError(FlowCtrlError):
     """An input image, size, frame count or option value is unusable."""
 
 
+class OutputError(InputError):
+    """An output cannot be written: its folder is read-only or missing, the disk is full, ..."""
+
+
 class MissingWeightsError(FlowCtrlError):
     """A learned component was asked for but its weights are not available locally."""
 

@@ -178,12 +178,20 @@ class VideoWriter:
             self.abort()
 
     def _open(self, height: int, width: int) -> None:
+        from flowctrl.io_safety import os_error, register_temp
+
+        try:
+            if self.kind == "png_dir":
+                self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.parent))
+            else:
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix, dir=self.parent)
+                os.close(fd)
+                self._tmp = Path(tmp_name)
+        except OSError as error:
+            raise os_error(error, self.path) from None
+        register_temp(self._tmp)  # removed on SIGTERM / SIGHUP / exit if the writer never finishes
         if self.kind == "png_dir":
-            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.parent))
             return
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix, dir=self.parent)
-        os.close(fd)
-        self._tmp = Path(tmp_name)
         if self.kind == "mp4":
             import av
             from fractions import Fraction
@@ -196,7 +204,18 @@ class VideoWriter:
             self._stream = stream
 
     def write(self, frames: Union[torch.Tensor, np.ndarray, Sequence[np.ndarray]]) -> None:
-        """Append frames: ``(n, H, W, 3)`` uint8 or ``(n, 3, H, W)`` float in [0, 1] (:func:`to_uint8_frames`)."""
+        """Append frames: ``(n, H, W, 3)`` uint8 or ``(n, 3, H, W)`` float in [0, 1] (:func:`to_uint8_frames`).
+
+        An OS error (disk full, the folder gone) aborts the writer and becomes one InputError line."""
+        try:
+            self._write(frames)
+        except OSError as error:
+            from flowctrl.io_safety import os_error
+
+            self.abort()
+            raise os_error(error, self.path) from None
+
+    def _write(self, frames: Union[torch.Tensor, np.ndarray, Sequence[np.ndarray]]) -> None:
         if self._closed:
             raise ValueError("VideoWriter is closed")
         frames = to_uint8_frames(frames)
@@ -244,7 +263,15 @@ class VideoWriter:
             else:
                 os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             os.replace(self._tmp, self.path)
+            from flowctrl.io_safety import unregister_temp
+
+            unregister_temp(self._tmp)
             self._tmp = None
+        except OSError as error:
+            from flowctrl.io_safety import os_error
+
+            self.abort()
+            raise os_error(error, self.path) from None
         except BaseException:
             self.abort()
             raise
@@ -260,11 +287,14 @@ class VideoWriter:
             except Exception:  # noqa: BLE001 - the file is deleted anyway
                 pass
             self._container = None
-        if self._tmp is not None and self._tmp.exists():
+        if self._tmp is not None:
+            from flowctrl.io_safety import unregister_temp
+
             if self._tmp.is_dir():
                 shutil.rmtree(self._tmp, ignore_errors=True)
-            else:
+            elif self._tmp.exists():
                 self._tmp.unlink()
+            unregister_temp(self._tmp)
         self._tmp = None
         self._gif_frames = []
 

@@ -304,7 +304,7 @@ def test_masks(tmp_path):
     with pytest.raises(ControlFileError, match="aspect ratio"):
         load_mask(tmp_path / "narrow.png", SIZE)
     (tmp_path / "junk.png").write_bytes(b"not a png")
-    with pytest.raises(ControlFileError, match="cannot read"):
+    with pytest.raises(ControlFileError, match="cannot be read"):
         load_mask(tmp_path / "junk.png")
     with pytest.raises(ControlFileError, match="does not exist"):
         load_mask(tmp_path / "none.png")

@@ -14,6 +14,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
+from flowctrl.app.uploads import guard_uploads
 from flowctrl.errors import InputError
 
 Point = Tuple[float, float]
@@ -59,6 +60,7 @@ def camera_spec(preset: Optional[str], parameters: str = "") -> Optional[str]:
     return f"{preset}:{params}" if params else preset
 
 
+@guard_uploads  # names inside uploads stay in their folder; errors show the user's file names
 def build_controls(image_size: Tuple[int, int], sketch: ArrowSketch, *, arrow_strength: float = 1.0,
                    easing: str = "linear", camera: Optional[str] = None, camera_file: Optional[str] = None,
                    arrows_file: Optional[str] = None, drags_file: Optional[str] = None,

@@ -78,9 +78,16 @@ def _re10k(args: argparse.Namespace, needed: bool) -> Optional[str]:
 
 def _check_output(args: argparse.Namespace, inputs: List[Optional[str]]) -> None:
     out = Path(args.output).resolve()
+    if not args.output.strip():
+        raise InputError.at("--output", None, "is an empty path", "give an output folder")
+    if out.exists() and not out.is_dir():
+        raise InputError.at(args.output, "--output", "exists and is not a folder", "give a folder for the result tables")
     for folder in inputs:
         if folder is not None and out == Path(folder).resolve():
             raise InputError.at(args.output, "--output", "is an input folder", "choose another output folder")
+    lpips = getattr(args, "lpips", None)  # a model file: the result tables may not land on it
+    if lpips and Path(lpips).resolve() in (out / "results.json", out / "results.md", out / "paths.png"):
+        raise InputError.at(args.output, "--output", f"would overwrite the input {lpips}", "choose another output folder")
 
 
 def run(args: argparse.Namespace) -> int:

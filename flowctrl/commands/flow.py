@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import warnings
@@ -127,13 +128,30 @@ def run(args: argparse.Namespace) -> int:
     from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image, resolve_size
     from flowctrl.pipelines.stage1 import compute_unified_flow
 
+    from flowctrl.io_safety import check_outputs, recording_inputs
+    from flowctrl.render.warp_renderer import MAX_FRAMES, check_render_size
+
+    if not args.output.strip():
+        raise InputError.at("-o", None, "is an empty path", "give a flow file name, e.g. -o flow.safetensors")
     out = Path(args.output)
     if out.suffix.lower() not in FLOW_SUFFIXES:
         raise InputError.at(out, "--output", f"suffix '{out.suffix}' is not a flow format", "use .safetensors, .npy or .flo")
     if args.frames < 2:
         raise InputError.at(None, "--frames", f"is {args.frames}", "give at least 2 frames")
-    if not args.fps > 0:
-        raise InputError.at(None, "--fps", f"is {args.fps}", "give a positive frame rate, e.g. 8")
+    if args.frames > MAX_FRAMES:
+        raise InputError.at("--frames", None, f"is {args.frames}, above the limit of {MAX_FRAMES}",
+                            f"give at most {MAX_FRAMES}")
+    if not (math.isfinite(args.fps) and 0 < args.fps <= 1000):
+        raise InputError.at(None, "--fps", f"is {args.fps}", "give a frame rate in (0, 1000], e.g. 8")
+    for flag, value in (("--plane-distance", args.plane_distance), ("--depth-scale", args.depth_scale)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= 1e6):
+            raise InputError.at(flag, None, f"is {value}", "give a positive finite number (at most 1e6)")
+    size = None
+    if args.size:
+        from flowctrl.commands.generate import parse_size
+
+        size = parse_size(args.size)
+        check_render_size(size[0], size[1], args.frames, source="--size", field=None)
     outputs = {"--output": out}
     if not args.no_viz:
         outputs["--viz"] = Path(args.viz) if args.viz else out.with_name(out.stem + "_flow.mp4")
@@ -143,18 +161,20 @@ def run(args: argparse.Namespace) -> int:
                                             ("--pose", args.pose), ("--mask", args.mask), ("--static-mask", args.static_mask),
                                             ("--depth", args.depth)) if v}
     _check_outputs(outputs, inputs)
+    if args.depth_model:
+        from flowctrl.io_safety import check_safetensors_folder
+
+        check_safetensors_folder(args.depth_model, "--depth-model")
     if "--overlay" in outputs and outputs["--overlay"].suffix.lower() != ".png":
         raise InputError.at(outputs["--overlay"], "--overlay", "is not a .png path", "give a .png file")
 
-    image = load_image(args.image)
-    image_size = tuple(image.shape[-2:])
-    size = None
-    if args.size:
-        from flowctrl.commands.generate import parse_size
-
-        size = parse_size(args.size)
-    H, W = resolve_size(image_size, *(size if size else (None, None)))
-    controls = _controls(args, image_size)
+    with recording_inputs() as log:  # every file read, the ones named inside control files too
+        image = load_image(args.image)
+        image_size = tuple(image.shape[-2:])
+        H, W = resolve_size(image_size, *(size if size else (None, None)))
+        check_render_size(H, W, args.frames, source="--size" if size else str(args.image), field=None)
+        controls = _controls(args, image_size)
+        check_outputs(list(outputs.items()), inputs.values(), log=log)
     work = _resize_image(image, (H, W))
 
     with warnings.catch_warnings(record=True) as caught:
@@ -210,19 +230,12 @@ def _extras(uf: Any, everything: bool) -> Dict[str, Any]:
 
 
 def _write_png(path: Path, image_chw: Any) -> None:
-    import tempfile
-
     import numpy as np
     import torch
     from PIL import Image
 
+    from flowctrl.io_safety import atomic_path
+
     arr = (image_chw.detach().clamp(0, 1) * 255 + 0.5).to(dtype=torch.uint8).permute(1, 2, 0).cpu().numpy()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(arr)).save(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path, flag="--overlay", suffix=".png") as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")

@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -169,11 +168,13 @@ def _check_backend_options(args: argparse.Namespace) -> None:
     if not args.model:
         raise MissingWeightsError.at("--backend diffusion", "--model", "no weights given",
                                      "pass --model PATH (a local folder) or use --backend warp")
-    if args.steps is not None and args.steps < 1:
-        raise InputError.at("--steps", None, f"is {args.steps}", "give at least 1 denoising step (default 50)")
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise InputError.at("--steps", None, f"is {args.steps}", "give 1 to 1000 denoising steps (default 50)")
     for flag, value in (("--guidance", args.guidance), ("--flow-guidance", args.flow_guidance)):
-        if value is not None and not value >= 0:
-            raise InputError.at(flag, None, f"is {value}", "give a scale >= 0 (1 = no guidance)")
+        if value is not None and not 0 <= value <= 100:
+            raise InputError.at(flag, None, f"is {value}", "give a scale in [0, 100] (1 = no guidance)")
+    if args.lora_scale is not None and not -100 <= args.lora_scale <= 100:
+        raise InputError.at("--lora-scale", None, f"is {args.lora_scale}", "give a weight in [-100, 100] (default 1)")
     if args.lora is not None and not Path(args.lora).exists():
         raise MissingWeightsError.at(args.lora, "--lora", "not found",
                                      "give the folder holding pytorch_lora_weights.safetensors "
@@ -196,7 +197,24 @@ class Plan:
 
 
 def _validate(args: argparse.Namespace) -> Plan:
-    """All checks that need no rendering; returns the :class:`Plan`."""
+    """All checks that need no rendering; returns the :class:`Plan`.
+
+    Every file the checks read (the image, control files and the files they name: masks, depth,
+    reference videos, an arrow's mask, a bundle's image) is recorded, and no output may resolve to
+    any of them (:func:`flowctrl.io_safety.check_outputs`)."""
+    from flowctrl.io_safety import check_outputs, recording_inputs
+
+    if not args.output.strip():
+        raise InputError.at("-o", None, "is an empty path", "give an output file name, e.g. -o out.mp4")
+    with recording_inputs() as log:
+        plan, inputs = _validate_recorded(args)
+        targets = [("-o", plan.preview)] if plan.preview is not None else plan.outputs
+        check_outputs(targets, inputs.values(), log=log)
+    return plan
+
+
+def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]:
+    """:func:`_validate` inside the input log; returns the plan and the input files named by flags."""
     from flowctrl.pipelines.flowctrl_pipeline import load_image, resolve_size
     from flowctrl.render.warp_renderer import MAX_FRAMES, check_render_size
     from flowctrl.video_io import output_kind
@@ -206,8 +224,8 @@ def _validate(args: argparse.Namespace) -> Plan:
     if args.frames > MAX_FRAMES:
         raise InputError.at("--frames", None, f"is {args.frames}, above the limit of {MAX_FRAMES}",
                             f"give at most {MAX_FRAMES}")
-    if not args.fps > 0:
-        raise InputError.at("--fps", None, f"is {args.fps}", "give a positive frame rate, e.g. 8")
+    if not (math.isfinite(args.fps) and 0 < args.fps <= 1000):
+        raise InputError.at("--fps", None, f"is {args.fps}", "give a frame rate in (0, 1000], e.g. 8")
     if args.plane_distance is not None and not (math.isfinite(args.plane_distance) and args.plane_distance > 0):
         raise InputError.at("--plane-distance", None, f"is {args.plane_distance}",
                             "give a positive distance in camera-translation units, e.g. 2")
@@ -215,6 +233,12 @@ def _validate(args: argparse.Namespace) -> Plan:
     if size is not None:
         check_render_size(size[0], size[1], args.frames, source="--size", field=None)
     _check_backend_options(args)
+    from flowctrl.io_safety import check_safetensors_folder
+
+    for flag, value in (("--model", args.model), ("--flow-model", args.flow_model), ("--lora", args.lora),
+                        ("--depth-model", args.depth_model)):
+        if value:
+            check_safetensors_folder(value, flag)  # safetensors only: a .bin-only folder is one line
 
     image_path = Path(args.image)
     image = load_image(image_path)  # missing / corrupt -> InputError naming the file
@@ -272,7 +296,7 @@ def _validate(args: argparse.Namespace) -> Plan:
             if getattr(controls, field) not in (None, [])}
         controls = dataclasses.replace(bundle, **overrides)
     plan.controls = controls
-    return plan
+    return plan, inputs
 
 
 # --------------------------------------------------------------------------- progress
@@ -367,18 +391,12 @@ def _write_png(path: Path, image_chw: Any) -> None:
     """``image_chw (3,H,W)`` in [0, 1] -> PNG at ``path`` (temp file + rename)."""
     from PIL import Image
 
-    from flowctrl.video_io import _umask, to_uint8_frames
+    from flowctrl.io_safety import atomic_path
+    from flowctrl.video_io import to_uint8_frames
 
     frame = to_uint8_frames(image_chw[None])[0]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, flag="--preview", suffix=".png") as tmp:
         Image.fromarray(frame).save(tmp, format="PNG")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _write_outputs(plan: Plan, video: Any, flow: Any, fps: float, progress: StageProgress) -> None:

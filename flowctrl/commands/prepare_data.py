@@ -18,6 +18,8 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not HxW (e.g. 64x64)") from None
     if h < 16 or w < 16:
         raise argparse.ArgumentTypeError(f"{text!r} is smaller than 16x16")
+    if h > 4096 or w > 4096:
+        raise argparse.ArgumentTypeError(f"{text!r} is larger than 4096x4096")
     return h, w
 
 
@@ -42,10 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from flowctrl.errors import InputError
     from flowctrl.train.shards import prepare_shards
 
-    if args.num_frames < 2:
-        raise InputError.at(None, "--num-frames", f"is {args.num_frames}", "give at least 2")
-    if args.stride < 1 or args.clips_per_video < 1:
-        raise InputError.at(None, "--stride/--clips-per-video", "must be positive", "give 1 or more")
+    if not 2 <= args.num_frames <= 1024:
+        raise InputError.at(None, "--num-frames", f"is {args.num_frames}", "give 2 to 1024")
+    for flag, value in (("--stride", args.stride), ("--clips-per-video", args.clips_per_video)):
+        if not 1 <= value <= 1000:
+            raise InputError.at(None, flag, f"is {value}", "give 1 to 1000")
+    if not 1.0 <= args.fov <= 179.0:
+        raise InputError.at(None, "--fov", f"is {args.fov}", "give a horizontal field of view in [1, 179] degrees")
     pose_estimator = None
     if args.poses:
         try:

@@ -10,6 +10,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from flowctrl.errors import ConfigError
 
@@ -62,6 +63,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowctrl.train.config import check_run_outputs
+
     if args.train_target == "video":
         try:
             from flowctrl.train.video_loop import load_video_config, train as train_video
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
                                  "install the complete flowctrl package") from None
         cfg = load_video_config(args.config, {"output_dir": args.output_dir, "max_steps": args.max_steps,
                                               "seed": args.seed}, args.set)
+        init = cfg.model.init if cfg.model.init != "tiny" and Path(cfg.model.init).exists() else None
+        check_run_outputs(args.config, cfg.output_dir, [cfg.data.shards, init], str(args.config or "<defaults>"))
         result = train_video(cfg, resume=args.resume)
         if result.get("final"):
             print(f"trained video model: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
@@ -79,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, {"output_dir": args.output_dir, "max_steps": args.max_steps, "seed": args.seed},
                       args.set)
+    check_run_outputs(args.config, cfg.output_dir, [cfg.data.shards, cfg.codec_path, cfg.image_codec_path,
+                                                   cfg.pretrained_cogvideox, cfg.data.latent_cache_file], str(args.config))
     result = train(cfg, resume=args.resume)
     if result.get("final"):
         print(f"trained {cfg.model}: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")

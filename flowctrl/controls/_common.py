@@ -20,6 +20,9 @@ PathLike = Union[str, Path]
 Size = Tuple[int, int]  # (H, W)
 
 UNITS = ("px", "normalized")
+# Every number in a control file is finite and at most this large unless its field names its own
+# range: 1e308 passes float() but overflows the flow math (and 1e6 px is far beyond any image).
+MAX_MAGNITUDE = 1e6
 
 
 def err(source: Any, field: Optional[str], problem: str, fix: str = "") -> ControlFileError:
@@ -28,18 +31,12 @@ def err(source: Any, field: Optional[str], problem: str, fix: str = "") -> Contr
 
 
 def read_text(path: PathLike, what: str) -> str:
-    """Read a UTF-8 text file; every OS/decoding failure becomes a ControlFileError."""
-    path = Path(path)
-    if not path.exists():
-        raise err(path, None, f"{what} file does not exist", "check the path")
-    if path.is_dir():
-        raise err(path, None, f"{what} path is a folder, not a file", "give the file inside it")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise err(path, None, f"{what} file is not UTF-8 text", f"give a text {what} file") from None
-    except OSError as error:
-        raise err(path, None, f"cannot read {what} file ({error.strerror or error})", "check its permissions") from None
+    """Read a UTF-8 text file of at most :data:`~flowctrl.io_safety.MAX_CONTROL_BYTES`; a missing
+    path, a folder, a FIFO or device, a too large file and every OS / decoding failure become a
+    ControlFileError (never a hang or an unbounded read)."""
+    from flowctrl.io_safety import MAX_CONTROL_BYTES, read_bounded_text
+
+    return read_bounded_text(path, what, ControlFileError, max_bytes=MAX_CONTROL_BYTES)
 
 
 def read_json(path: PathLike, what: str) -> Any:
@@ -99,6 +96,11 @@ def number(value: Any, source: Any, field: str, *, low: Optional[float] = None, 
         value = math.inf
     if not math.isfinite(value):
         raise err(source, field, f"is {value}, not a finite number", "give a finite number")
+    if low is None and high is None and abs(value) > MAX_MAGNITUDE:
+        raise err(source, field, f"is {value:g}, outside [-{MAX_MAGNITUDE:g}, {MAX_MAGNITUDE:g}]",
+                  f"give a value of at most {MAX_MAGNITUDE:g} in magnitude")
+    if low is not None and high is None and value > MAX_MAGNITUDE:
+        high = MAX_MAGNITUDE
     if integer and value != int(value):
         raise err(source, field, f"is {value}, expected a whole number", "give an integer")
     if low is not None and (value < low or (low_open and value == low)):
@@ -109,11 +111,13 @@ def number(value: Any, source: Any, field: str, *, low: Optional[float] = None, 
     return value
 
 
-def number_list(value: Any, source: Any, field: str, length: Optional[int] = None, example: str = "[x, y]") -> List[float]:
+def number_list(value: Any, source: Any, field: str, length: Optional[int] = None, example: str = "[x, y]",
+                **bounds: Any) -> List[float]:
+    """A list of :func:`number` s (``bounds``: its ``low`` / ``high`` / ``low_open`` keywords)."""
     items = expect_list(value, source, field, example)
     if length is not None and len(items) != length:
         raise err(source, field, f"has {len(items)} numbers, expected {length}", f"give {example}")
-    return [number(v, source, f"{field}[{i}]") for i, v in enumerate(items)]
+    return [number(v, source, f"{field}[{i}]", **bounds) for i, v in enumerate(items)]
 
 
 def parse_units(obj: Mapping[str, Any], source: Any, default: str = "px") -> str:
@@ -162,6 +166,13 @@ def resolve_path(value: Any, base: Optional[Path], source: Any, field: str) -> P
     """A path string from a file, relative to ``base`` (the folder of the file that names it)."""
     if not isinstance(value, str) or not value:
         raise err(source, field, f"is {type_name(value)}, expected a file path string", 'give a path like "mask.png"')
+    from flowctrl.io_safety import confined_path, references_confined
+
+    if references_confined():  # the web app: uploads may only name files beside themselves
+        problem = confined_path(value, base)
+        if problem is not None:
+            raise err(source, field, f"{problem}; only file names inside the uploaded file's folder are allowed",
+                      'give a plain file name like "mask.png"')
     path = Path(value).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path

@@ -32,6 +32,7 @@ __all__ = ["Arrow", "EASINGS", "ease", "load_arrows", "parse_arrows"]
 EASINGS = ("linear", "ease-in-out")
 ARROW_FIELDS = ("start", "end", "strength", "easing", "mask")
 EXAMPLE = '{"start": [x, y], "end": [x, y]}'
+MAX_ARROW_STRENGTH = 100.0  # a multiplier of the arrow's displacement; beyond this the flow leaves any image
 
 
 def ease(progress: torch.Tensor, easing: str = "linear") -> torch.Tensor:
@@ -131,14 +132,14 @@ def parse_arrows(data: Any, source: Any = "arrows", image_size: Optional[Size] =
         end = number_list(require(item, "end", source, where, "[x, y]"), source, f"{where}.end", 2)
         start = to_pixels(start, units, image_size, source, f"{where}.start")
         end = to_pixels(end, units, image_size, source, f"{where}.end")
-        strength = number(item.get("strength", 1.0), source, f"{where}.strength", low=0.0)
+        strength = number(item.get("strength", 1.0), source, f"{where}.strength", low=0.0, high=MAX_ARROW_STRENGTH)
         easing = item.get("easing", "linear")
         if easing not in EASINGS:
             raise err(source, f"{where}.easing", f"is {easing!r}", f"use one of {', '.join(EASINGS)}")
         mask = None
         if item.get("mask") is not None:
             mask_path = resolve_path(item["mask"], base_dir, source, f"{where}.mask")
-            if not mask_path.is_file():
+            if not mask_path.exists():
                 raise err(source, f"{where}.mask", f"{item['mask']!r} does not exist (resolved to {mask_path})",
                           "mask paths are relative to the arrows file")
             mask = load_mask(mask_path, image_size, what=f"{where}.mask")

@@ -254,6 +254,12 @@ class CameraTrajectory:
         return data
 
 
+# Sane ranges (named in the messages): focal lengths in image widths / heights, zoom factors relative
+# to the first frame, timestamps in any unit (microseconds for RealEstate10K).
+FOCAL_RANGE = (1e-3, 1e3)
+FOCAL_SCALE_RANGE = (1e-3, 1e3)
+MAX_TIMESTAMP = 1e15
+
 # ---------------------------------------------------------------------------------------- parsers
 
 def _intrinsics_entry(obj: Any, source: Any, where: str, units: str, size: Optional[tuple]) -> List[float]:
@@ -268,6 +274,11 @@ def _intrinsics_entry(obj: Any, source: Any, where: str, units: str, size: Optio
     if units == "px":
         height, width = size  # type: ignore[misc]
         fx, fy, cx, cy = fx / width, fy / height, (cx + 0.5) / width, (cy + 0.5) / height
+    for key, v in (("fx", fx), ("fy", fy)):
+        if not FOCAL_RANGE[0] <= v <= FOCAL_RANGE[1]:
+            raise err(source, f"{where}.{key}", f"is {v:g} of the image size, outside [{FOCAL_RANGE[0]:g}, "
+                      f"{FOCAL_RANGE[1]:g}]", "give a focal length between 0.001 and 1000 image widths/heights "
+                      "(typical: 0.5 to 3)")
     if not (-1.0 <= cx <= 2.0 and -1.0 <= cy <= 2.0):
         raise err(source, where, f"principal point ({cx:g}, {cy:g}) (normalized) is far outside the image",
                   "cx, cy are normally near the image centre (0.5 normalized, W/2 pixels)")
@@ -285,8 +296,8 @@ def _parse_intrinsics(obj: Any, source: Any, num_frames: int) -> torch.Tensor:
     if units == "px":
         width = require(obj, "width", source, where, '"width": 512 (the image size the pixel values refer to)')
         height = require(obj, "height", source, where, '"height": 512 (the image size the pixel values refer to)')
-        size = (number(height, source, f"{where}.height", low=1, integer=True),
-                number(width, source, f"{where}.width", low=1, integer=True))
+        size = (number(height, source, f"{where}.height", low=1, high=65536, integer=True),
+                number(width, source, f"{where}.width", low=1, high=65536, integer=True))
 
     def K_of(v: List[float]) -> List[List[float]]:
         return [[v[0], 0.0, v[2]], [0.0, v[1], v[3]], [0.0, 0.0, 1.0]]
@@ -302,7 +313,8 @@ def _parse_intrinsics(obj: Any, source: Any, num_frames: int) -> torch.Tensor:
 
 
 def _increasing(values: Any, source: Any, where: str, n: int) -> torch.Tensor:
-    items = number_list(values, source, where, n, f"{n} increasing numbers (one per frame)")
+    items = number_list(values, source, where, n, f"{n} increasing numbers (one per frame)",
+                        low=-MAX_TIMESTAMP, high=MAX_TIMESTAMP)
     if any(b <= a for a, b in zip(items, items[1:])):
         raise err(source, where, "is not strictly increasing", "give increasing times, one per frame")
     return torch.tensor(items, dtype=torch.float64)
@@ -344,6 +356,9 @@ def parse_camera_json(data: Any, source: Any = "camera") -> CameraTrajectory:
         values = number_list(obj["focal_scale"], source, "focal_scale", len(mats), "one positive factor per frame")
         if any(v <= 0 for v in values):
             raise err(source, "focal_scale", "has a value <= 0", "zoom factors must be > 0")
+        if any(not FOCAL_SCALE_RANGE[0] <= v / values[0] <= FOCAL_SCALE_RANGE[1] for v in values):
+            raise err(source, "focal_scale", f"changes the zoom by more than {FOCAL_SCALE_RANGE[1]:g}x",
+                      f"give factors within [{FOCAL_SCALE_RANGE[0]:g}, {FOCAL_SCALE_RANGE[1]:g}] of the first one")
         scale = torch.tensor(values, dtype=torch.float64) / values[0]
     name = obj.get("name", Path(str(source)).stem)
     if not isinstance(name, str):
@@ -352,7 +367,7 @@ def parse_camera_json(data: Any, source: Any = "camera") -> CameraTrajectory:
     if scene_depth is None and isinstance(obj.get("preset"), dict) and isinstance(obj["preset"].get("params"), dict):
         scene_depth = obj["preset"]["params"].get("depth")  # files written from a preset keep its look-at depth
     if scene_depth is not None:
-        scene_depth = number(scene_depth, source, "scene_depth")
+        scene_depth = number(scene_depth, source, "scene_depth", low=1e-6, high=1e6)
         if not scene_depth > 0:
             raise err(source, "scene_depth", f"is {scene_depth}", "give a positive distance in scene units")
     return CameraTrajectory(w2c=w2c, K_normalized=K, timestamps=timestamps, name=name, focal_scale=scale,
@@ -391,7 +406,10 @@ def parse_re10k(text: str, source: Any = "camera.txt") -> CameraTrajectory:
         except ValueError:
             raise err(source, where, "contains a token that is not a number", "check the file is RealEstate10K pose text") from None
         for k, v in enumerate(values):
-            number(v, source, f"{where} value {k + 1}")
+            if k == 0:  # timestamps (microseconds): large, but finite
+                number(v, source, f"{where} timestamp", low=-MAX_TIMESTAMP, high=MAX_TIMESTAMP)
+            else:
+                number(v, source, f"{where} value {k + 1}")
         rows.append(values)
     if len(rows) < 2:
         raise err(source, None, f"has {len(rows)} pose line(s), a trajectory needs at least 2", "give one line per frame")
@@ -402,6 +420,10 @@ def parse_re10k(text: str, source: Any = "camera.txt") -> CameraTrajectory:
     for i, (fx, fy) in enumerate(arr[:, 1:3]):
         if fx <= 0 or fy <= 0:
             raise err(source, f"line {lines[i][0]}", f"focal length ({fx:g}, {fy:g}) is not positive", "check fx, fy")
+        if not (FOCAL_RANGE[0] <= fx <= FOCAL_RANGE[1] and FOCAL_RANGE[0] <= fy <= FOCAL_RANGE[1]):
+            raise err(source, f"line {lines[i][0]}", f"focal length ({fx:g}, {fy:g}) is outside "
+                      f"[{FOCAL_RANGE[0]:g}, {FOCAL_RANGE[1]:g}] (normalized)", "RealEstate10K focal lengths are "
+                      "fractions of the image size (typical: 0.5 to 3)")
     K = np.zeros((len(arr), 3, 3))
     K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4], 1.0
     K_t = torch.from_numpy(K)

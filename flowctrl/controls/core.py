@@ -37,27 +37,24 @@ from flowctrl.errors import ControlFileError
 
 __all__ = ["Controls", "BUNDLE_FIELDS"]
 
+MAX_STRENGTH = 1000.0     # target motion strength M_s, px/frame: beyond this every pixel leaves the image
+MAX_IMAGE_SIDE = 65536    # image_size entries (pixels)
 BUNDLE_FIELDS = ("image_size", "image", "arrows", "drags", "camera", "ref_video", "pose", "mask",
                  "static_mask", "depth", "strength")
 
 
 def _image_size_of(path: Path, source: Any) -> Size:
-    from PIL import Image, UnidentifiedImageError
+    from flowctrl.io_safety import open_image
 
-    if not path.is_file():
-        raise err(source, "image", f"{path} does not exist", "check the path (relative to the bundle)")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError):
-        raise err(source, "image", f"cannot read {path}", "give a PNG or JPEG") from None
+    with open_image(path, "bundle", ControlFileError, source=source, field="image") as image:
+        width, height = image.size
     return height, width
 
 
 def _check_strength(value: Any, source: Any, field_name: str = "strength") -> Optional[float]:
     if value is None:
         return None
-    return number(value, source, field_name, low=0.0)
+    return number(value, source, field_name, low=0.0, high=MAX_STRENGTH)
 
 
 @dataclass
@@ -169,15 +166,14 @@ class Controls:
         pipeline reads them at the working size). ``image_size`` (H, W) is needed for normalized
         coordinates and to check pixel coordinates lie on the image."""
         image_size = check_image_size(image_size, "controls")
+        from flowctrl.io_safety import check_regular
+
         ref = depth_path = None
         if ref_video is not None:
-            ref = Path(ref_video)
-            if not ref.is_file():
-                raise err(ref, None, "reference video does not exist", "check the --ref-video path")
+            ref = check_regular(ref_video, "reference video", ControlFileError, fix="check the --ref-video path",
+                                missing="reference video does not exist")
         if depth is not None:
-            depth_path = Path(depth)
-            if not depth_path.is_file():
-                raise err(depth_path, None, "depth file does not exist", "check the --depth path")
+            depth_path = check_regular(depth, "depth", ControlFileError, fix="check the --depth path")
         return cls(
             arrows=load_arrows(arrows, image_size) if arrows is not None else [],
             drags=load_drags(drags, image_size) if drags is not None else [],
@@ -206,20 +202,28 @@ class Controls:
         reject_unknown(data, BUNDLE_FIELDS, source, "")
 
         def path_of(key: str) -> Path:
+            from flowctrl.io_safety import check_regular
+
             p = resolve_path(data[key], base_dir, source, key)
             if not p.exists():
                 raise err(source, key, f"{data[key]!r} does not exist (resolved to {p})",
                           "paths in a bundle are relative to the bundle file")
-            return p
+            return check_regular(p, key.replace("_", " "), ControlFileError, source=source, field=key)
 
         if image_size is None and data.get("image_size") is not None:
             raw = data["image_size"]
             if not isinstance(raw, list) or len(raw) != 2:
                 raise err(source, "image_size", f"is {type_name(raw)}", "give [H, W]")
-            image_size = (int(number(raw[0], source, "image_size[0]", low=1, integer=True)),
-                          int(number(raw[1], source, "image_size[1]", low=1, integer=True)))
-        if image_size is None and data.get("image") is not None:
-            image_size = _image_size_of(resolve_path(data["image"], base_dir, source, "image"), source)
+            image_size = (int(number(raw[0], source, "image_size[0]", low=1, high=MAX_IMAGE_SIDE, integer=True)),
+                          int(number(raw[1], source, "image_size[1]", low=1, high=MAX_IMAGE_SIDE, integer=True)))
+        if data.get("image") is not None:
+            image_path = resolve_path(data["image"], base_dir, source, "image")
+            if image_size is None:
+                image_size = _image_size_of(image_path, source)
+            elif image_path.is_file():  # named by the bundle: no output may take it, read or not
+                from flowctrl.io_safety import note_input
+
+                note_input(image_path)
         image_size = check_image_size(image_size, source)
 
         def inline_or_file(key: str, parse: Any, load: Any) -> Any:

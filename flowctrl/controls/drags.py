@@ -125,14 +125,15 @@ def _parse_one(item: Any, units: str, image_size: Optional[Size], source: Any, w
                         f"{where}.points[{k}]") for k, p in enumerate(raw)]
     radius = item.get("radius")
     if radius is not None:
-        radius = number(radius, source, f"{where}.radius", low=0.0, low_open=True)
+        radius = number(radius, source, f"{where}.radius", low=0.0, low_open=True,
+                        high=MAX_RADIUS_NORMALIZED if units == "normalized" else MAX_RADIUS_PX)
         if units == "normalized":
             if image_size is None:
                 raise err(source, f"{where}.radius", "normalized units need the image size", "pass image_size=(H, W)")
             radius *= math.sqrt(image_size[0] * image_size[1])
     times = item.get("times")
     if times is not None:
-        times = number_list(times, source, f"{where}.times", len(points), "one time in [0, 1] per point")
+        times = number_list(times, source, f"{where}.times", len(points), "one time in [0, 1] per point", low=0.0, high=1.0)
         if times[0] != 0.0 or times[-1] != 1.0 or any(b <= a for a, b in zip(times, times[1:])):
             raise err(source, f"{where}.times", f"is {times}", "times must rise strictly from 0 (first point) to 1 (last)")
     return Drag(points=np.array(points), radius=radius, times=None if times is None else np.array(times))
@@ -152,6 +153,10 @@ def parse_drags(data: Any, source: Any = "drags", image_size: Optional[Size] = N
         items = require(obj, "drags", source, "", f'"drags": [{EXAMPLE}]')
     items = expect_list(items, source, "drags", f"[{EXAMPLE}]", min_len=1)
     return [_parse_one(item, units, image_size, source, f"drags[{i}]") for i, item in enumerate(items)]
+
+
+MAX_RADIUS_PX = 1e4         # a drag's Gaussian radius in pixels (a 10000 px radius already covers any image)
+MAX_RADIUS_NORMALIZED = 10.0
 
 
 _PAIR = re.compile(r"^\s*([^\s,;]+)\s*[,;\s]\s*([^\s,;]+)\s*$")

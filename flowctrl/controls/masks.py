@@ -25,27 +25,23 @@ def load_mask(path: PathLike, image_size: Optional[Size] = None, what: str = "ma
     a mask whose aspect ratio differs from the image by more than 2 % is rejected, since
     stretching it would silently move the brushed region.
     """
-    from PIL import Image, UnidentifiedImageError
+    from flowctrl.errors import ControlFileError
+    from flowctrl.io_safety import open_image
 
     path = Path(path)
-    if not path.is_file():
-        raise err(path, None, f"{what} image does not exist", "check the path")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode.startswith(("I", "F")):  # 16-bit / float grayscale: 50 % of the full range
-                values = np.asarray(image, dtype=np.float64)
-                full = 1.0 if image.mode.startswith("F") else 65535.0
-                gray = np.where(values > full / 2, 255, 0).astype(np.uint8)
-            elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = np.asarray(image.convert("RGBA"))
-                alpha = rgba[..., 3]
-                gray = alpha if alpha.min() != alpha.max() else np.asarray(image.convert("L"))
-            else:
-                gray = np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise err(path, None, f"cannot read {what} image ({type(error).__name__})",
-                  "give a PNG (white = inside the mask)") from None
+    # a regular file whose header size is bounded; decoding errors (bombs too) are one line
+    with open_image(path, what, ControlFileError) as image:
+        image.load()
+        if image.mode.startswith(("I", "F")):  # 16-bit / float grayscale: 50 % of the full range
+            values = np.asarray(image, dtype=np.float64)
+            full = 1.0 if image.mode.startswith("F") else 65535.0
+            gray = np.where(values > full / 2, 255, 0).astype(np.uint8)
+        elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = np.asarray(image.convert("RGBA"))
+            alpha = rgba[..., 3]
+            gray = alpha if alpha.min() != alpha.max() else np.asarray(image.convert("L"))
+        else:
+            gray = np.asarray(image.convert("L"))
     mask = torch.from_numpy(np.ascontiguousarray(gray) > 127).unsqueeze(0)
     if not bool(mask.any()):
         raise err(path, None, f"{what} is empty (no pixel is white)", "paint the region white on black")

@@ -156,6 +156,8 @@ def camera_preset(name: str, **params: float) -> CameraTrajectory:
             value = int(value)
         if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
             raise err(source, key, f"is {value!r}", "give a finite number")
+        if abs(float(value)) > 1e6:
+            raise err(source, key, f"is {value:g}, outside [-1e6, 1e6]", "give a value of at most 1e6 in magnitude")
         values[key] = float(value)
     frames = values["frames"]
     if frames != int(frames) or frames < 2 or frames > 10000:

@@ -13,6 +13,9 @@ from flowctrl.controls._common import PathLike, Size, err
 __all__ = ["load_reference_video", "resize_video", "resample_frames"]
 
 
+MAX_VIDEO_BYTES = 4 * 2**30  # decoded RGB frames of a reference video (the frames are resampled afterwards)
+
+
 def resample_frames(num_source: int, num_frames: int) -> np.ndarray:
     """Indices of ``num_frames`` source frames evenly spread over ``num_source`` (first and last kept)."""
     return np.rint(np.linspace(0, num_source - 1, num_frames)).astype(np.int64)
@@ -36,9 +39,10 @@ def load_reference_video(path: PathLike, num_frames: Optional[int] = None, size:
     """
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise err(path, None, "reference video does not exist", "check the path")
+    from flowctrl.errors import ControlFileError
+    from flowctrl.io_safety import MAX_IMAGE_PIXELS, check_regular
+
+    path = check_regular(path, "reference video", ControlFileError, missing="reference video does not exist")
     if num_frames is not None and num_frames < 1:
         raise err(path, "num_frames", f"is {num_frames}", "give at least 1 frame")
     frames = []
@@ -48,7 +52,15 @@ def load_reference_video(path: PathLike, num_frames: Optional[int] = None, size:
                 raise err(path, None, "has no video stream", "give a video file (mp4, webm, gif, ...)")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            decoded = 0
             for frame in container.decode(stream):
+                if frame.width * frame.height > MAX_IMAGE_PIXELS:
+                    raise err(path, None, f"reference video frames are {frame.width}x{frame.height}, above the limit "
+                              f"of {MAX_IMAGE_PIXELS} pixels", "give a smaller video")
+                decoded += frame.width * frame.height * 3
+                if decoded > MAX_VIDEO_BYTES:
+                    raise err(path, None, f"reference video holds more than {MAX_VIDEO_BYTES // 2**30} GB of frames "
+                              f"({len(frames)} read)", "cut it to the part whose motion you want")
                 frames.append(frame.to_ndarray(format="rgb24"))
     except av.error.FFmpegError as error:
         if not frames:

@@ -63,7 +63,7 @@ class DepthAnythingEstimator:
         try:
             from transformers import AutoModelForDepthEstimation
 
-            model = AutoModelForDepthEstimation.from_pretrained(name, local_files_only=True)
+            model = AutoModelForDepthEstimation.from_pretrained(name, local_files_only=True, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise _missing(name, f"Depth-Anything weights could not be loaded locally ({type(exc).__name__})") from exc
         processor = None

@@ -29,12 +29,24 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".exr", ".pfm")
 
 def read_depth_array(path: PathLike) -> Tuple[np.ndarray, bool]:
     """Raw ``(H, W)`` float64 values of a depth / disparity file and whether it was a 16-bit image."""
-    path = Path(path)
-    if not path.is_file():
-        raise ControlFileError.at(path, "depth", "file not found", "check the path")
+    from flowctrl.io_safety import MAX_IMAGE_PIXELS, check_regular, open_image
+
+    path = check_regular(path, "depth", ControlFileError, missing="depth file not found")
     suffix = path.suffix.lower()
+    if suffix in (".png", ".tif", ".tiff"):
+        try:
+            with open_image(path, "depth", ControlFileError):
+                pass  # the header's size is within MAX_IMAGE_PIXELS (OpenCV decodes it below)
+        except ControlFileError as error:
+            if "cannot be read" not in str(error):  # too large: refuse; unidentified: OpenCV says so below
+                raise
     if suffix == ".npy":
         try:
+            header = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
+            if header.size > MAX_IMAGE_PIXELS:
+                raise ControlFileError.at(path, "depth", f"holds {header.size} values, above the limit of "
+                                          f"{MAX_IMAGE_PIXELS}", "give an (H, W) map of at most 8192x8192")
+            del header
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise ControlFileError.at(path, "depth", f"unreadable .npy ({type(exc).__name__})", "save a float array with numpy.save") from exc
@@ -102,8 +114,9 @@ def save_depth_png16(path: PathLike, depth: torch.Tensor, scale: float = PNG16_D
     arr = np.round(torch.as_tensor(depth).detach().reshape(depth.shape[-2:]).cpu().numpy() / scale)
     if arr.max() > 65535 or arr.min() < 1:
         raise ValueError("depth / scale must lie in [1, 65535] for a 16-bit PNG; choose another scale")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    if not cv2.imwrite(str(tmp), arr.astype(np.uint16)):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    from flowctrl.io_safety import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), arr.astype(np.uint16)):
+            raise OSError(f"could not write {path}")
     return path

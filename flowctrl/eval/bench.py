@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,15 +198,11 @@ def render_with_backend(case: CameraCase, backend: Any = "warp", plane_distance:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    from flowctrl.io_safety import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, flag="--output") as tmp:
+        write(tmp)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

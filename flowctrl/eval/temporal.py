@@ -28,7 +28,8 @@ def load_clip(path_or_id: Union[str, os.PathLike, None]) -> Any:
         raise MissingWeightsError.at(None, "clip", "no CLIP model given",
                                      "pass --clip PATH_OR_HUB_ID (e.g. openai/clip-vit-base-patch32, already cached)")
     try:
-        return CLIPVisionModelWithProjection.from_pretrained(str(path_or_id), local_files_only=True).eval()
+        return CLIPVisionModelWithProjection.from_pretrained(str(path_or_id), local_files_only=True,
+                                                             use_safetensors=True).eval()
     except (OSError, ValueError) as error:
         raise MissingWeightsError.at(path_or_id, "clip", f"CLIP weights not available locally ({type(error).__name__})",
                                      "give a folder with config.json + weights or a hub id in the local cache") from None

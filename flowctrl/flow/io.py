@@ -12,7 +12,6 @@ Writes are atomic (temporary file + rename) and refuse to replace an input.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -33,23 +32,12 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(path: Path, write) -> None:
+    from flowctrl.io_safety import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path, suffix=".tmp") as tmp:
+        write(str(tmp))
 
 
 def save_flow(path: PathLike, flow: torch.Tensor, extras: Optional[Dict[str, torch.Tensor]] = None,

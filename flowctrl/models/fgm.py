@@ -391,7 +391,8 @@ def _init_from_cogvideox(cls, path, subfolder, overrides):
     from diffusers import CogVideoXTransformer3DModel
 
     try:
-        base = CogVideoXTransformer3DModel.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+        base = CogVideoXTransformer3DModel.from_pretrained(path, subfolder=subfolder, local_files_only=True,
+                                                           use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as err:
         raise MissingWeightsError.at(path, subfolder or "transformer", f"no CogVideoX transformer weights ({type(err).__name__})",
                                      "give a local CogVideoX folder (with transformer/) or a cached hub id") from None

@@ -436,6 +436,7 @@ def _load_base_transformer(
             subfolder=subfolder,
             torch_dtype=torch_dtype,
             local_files_only=local_files_only,
+            use_safetensors=True,
         )
     except (OSError, EnvironmentError, ValueError) as error:
         raise MissingWeightsError.at(

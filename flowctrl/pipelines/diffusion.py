@@ -523,17 +523,20 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         ``tokenizer/`` + ``text_encoder/``. Hub ids resolve through the local cache only.
         """
         root = _resolve_folder(path_or_hub_id)
+        from flowctrl.io_safety import check_safetensors_folder
+
+        check_safetensors_folder(root, "model")  # safetensors only: a .bin-only part is one line
         tconfig = _read_json(root / "transformer" / "config.json", path_or_hub_id)
-        vae = AutoencoderKLCogVideoX.from_pretrained(root / "vae", torch_dtype=torch_dtype) if (root / "vae").is_dir() else None
+        vae = AutoencoderKLCogVideoX.from_pretrained(root / "vae", torch_dtype=torch_dtype, use_safetensors=True) if (root / "vae").is_dir() else None
         flow_codec = None
         if (root / "flow_codec").is_dir():
             from flowctrl.models.flow_codec import FlowCodec
 
-            flow_codec = FlowCodec.from_pretrained(root / "flow_codec", torch_dtype=torch_dtype)
+            flow_codec = FlowCodec.from_pretrained(root / "flow_codec", torch_dtype=torch_dtype, use_safetensors=True)
         elif vae is not None:
             flow_codec = _codec_from_vae(vae, root)
         if tconfig.get("_class_name") == FlowCtrlTransformer.__name__:
-            transformer = FlowCtrlTransformer.from_pretrained(root / "transformer", torch_dtype=torch_dtype)
+            transformer = FlowCtrlTransformer.from_pretrained(root / "transformer", torch_dtype=torch_dtype, use_safetensors=True)
         else:
             if flow_codec is not None:
                 transformer_kwargs.setdefault("flow_in_channels", int(flow_codec.config.latent_channels))
@@ -552,7 +555,7 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
             from transformers import AutoTokenizer, T5EncoderModel
 
             tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-            text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=torch_dtype)
+            text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=torch_dtype, use_safetensors=True)
         index = root / "model_index.json"
         pixel_flow_scale = float(_read_json(index, root).get("pixel_flow_scale", 8.0)) if index.is_file() else 8.0
         return cls(transformer=transformer, scheduler=sched, vae=vae, flow_codec=flow_codec,
@@ -706,7 +709,10 @@ class DiffusionBackend:
             if not Path(lora).exists():
                 raise MissingWeightsError.at(lora, "lora", "not found",
                                              "give the folder holding pytorch_lora_weights.safetensors (train output final/lora)")
-            pipeline.load_lora_weights(str(lora), adapter_name="flowctrl_lora")
+            from flowctrl.io_safety import check_safetensors_folder
+
+            check_safetensors_folder(lora, "--lora")
+            pipeline.load_lora_weights(str(lora), adapter_name="flowctrl_lora", use_safetensors=True)
             pipeline.set_adapters(["flowctrl_lora"], [float(lora_scale)])
         pipeline.apply_memory_options(
             cpu_offload=str(opts.get("cpu_offload", "none")), vae_slicing=bool(opts.get("vae_slicing", False)),

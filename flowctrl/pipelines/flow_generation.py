@@ -154,6 +154,9 @@ class FlowGenerationPipeline:
         if not cfg_file.is_file():
             raise MissingWeightsError.at(path, CONFIG_NAME, "not found (no learned flow model there)",
                                          "give the final/ folder of `flowctrl train flow`, or omit --flow-model")
+        from flowctrl.io_safety import check_safetensors_folder
+
+        check_safetensors_folder(root, "flow_model")  # safetensors only, also for a part's folder
         try:
             meta = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as err:
@@ -168,7 +171,8 @@ class FlowGenerationPipeline:
                     parts[name] = DDIMScheduler.from_pretrained(str(folder))
                 elif name in classes:
                     dtype = None if name in cls.FLOAT32_PARTS else torch_dtype
-                    parts[name] = classes[name].from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+                    parts[name] = classes[name].from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype,
+                                                              use_safetensors=True)
             except (OSError, ValueError, EnvironmentError) as err:
                 raise MissingWeightsError.at(folder, name, f"cannot be loaded ({type(err).__name__})",
                                              "re-save the pipeline or retrain") from None

@@ -104,19 +104,16 @@ def load_image(image: ImageInput, source: Optional[str] = None) -> torch.Tensor:
     ``(H,W,3|4)`` uint8 or float in [0, 1], or a tensor ``(3,H,W)`` / ``(1,3,H,W)`` (float in [0,1] or
     uint8) or ``(H,W,3)`` uint8.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
+        from flowctrl.io_safety import open_image
+
         path = Path(image)
-        if not path.is_file():
-            raise InputError.at(str(path), None, "image file not found", "check the path")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            raise InputError.at(str(path), None, f"cannot be read as an image ({type(error).__name__})",
-                                "give a valid PNG or JPEG file") from None
+        # regular file, header size bounded, decoding errors (bombs too) as one InputError line
+        with open_image(path, "input", InputError, missing="image file not found") as im:
+            im.load()
+            image = im.convert("RGB")
         source = str(path)
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))

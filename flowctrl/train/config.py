@@ -16,16 +16,20 @@ Unknown keys raise :class:`~flowctrl.errors.ConfigError` naming the file and the
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import math
 import os
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from flowctrl.errors import ConfigError
 
 MODELS = ("fgm", "refiner", "codec")
+MAX_CONFIG_INT = 10**12
+MAX_CONFIG_FLOAT = 1e12
 
 
 @dataclass
@@ -116,12 +120,12 @@ class TrainConfig:
 
 def _build(cls, data: Dict[str, Any], source: str, prefix: str = ""):
     if not isinstance(data, dict):
-        raise ConfigError.at(source, prefix or "<root>", f"is {type(data).__name__}, not a mapping", "write key: value pairs")
+        raise ConfigError.at(source, prefix.rstrip(".") or "<root>", f"is {type(data).__name__}, not a mapping", "write key: value pairs")
     names = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError.at(source, prefix + key, "is not a known key", f"use one of {sorted(names)}")
+            raise ConfigError.at(source, prefix + str(key), "is not a known key", f"use one of {sorted(names)}")
         if key == "data":
             value = _build(DataConfig, value or {}, source, "data.")
         elif key == "scheduler":
@@ -131,6 +135,83 @@ def _build(cls, data: Dict[str, Any], source: str, prefix: str = ""):
         return cls(**kwargs)
     except TypeError as err:  # pragma: no cover - dataclass guards
         raise ConfigError.at(source, prefix, str(err), "check the keys") from None
+
+
+_SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+# Integers that may be negative (none of the sizes, counts or steps may be).
+_SIGNED_INTS: Tuple[str, ...] = ()
+
+
+def _check_value(value: Any, kind: Any, src: str, where: str) -> Any:
+    """``value`` checked (and numbers normalized) against the annotation ``kind``; one ConfigError line."""
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], src, where) if len(inner) == 1 else value
+    if value is None:
+        raise ConfigError.at(src, where, "is null", f"give {_describe(kind)}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError.at(src, where, f"is {value!r}", "give true or false")
+        return value
+    if kind is int:
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError.at(src, where, f"is {value!r}", "give an integer")
+        if value < 0 and where.rsplit(".", 1)[-1] not in _SIGNED_INTS:
+            raise ConfigError.at(src, where, f"is {value}, must be >= 0", "give a non-negative integer")
+        if value > MAX_CONFIG_INT:
+            raise ConfigError.at(src, where, f"is {value}, above {MAX_CONFIG_INT:g}", "give a smaller integer")
+        return value
+    if kind is float:
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError.at(src, where, f"is {value!r}", "give a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError.at(src, where, f"is {value!r}", "give a number")
+        value = float(value)
+        if not math.isfinite(value) or abs(value) > MAX_CONFIG_FLOAT:
+            raise ConfigError.at(src, where, f"is {value}", f"give a finite number of at most {MAX_CONFIG_FLOAT:g}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError.at(src, where, f"is {value!r}", "give a string")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError.at(src, where, f"is {value!r}", f"give {_describe(kind)}")
+        return [_check_value(v, args[0], src, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError.at(src, where, f"is {value!r}", "give a mapping of key: value pairs")
+        return value
+    return value
+
+
+def _describe(kind: Any) -> str:
+    origin = typing.get_origin(kind)
+    if origin in (list, List):
+        return f"a list of {_describe(typing.get_args(kind)[0])}s" if typing.get_args(kind) else "a list"
+    return _SCALARS.get(kind, "a value")
+
+
+def check_types(cfg: Any, src: str, prefix: str = "") -> None:
+    """Every field of the dataclass tree ``cfg`` matches its annotation (in place: numbers are
+    normalized, e.g. YAML's ``1e-4`` string to a float); sizes and counts are >= 0, numbers finite.
+    A wrong type is one :class:`ConfigError` line naming the key."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_types(value, src, f"{prefix}{f.name}.")
+            continue
+        setattr(cfg, f.name, _check_value(value, hints[f.name], src, prefix + f.name))
 
 
 def apply_settings(data: Dict[str, Any], settings: Sequence[str], source: str) -> Dict[str, Any]:
@@ -164,11 +245,14 @@ def read_config_data(path: Optional[os.PathLike], overrides: Optional[Dict[str, 
     missing or unparsable file is a one-line :class:`ConfigError`."""
     data: Dict[str, Any] = {}
     if path is not None:
+        from flowctrl.io_safety import read_bounded_text
+
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError.at(path, "--config", "does not exist", f"give a YAML file such as {example}")
+        text = read_bounded_text(p, "config", ConfigError)  # a FIFO, device, huge or non-UTF-8 file: one line
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError.at(path, "yaml", f"cannot be parsed ({str(err).splitlines()[0]})", "fix the YAML syntax") from None
         if not isinstance(data, dict):
@@ -184,6 +268,11 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
     data = read_config_data(path, overrides, settings=settings)
     cfg = _build(TrainConfig, data, str(path or "<defaults>"))
     src = str(path or "<defaults>")
+    check_types(cfg, src)
+    for name in ("num_frames", "height", "width"):
+        if getattr(cfg.data, name) < (2 if name == "num_frames" else 8):
+            raise ConfigError.at(src, f"data.{name}", f"is {getattr(cfg.data, name)}",
+                                 "give at least 2 frames and sizes of at least 8 px")
     if cfg.model not in MODELS:
         raise ConfigError.at(src, "model", f"is {cfg.model!r}", f"use one of {list(MODELS)}")
     if cfg.data.source not in ("synthetic", "shards"):
@@ -222,6 +311,33 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
         if int(getattr(cfg, name)) < 1:
             raise ConfigError.at(src, name, f"is {getattr(cfg, name)}", "give a positive integer")
     return cfg
+
+
+RUN_FILES = ("train_config.json", "metrics.jsonl")
+RUN_FOLDERS = ("final", "checkpoints")
+
+
+def check_run_outputs(config_path: Optional[os.PathLike], output_dir: str, inputs: Sequence[Any], src: str) -> None:
+    """The output rule for a training run: what it writes in ``output_dir`` (``train_config.json``,
+    ``metrics.jsonl``, ``final/``, ``checkpoints/``) may not be or hold the config file or any input
+    (``inputs``: shard folders, codec / model folders named by the config). Checked before any work."""
+    from flowctrl.io_safety import same_file
+
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError.at(src, "output_dir", f"{output_dir} exists and is not a folder", "give a folder for the run")
+    named = [Path(p) for p in ([config_path] if config_path else []) + [p for p in inputs if p]]
+    for src_path in named:
+        real = os.path.realpath(src_path)
+        for name in RUN_FILES:
+            if same_file(out / name, src_path):
+                raise ConfigError.at(src, "output_dir", f"the run would overwrite the input {src_path} ({name})",
+                                     "choose another output_dir or move the input")
+        for name in RUN_FOLDERS:
+            folder = os.path.realpath(out / name)
+            if real == folder or real.startswith(folder + os.sep):
+                raise ConfigError.at(src, "output_dir", f"the run replaces {out / name}, which holds the input {src_path}",
+                                     "choose another output_dir or move the input")
 
 
 def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:

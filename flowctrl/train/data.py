@@ -163,10 +163,11 @@ def render_clip(seed: int, num_frames: int, height: int, width: int, cache_dir: 
         if path is not None:
             from safetensors.torch import save_file
 
+            from flowctrl.io_safety import atomic_path
+
             os.makedirs(cache_dir, exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            save_file({k: out[k].contiguous() for k in _CACHED_KEYS}, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path, suffix=".tmp") as tmp:
+                save_file({k: out[k].contiguous() for k in _CACHED_KEYS}, str(tmp))
     out = dict(out)
     out["plucker"] = plucker_rays(out["K"][None], out["w2c"][None], height, width)[0]
     return out

@@ -57,8 +57,9 @@ def _load_codec(path: str, field: str):
         if (p / "vae" / "config.json").is_file():  # a CogVideoX checkpoint folder → its VAE
             from diffusers import AutoencoderKLCogVideoX
 
-            return FlowCodec.from_cogvideox_vae(AutoencoderKLCogVideoX.from_pretrained(str(p), subfolder="vae", local_files_only=True))
-        return FlowCodec.from_pretrained(str(p), local_files_only=True)
+            return FlowCodec.from_cogvideox_vae(AutoencoderKLCogVideoX.from_pretrained(
+                str(p), subfolder="vae", local_files_only=True, use_safetensors=True))
+        return FlowCodec.from_pretrained(str(p), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as err:
         raise MissingWeightsError.at(path, field, f"cannot be loaded as a FlowCodec ({type(err).__name__})",
                                      "give a folder written by save_pretrained or a CogVideoX folder with vae/") from None
@@ -383,10 +384,11 @@ class LatentCache:
 
     def save(self, path: str, key: str) -> None:
         """Write the cache to ``path`` (torch format; temporary file + rename) under fingerprint ``key``."""
-        tmp = f"{path}.tmp"
+        from flowctrl.io_safety import atomic_path
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"fingerprint": key, "store": self.store, "residual": self.residual}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".tmp") as tmp:
+            torch.save({"fingerprint": key, "store": self.store, "residual": self.residual}, tmp)
 
     def load(self, path: Optional[str], key: str) -> bool:
         """Fill the cache from ``path`` when it exists and was written for fingerprint ``key``."""
@@ -544,8 +546,11 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int) -> Pa
     final = root / f"{CHECKPOINT_PREFIX}{step}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
+        from flowctrl.io_safety import register_temp
+
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        register_temp(tmp)  # removed if the run is stopped (SIGTERM / SIGHUP / Ctrl-C) before the rename
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
@@ -553,6 +558,9 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int) -> Pa
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        from flowctrl.io_safety import unregister_temp
+
+        unregister_temp(tmp)
         for old in list_checkpoints(output_dir)[:-limit] if limit > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -562,11 +570,32 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int) -> Pa
 def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(l + "\n" for l in keep))
-    os.replace(tmp, path)
+    from flowctrl.io_safety import write_text_atomic
 
+    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+    write_text_atomic(path, "".join(l + "\n" for l in keep))
+
+
+
+def check_restorable(ckpt: Path, process_index: int) -> None:
+    """Refuse a checkpoint whose random-number state cannot be restored: accelerate's ``load_state``
+    skips an unreadable ``random_states_N.pkl`` with a log line, and the run would then continue with
+    other random draws than the run it claims to resume (no longer bit-exact)."""
+    from accelerate.utils import load as accelerate_load
+    from accelerate.utils.constants import RNG_STATE_NAME
+
+    path = ckpt / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    if not path.is_file():
+        raise ConfigError.at(ckpt, "--resume", f"{path.name} is missing: the random state of process {process_index} "
+                             "cannot be restored", "resume with the same number of processes, or start a new run")
+    try:
+        states = accelerate_load(path)
+        ok = isinstance(states, dict) and all(k in states for k in ("random_state", "numpy_random_seed", "torch_manual_seed"))
+    except Exception:  # noqa: BLE001 - what accelerate would skip silently
+        ok = False
+    if not ok:
+        raise ConfigError.at(path, "--resume", "the saved random state cannot be read, so the run cannot resume exactly",
+                             "restore the file from a copy, or start a new run without --resume")
 
 
 def start_run(accelerator, out: Path, config: Dict[str, Any], resume: Optional[str],
@@ -580,13 +609,21 @@ def start_run(accelerator, out: Path, config: Dict[str, Any], resume: Optional[s
     step = 0
     ckpt = resolve_resume(str(out), resume)
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+        check_restorable(ckpt, accelerator.process_index)
+        try:
+            accelerator.load_state(str(ckpt))
+            step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+        except Exception as error:  # noqa: BLE001 - any part that cannot be restored ends the resume
+            raise ConfigError.at(ckpt, "--resume", f"cannot restore the checkpoint ({type(error).__name__}: "
+                                 f"{' '.join(str(error).split())[:160]})",
+                                 "restore the checkpoint's files or start a new run without --resume") from None
         log(f"resumed from {ckpt} at step {step}")
     metrics = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(config, indent=1))
+        from flowctrl.io_safety import write_text_atomic
+
+        write_text_atomic(out / "train_config.json", json.dumps(config, indent=1))
         if ckpt is not None or resume:
             _truncate_metrics(metrics, step)
         elif metrics.exists():
@@ -663,7 +700,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     rank, world = accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
     set_seed(cfg.seed)
-    models = build_models(cfg)
+    try:
+        models = build_models(cfg)
+    except (TypeError, ValueError) as error:  # a model section (fgm:, crm:, codec:, refiner:) the model refuses
+        raise ConfigError.at(cfg.output_dir, cfg.model, f"the config's model settings are refused "
+                             f"({' '.join(str(error).split())[:200]})", "check the keys and values of that section") from None
     scheduler = make_scheduler(cfg) if cfg.model == "fgm" else None
     for name in ("codec", "image_codec"):  # frozen in an FGM run (the loss helpers below decode with the codec)
         if cfg.model == "fgm" and name in models:

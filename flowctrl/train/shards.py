@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from flowctrl.errors import ConfigError, InputError
+from flowctrl.errors import ConfigError, InputError, OutputError
 from flowctrl.flow.camera import default_intrinsics
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v")
@@ -85,10 +85,10 @@ def write_shard(path: os.PathLike, video: torch.Tensor, flow: torch.Tensor, K: t
     if w2c is not None:
         tensors["w2c"] = w2c.float().contiguous()
         tensors["registered"] = (registered if registered is not None else torch.ones(len(w2c))).to(torch.uint8).contiguous()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
+    from flowctrl.io_safety import atomic_path
+
+    with atomic_path(path, suffix=".tmp") as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 class ShardDataset(Dataset):
@@ -126,13 +126,27 @@ class ShardDataset(Dataset):
 def _captions(video_dir: Path, captions: Optional[os.PathLike]) -> Dict[str, str]:
     if captions is None:
         return {}
+    from flowctrl.io_safety import read_bounded_text
+
     try:
-        data = json.loads(Path(captions).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        data = json.loads(read_bounded_text(captions, "captions", InputError, field="--captions"))
+    except RecursionError:
+        raise InputError.at(captions, "captions", "JSON nesting is too deep", 'give {"video.mp4": "caption", ...}') from None
+    except json.JSONDecodeError as err:
         raise InputError.at(captions, "captions", f"cannot be read as JSON ({err})", 'give {"video.mp4": "caption", ...}') from None
     if not isinstance(data, dict):
         raise InputError.at(captions, "captions", "is not a JSON object", 'give {"video.mp4": "caption", ...}')
     return {str(k): str(v) for k, v in data.items()}
+
+
+def _side_caption(video: Path) -> str:
+    """The caption in ``video.txt`` beside a video ("" when there is none); bounded, regular files only."""
+    from flowctrl.io_safety import read_bounded_text
+
+    side = video.with_suffix(".txt")
+    if not side.exists():
+        return ""
+    return read_bounded_text(side, "caption", InputError, max_bytes=1 << 20).strip()
 
 
 def _done(manifest: Path) -> Dict[str, dict]:
@@ -178,9 +192,19 @@ def prepare_shards(
         raise InputError.at(video_dir, "VIDEO_DIR", "is not a folder", "give a folder of videos")
     if out_dir.resolve() == video_dir.resolve():
         raise InputError.at(out_dir, "-o", "is the input folder", "write shards to a separate folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError.at(out_dir, "-o", "exists and is not a folder", "give a new folder (or the folder of an earlier run)")
+    if captions is not None and os.path.realpath(captions).startswith(os.path.realpath(out_dir) + os.sep):
+        raise InputError.at(captions, "--captions", f"lies inside the output folder {out_dir}",
+                            "keep the captions file outside the shard folder")
+    caps = _captions(video_dir, captions)  # read before anything is created
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        from flowctrl.io_safety import os_error
+
+        raise os_error(error, out_dir, "-o", action="create the folder") from None
     videos = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-    caps = _captions(video_dir, captions)
     manifest = out_dir / "manifest.jsonl"
     done = _done(manifest)
     counts = {"videos": len(videos), "ok": 0, "failed": 0, "skipped": 0, "clips": 0}
@@ -209,7 +233,7 @@ def prepare_shards(
                         w2c = torch.where(registered.view(-1, 1, 1), w2c, torch.eye(4).expand_as(w2c))
                 digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
                 name = f"{path.stem}-{digest}-c{k}.safetensors"
-                caption = caps.get(rel) or (path.with_suffix(".txt").read_text().strip() if path.with_suffix(".txt").exists() else "")
+                caption = caps.get(rel) or _side_caption(path)
                 write_shard(out_dir / name, clip, flow, K, w2c, registered,
                             {"source": rel, "caption": caption, "fps": f"{fps:.3f}", "flow_method": flow_method,
                              "clip_start": str(k * num_frames * stride)})
@@ -217,6 +241,8 @@ def prepare_shards(
             rec.update(status="ok", shards=names)
             counts["ok"] += 1
             counts["clips"] += len(names)
+        except OutputError:
+            raise  # the shard folder cannot take more (disk full, read-only): stop, do not skip every video
         except InputError as err:
             rec.update(status="failed", error=str(err))
             counts["failed"] += 1

@@ -165,6 +165,9 @@ def load_video_config(path: Optional[os.PathLike], overrides: Optional[Dict[str,
     src = str(path or "<defaults>")
     data = read_config_data(path, overrides, example="configs/train/video_tiny.yaml", settings=settings)
     cfg = _build(VideoTrainConfig, data, src)
+    from flowctrl.train.config import check_types
+
+    check_types(cfg, src)
     checks = [
         (cfg.data.source in ("synthetic", "textures", "shards"), "data.source", f"is {cfg.data.source!r}",
          "use synthetic, textures or shards"),
@@ -181,6 +184,8 @@ def load_video_config(path: Optional[os.PathLike], overrides: Optional[Dict[str,
         (not cfg.model.warped_output_skip or cfg.model.warped_image, "model.warped_output_skip",
          "is true while model.warped_image is false", "set model.warped_image: true (the skip copies the warped image)"),
         (cfg.data.num_frames >= 2, "data.num_frames", f"is {cfg.data.num_frames}", "use at least 2 frames (e.g. 9 or 49)"),
+        (cfg.data.height >= 8 and cfg.data.width >= 8, "data.height/width", f"is {cfg.data.height}x{cfg.data.width}",
+         "give sizes of at least 8 px"),
     ]
     for name in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
         checks.append((int(getattr(cfg, name)) >= 1, name, f"is {getattr(cfg, name)}", "give a positive integer"))
@@ -510,7 +515,11 @@ def train(cfg: VideoTrainConfig, resume: Optional[str] = None, log: Callable[[st
     rank, world = accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
     set_seed(cfg.seed)
-    pipe = build_pipeline(cfg)
+    try:
+        pipe = build_pipeline(cfg)
+    except (TypeError, ValueError) as error:  # model: settings the transformer / VAE refuse
+        raise ConfigError.at(cfg.output_dir, "model", f"the config's model settings are refused "
+                             f"({' '.join(str(error).split())[:200]})", "check the keys and values of model:") from None
     pipe.set_progress_bar_config(disable=True)
     transformer = pipe.transformer
     for frozen in (pipe.vae, pipe.flow_codec, pipe.text_encoder):
