@@ -89,7 +89,7 @@ class SamSegmenter:
             # the processor maps (x, y) pixels of the original image into the model's input frame
             prompt = self.processor(images=rgb, input_points=[[pts.tolist()]], input_labels=[[[1] * len(pts)]],
                                     return_tensors="pt")
-            kwargs = {"input_points": prompt["input_points"].to(device), "input_labels": prompt["input_labels"].to(device)}
+            kwargs = {"input_points": prompt["input_points"].to(device=device, dtype=torch.float32), "input_labels": prompt["input_labels"].to(device)}
             kwargs["image_embeddings"] = embeddings  # one tensor (SAM) or the multi-level list (SAM 2)
             pred = self.model(**kwargs, multimask_output=True)
             best = int(pred.iou_scores[0, 0].argmax())
