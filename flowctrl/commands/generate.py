@@ -424,8 +424,10 @@ def run(args: argparse.Namespace) -> int:
     """
     progress = StageProgress(enabled=not args.quiet and sys.stderr.isatty())
 
-    def show(message: Any, *_: Any, **__: Any) -> None:
+    def show(message: Any, category: Any = None, *_: Any, **__: Any) -> None:
         # Library warnings (e.g. "no depth given: using a plane") as one plain line each, above the bars.
+        if args.quiet and getattr(category, "__name__", "") == "SegmentFallbackWarning":
+            return  # -q: the working fallback is not worth a line; real problems still are
         progress.write(f"flowctrl generate: warning: {' '.join(str(message).split())}")
 
     with warnings.catch_warnings():
