@@ -14,9 +14,11 @@ oracle (the true layer mask as the region: a perfect segmentation).
 
 1. Synthetic scenes (``flowctrl.train.scenes``, exact layer ids, static camera, 256×256): the arrow
    starts at the innermost pixel of the largest foreground layer and asks for (+24, −12) px.
-2. The bundled photo ``examples/astronaut.png`` with hand-drawn polygon masks (coordinates below,
-   drawn from a gridded crop of the image): ``examples/drag.txt`` (the shuttle lifts off) and each
-   arrow of ``examples/a.json`` alone (head, shuttle, flag).
+2. Real photos with hand-drawn object masks (polygons / an ellipse below, drawn by reading
+   coordinates off a copy of each image with a 20–50 px grid): the bundled ``examples/astronaut.png``
+   with ``examples/drag.txt`` (the shuttle lifts off) and each arrow of ``examples/a.json`` alone
+   (head, shuttle, flag); scikit-image's ``coffee`` (cup, spoon, saucer on a table: neighbours of
+   similar colour) and ``rocket`` (a thin rocket between launch towers).
 
     python benchmarks/bench_segment.py --scenes 24
 """
@@ -45,6 +47,18 @@ ASTRONAUT_OBJECTS: Dict[str, List[Tuple[int, int]]] = {
              (155, 110), (152, 70)],
     "table": [(368, 272), (512, 262), (512, 345), (470, 350), (380, 345), (366, 300)],
     "flag": [(0, 0), (75, 0), (85, 80), (95, 180), (100, 230), (60, 270), (30, 330), (0, 360)],
+}
+COFFEE_OBJECTS: Dict[str, List[Tuple[int, int]]] = {  # skimage.data.coffee() (600×400); the saucer is an ellipse
+    "spoon": [(405, 68), (422, 72), (412, 130), (395, 200), (385, 240), (400, 260), (405, 290), (390, 318), (360, 325),
+              (335, 310), (325, 285), (335, 258), (360, 245), (372, 230), (388, 180), (400, 110)],
+    "cup": [(185, 45), (230, 25), (290, 18), (350, 22), (395, 40), (410, 75), (400, 130), (385, 190), (360, 235),
+            (320, 255), (260, 255), (250, 300), (225, 305), (200, 295), (195, 260), (205, 225), (185, 190), (175, 130),
+            (173, 80)],
+}
+ROCKET_OBJECTS: Dict[str, List[Tuple[int, int]]] = {  # skimage.data.rocket() (640×427)
+    "rocket": [(312, 140), (320, 128), (328, 130), (334, 145), (334, 395), (310, 395)],
+    "left tower": [(183, 190), (200, 125), (205, 190), (205, 400), (165, 400)],
+    "right tower": [(440, 125), (452, 125), (470, 400), (437, 400)],
 }
 
 
@@ -146,42 +160,79 @@ def load_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float()[None] / 255.0
 
 
-def photo(sam: Optional[str]) -> None:
+def _ellipse(center, axes, height, width) -> torch.Tensor:
+    import cv2
+
+    m = np.zeros((height, width), np.uint8)
+    cv2.ellipse(m, center, axes, 0, 0, 360, 1, -1)
+    return torch.from_numpy(m.astype(bool))
+
+
+def photos() -> List[dict]:
+    """The real photos: image ``(1, 3, H, W)``, disjoint object masks (first listed wins), one-control cases."""
     import json
 
+    import skimage.data
+
+    out = []
     image = load_rgb(REPO / "examples" / "astronaut.png")
     H, W = image.shape[-2:]
     masks = {k: polygon_mask(v, H, W) for k, v in ASTRONAUT_OBJECTS.items()}
     drag = np.loadtxt(REPO / "examples" / "drag.txt", delimiter=",")
     arrows = json.loads((REPO / "examples" / "a.json").read_text())["arrows"]
-    cases = [("drag.txt: shuttle lifts off", (float(drag[0, 0]), float(drag[0, 1])),
-              torch.tensor(drag[-1] - drag[0], dtype=torch.float32), "shuttle")]
-    for (name, obj), a in zip((("a.json head arrow", "head"), ("a.json shuttle arrow", "shuttle"), ("a.json flag arrow", "flag")),
-                              arrows):
-        cases.append((name, tuple(map(float, a["start"])), torch.tensor(a["end"], dtype=torch.float32)
-                      - torch.tensor(a["start"], dtype=torch.float32), obj))
+    cases = [("drag.txt: the shuttle lifts off", (float(drag[0, 0]), float(drag[0, 1])),
+              tuple(map(float, drag[-1] - drag[0])), "shuttle")]
+    for (name, obj), a in zip((("a.json head arrow", "head"), ("a.json shuttle arrow", "shuttle"),
+                               ("a.json flag arrow", "flag")), arrows):
+        cases.append((name, tuple(map(float, a["start"])), (a["end"][0] - a["start"][0], a["end"][1] - a["start"][1]), obj))
+    out.append({"name": "examples/astronaut.png (512×512)", "image": image, "masks": masks, "cases": cases})
 
-    def mask_at(x: float, y: float) -> torch.Tensor:
-        for m in masks.values():
-            if bool(m[int(round(y)), int(round(x))]):
-                return m
-        return torch.zeros(H, W, dtype=torch.bool)
+    coffee = torch.from_numpy(skimage.data.coffee().copy()).permute(2, 0, 1).float()[None] / 255.0
+    H, W = coffee.shape[-2:]
+    spoon = polygon_mask(COFFEE_OBJECTS["spoon"], H, W)
+    cup = polygon_mask(COFFEE_OBJECTS["cup"], H, W) & ~spoon
+    saucer = _ellipse((277, 240), (205, 160), H, W) & ~cup & ~spoon
+    masks = {"spoon": spoon, "cup": cup, "saucer": saucer, "table": ~(spoon | cup | saucer)}
+    cases = [("cup (arrow in the coffee)", (290.0, 150.0), (40.0, -20.0), "cup"),
+             ("spoon (arrow on its bowl)", (365.0, 285.0), (25.0, 15.0), "spoon"),
+             ("saucer (arrow on its rim)", (130.0, 300.0), (-20.0, 10.0), "saucer")]
+    out.append({"name": "skimage.data.coffee() (600×400)", "image": coffee, "masks": masks, "cases": cases})
 
-    print("## examples/astronaut.png (512×512), one control at a time, hand-drawn object polygons\n")
-    print("leak X = median |flow| on object X / |target| (mean in brackets); 'rest' = every pixel off the dragged object\n")
-    for case, start, target, obj in cases:
-        others = {k: m for k, m in masks.items() if k != obj}
-        others["rest"] = ~masks[obj]
-        print(f"### {case}: start {start}, target ({float(target[0]):+.0f}, {float(target[1]):+.0f}) px on the {obj}\n")
-        print("| method | follow | " + " | ".join(f"leak {k}" for k in others) + " | s |")
-        print("|---|---|" + "---|" * len(others) + "---|")
-        for name, kw in methods(mask_at, sam).items():
-            if not name.startswith(("Gaussian", "normalized", "edges (default", "SAM", "layer")):
-                continue
-            r, s = run_case(image, start, target, masks[obj], others, kw)
-            print(f"| {name} | {r['follow']:.3f} | "
-                  + " | ".join(f"{r[f'leak {k}']:.3f} ({r[f'leak (mean) {k}']:.3f})" for k in others) + f" | {s:.2f} |")
-        print()
+    rocket = torch.from_numpy(skimage.data.rocket().copy()).permute(2, 0, 1).float()[None] / 255.0
+    H, W = rocket.shape[-2:]
+    masks = {k: polygon_mask(v, H, W) for k, v in ROCKET_OBJECTS.items()}
+    cases = [("rocket lifts off", (322.0, 250.0), (0.0, -60.0), "rocket")]
+    out.append({"name": "skimage.data.rocket() (640×427)", "image": rocket, "masks": masks, "cases": cases})
+    return out
+
+
+def photo(sam: Optional[str]) -> None:
+    for spec in photos():
+        image, masks = spec["image"], spec["masks"]
+        H, W = image.shape[-2:]
+
+        def mask_at(x: float, y: float, masks=masks, H=H, W=W) -> torch.Tensor:
+            for m in masks.values():
+                if bool(m[int(round(y)), int(round(x))]):
+                    return m
+            return torch.zeros(H, W, dtype=torch.bool)
+
+        print(f"## {spec['name']}, one control at a time, hand-drawn object masks\n")
+        print("leak X = median |flow| on object X / |target| (mean in brackets); 'rest' = every pixel off the dragged object\n")
+        for case, start, target, obj in spec["cases"]:
+            target = torch.tensor(target, dtype=torch.float32)
+            others = {k: m for k, m in masks.items() if k != obj}
+            others["rest"] = ~masks[obj]
+            print(f"### {case}: start {start}, target ({float(target[0]):+.0f}, {float(target[1]):+.0f}) px on the {obj}\n")
+            print("| method | follow | " + " | ".join(f"leak {k}" for k in others) + " | s |")
+            print("|---|---|" + "---|" * len(others) + "---|")
+            for name, kw in methods(mask_at, sam).items():
+                if not name.startswith(("Gaussian", "normalized", "edges (default", "SAM", "layer")):
+                    continue
+                r, s = run_case(image, start, target, masks[obj], others, kw)
+                print(f"| {name} | {r['follow']:.3f} | "
+                      + " | ".join(f"{r[f'leak {k}']:.3f} ({r[f'leak (mean) {k}']:.3f})" for k in others) + f" | {s:.2f} |")
+            print()
 
 
 def main() -> None:
