@@ -188,3 +188,15 @@ def test_cli_preview_and_summary_line_splits_render_time(tmp_path):
                 "--frames", "4", "--fps", "8", "--segment", "none", "-o", str(tmp_path / "v.mp4"))
     assert proc.returncode == 0, proc.stderr
     assert "4 frames 64x64 = 0.5 s of video at 8 fps; rendered in" in proc.stderr
+
+
+def test_auto_uses_sam_when_its_weights_are_on_disk(tmp_path, monkeypatch):
+    import flowctrl.segment as seg
+
+    folder = _tiny_sam(tmp_path / "cached-sam")
+    monkeypatch.setattr(seg, "DEFAULT_SAM", str(folder))  # stands for the cached default hub id
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegmentFallbackWarning)
+        s = resolve_segmenter("auto")
+    assert isinstance(s, seg.SamSegmenter)
+    seg._SEGMENTERS.pop(str(folder), None)

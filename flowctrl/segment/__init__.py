@@ -60,6 +60,8 @@ def resolve_segmenter(segment: SegmentSpec = DEFAULT_SEGMENT) -> Optional[Segmen
             key = "edges"
         else:
             key = DEFAULT_SAM
+            if key not in _SEGMENTERS:  # cached: load it without asking the hub for updates
+                _SEGMENTERS[key] = SamSegmenter.from_pretrained(key, local_files_only=True)
     elif segment == "sam":
         key = DEFAULT_SAM
     elif "/" in segment or is_local_folder(segment) and segment not in SEGMENT_MODES:
