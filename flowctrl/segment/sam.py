@@ -93,8 +93,9 @@ class SamSegmenter:
             kwargs["image_embeddings"] = embeddings  # one tensor (SAM) or the multi-level list (SAM 2)
             pred = self.model(**kwargs, multimask_output=True)
             best = int(pred.iou_scores[0, 0].argmax())
-            masks = self.processor.post_process_masks(pred.pred_masks[:, :, best:best + 1].float().cpu(),
-                                                      enc["original_sizes"], enc["reshaped_input_sizes"]
-                                                      if "reshaped_input_sizes" in enc else enc["original_sizes"])
+            sizes = [enc["original_sizes"]]
+            if "reshaped_input_sizes" in enc:  # SAM; SAM 2's processor needs only the original sizes
+                sizes.append(enc["reshaped_input_sizes"])
+            masks = self.processor.post_process_masks(pred.pred_masks[:, :, best:best + 1].float().cpu(), *sizes)
             out.append(masks[0][0, 0].to(torch.float32).reshape(H, W))
         return torch.stack(out)
