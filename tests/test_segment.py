@@ -200,3 +200,21 @@ def test_auto_uses_sam_when_its_weights_are_on_disk(tmp_path, monkeypatch):
         s = resolve_segmenter("auto")
     assert isinstance(s, seg.SamSegmenter)
     seg._SEGMENTERS.pop(str(folder), None)
+
+
+def test_flow_overlay_tints_only_the_dragged_object(tmp_path):
+    import json
+
+    import cv2
+
+    from flowctrl.cli import main
+
+    rgb = (two_objects()[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    cv2.imwrite(str(tmp_path / "two.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (tmp_path / "a.json").write_text(json.dumps({"arrows": [{"start": [28, 32], "end": [36, 28]}]}))
+    assert main(["flow", "--image", str(tmp_path / "two.png"), "--arrows", str(tmp_path / "a.json"), "--frames", "3",
+                 "--segment", "edges", "-q", "-o", str(tmp_path / "g.npy")]) == 0
+    overlay = cv2.cvtColor(cv2.imread(str(tmp_path / "g_controls.png")), cv2.COLOR_BGR2RGB)[:, :96].astype(int)
+    diff = abs(overlay - rgb.astype(int)).max(axis=2)
+    assert (diff[RED] > 12).mean() > 0.8  # tinted (the arrow itself covers a few more pixels)
+    assert (diff[BLUE] <= 2).all()
