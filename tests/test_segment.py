@@ -218,3 +218,16 @@ def test_flow_overlay_tints_only_the_dragged_object(tmp_path):
     diff = abs(overlay - rgb.astype(int)).max(axis=2)
     assert (diff[RED] > 12).mean() > 0.8  # tinted (the arrow itself covers a few more pixels)
     assert (diff[BLUE] <= 2).all()
+
+
+def test_two_arrows_on_one_object_interpolate_and_leave_the_other_still():
+    # pull the red square apart: its left part goes left, its right part right
+    controls = Controls(arrows=[Arrow(start=(20.0, 32.0), end=(14.0, 32.0)), Arrow(start=(36.0, 32.0), end=(42.0, 32.0))],
+                        image_size=(64, 96))
+    flow = compute_unified_flow(two_objects(), controls, 5, segment="edges").flow[0, -1]
+    torch.testing.assert_close(flow[:, 32, 20], torch.tensor([-6.0, 0.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(flow[:, 32, 36], torch.tensor([6.0, 0.0]), atol=1e-4, rtol=0)
+    # each side follows its own arrow (σ = 32 px here blends them towards the middle, as eq. 6-7 does)
+    assert float(flow[0, 20:44, 12:17].mean()) < -1.0 and float(flow[0, 20:44, 40:44].mean()) > 1.0
+    assert float(flow[0, 20:44, 12:17].mean()) < float(flow[0, 20:44, 22:34].mean()) < float(flow[0, 20:44, 40:44].mean())
+    assert float(flow[:, BLUE[0], BLUE[1]].abs().max()) < 0.05

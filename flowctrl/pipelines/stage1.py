@@ -396,12 +396,19 @@ def plan_unified_flow(
     seg_groups = [g for g in groups if "seeds" in g]
     seg_num = seg_den = None
     if seg_groups:
-        from flowctrl.segment import object_regions
+        from flowctrl.segment import object_regions, same_objects
 
         report_progress(callback, "segment", 0, 1)
         regions = object_regions(image, [g["seeds"] for g in seg_groups], segmenter)
-        for g, r in zip(seg_groups, regions):
-            g["soft_region"] = r.reshape(1, 1, 1, H, W)
+        groups = [g for g in groups if "seeds" not in g]
+        for members in same_objects(regions):
+            # controls on one object spread together over it (their motions interpolate across it)
+            parts = [seg_groups[k] for k in members]
+            groups.append({"tracks": torch.cat([p["tracks"] for p in parts]), "starts": torch.cat([p["starts"] for p in parts]),
+                           "valid": torch.cat([p["valid"] if p["valid"] is not None else
+                                               torch.ones(p["tracks"].shape[:2], dtype=torch.bool) for p in parts]),
+                           "region": None, "sigma": None, "seeds": None,
+                           "soft_region": regions[members].amax(dim=0).reshape(1, 1, 1, H, W)})
         report_progress(callback, "segment", 1, 1)
     local = None
     all_tracks = [g["tracks"] for g in groups]

@@ -26,7 +26,7 @@ from flowctrl.segment.edges import EdgeSegmenter
 from flowctrl.segment.sam import DEFAULT_SAM, SamSegmenter, is_local_folder, sam_available
 
 __all__ = ["SEGMENT_MODES", "DEFAULT_SEGMENT", "EdgeSegmenter", "SamSegmenter", "DEFAULT_SAM", "SegmentFallbackWarning",
-           "resolve_segmenter", "object_regions", "sam_available"]
+           "resolve_segmenter", "object_regions", "sam_available", "same_objects"]
 
 SEGMENT_MODES = ("auto", "sam", "edges", "none")
 DEFAULT_SEGMENT = "auto"
@@ -105,3 +105,32 @@ def object_regions(image: torch.Tensor, groups: Sequence[torch.Tensor], segmente
     while len(_REGIONS) > _CACHE_SIZE:
         _REGIONS.popitem(last=False)
     return torch.stack(out)
+
+
+def same_objects(regions: torch.Tensor, overlap: float = 0.5) -> List[List[int]]:
+    """Indices of ``regions (G, H, W)`` grouped into objects: two regions are one object when their
+    overlap ``Σ min(r_i, r_j) / min(Σ r_i, Σ r_j)`` exceeds ``overlap`` (transitively).
+
+    Controls on one object are then spread together (their motions interpolate across it, as two
+    arrows pulling one object apart should) instead of each moving the whole object.
+    """
+    g = int(regions.shape[0])
+    parent = list(range(g))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    flat = regions.reshape(g, -1).to(torch.float32)
+    mass = flat.sum(dim=1)
+    for i in range(g):
+        for j in range(i + 1, g):
+            shared = float(torch.minimum(flat[i], flat[j]).sum())
+            if shared > overlap * float(torch.minimum(mass[i], mass[j]).clamp_min(1e-6)):
+                parent[root(j)] = root(i)
+    groups: dict = {}
+    for i in range(g):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
