@@ -3,7 +3,8 @@
 ``compute_unified_flow(image, controls, T)`` →  :class:`UnifiedFlow`:
 
 1. local motion — arrows, drags and pose keypoints become tracks → sparse flow (eq. 5) → dense flow
-   (Gaussian densification, eq. 6-7). Controls with their own region (an arrow's mask, a drag's
+   (Gaussian densification, eq. 6-7), by default limited to the object under each control's start
+   point (``segment=``, :mod:`flowctrl.segment`; ``"none"`` = the densification alone). Controls with their own region (an arrow's mask, a drag's
    radius) are densified alone and limited to that region; the rest are densified together. A
    reference video adds its estimated flow (DIS by default). The motion brush (``motion_mask``)
    limits the sum.
