@@ -199,7 +199,8 @@ def test_progress_bars_per_stage_on_a_terminal_and_silent_otherwise(tmp_path, mo
     monkeypatch.undo()
     capsys.readouterr()
     (tmp_path / "o.mp4").unlink()
-    assert _warp(tmp_path) == 0  # stderr captured = not a terminal: no bars, only the summary line
+    # stderr captured = not a terminal: no bars, only the summary line (an explicit --segment: no fallback notice)
+    assert _warp(tmp_path, "--segment", "edges") == 0
     err = capsys.readouterr().err
     assert "%|" not in err and err.startswith("wrote ") and len(err.splitlines()) == 1
 

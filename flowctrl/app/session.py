@@ -79,9 +79,11 @@ def build_controls(image_size: Tuple[int, int], sketch: ArrowSketch, *, arrow_st
     return dataclasses.replace(controls, arrows=sketch.to_arrows(arrow_strength, easing) + list(controls.arrows))
 
 
-def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: int = 16) -> np.ndarray:
-    """``image (H, W, 3)`` uint8 with the controls drawn (arrows, drags, camera inset) and the pending
-    arrow start as a ring → ``(H, W, 3)`` uint8 at the same size, so clicks on it are image pixels."""
+def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: int = 16,
+            segment: Any = "auto") -> np.ndarray:
+    """``image (H, W, 3)`` uint8 with the controls drawn (arrows, drags, camera inset), the region that
+    will move tinted (``segment`` as in generation) and the pending arrow start as a ring →
+    ``(H, W, 3)`` uint8 at the same size, so clicks on it are image pixels."""
     import cv2
     import torch
 
@@ -89,7 +91,12 @@ def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: i
 
     rgb = _as_rgb_uint8(image)
     chw = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
-    drawn = draw_controls(chw, controls, num_frames=num_frames)
+    moving = None
+    if controls is not None:
+        from flowctrl.pipelines.regions import local_motion_region
+
+        moving = local_motion_region(chw[None], controls, num_frames, segment=segment)
+    drawn = draw_controls(chw, controls, num_frames=num_frames, moving=moving)
     out = np.ascontiguousarray((drawn.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))
     if sketch.pending is not None:
         radius = max(3, round(max(out.shape[:2]) / 96))

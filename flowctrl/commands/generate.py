@@ -80,6 +80,10 @@ def register(subparsers: Any) -> None:
                    help="distance of the flat depth plane used when no depth is given, in camera-translation "
                         "units (default: the trajectory's scene depth, e.g. an orbit's look-at distance, else 1)")
     c.add_argument("--strength", type=float, metavar="S", help="target motion strength M_s in px/frame")
+    c.add_argument("--segment", default="auto", metavar="auto|sam|edges|none|PATH|HUB_ID",
+                   help="where an arrow/drag/pose moves: the object under its start point, from Segment Anything "
+                        "(sam: downloads facebook/sam-vit-base; or a SAM folder / hub id) or image edges (edges, no "
+                        "weights); auto = SAM when cached, else edges (default); none = spread by distance only")
     o = p.add_argument_group("rendering")
     o.add_argument("--frames", type=int, default=49, metavar="T", help="number of frames T >= 2 (default 49)")
     o.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default 8)")
@@ -438,8 +442,10 @@ def run(args: argparse.Namespace) -> int:
     """
     progress = StageProgress(enabled=not args.quiet and sys.stderr.isatty())
 
-    def show(message: Any, *_: Any, **__: Any) -> None:
+    def show(message: Any, category: Any = None, *_: Any, **__: Any) -> None:
         # Library warnings (e.g. "no depth given: using a plane") as one plain line each, above the bars.
+        if args.quiet and getattr(category, "__name__", "") == "SegmentFallbackWarning":
+            return  # -q: the working fallback is not worth a line; real problems still are
         progress.write(f"flowctrl generate: warning: {' '.join(str(message).split())}")
 
     with warnings.catch_warnings():
@@ -463,7 +469,11 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     if plan.preview is not None:
         from flowctrl.flow.viz import draw_controls
 
-        _write_png(plan.preview, draw_controls(image[0], controls.resized(H, W), num_frames=args.frames))
+        from flowctrl.pipelines.regions import local_motion_region
+
+        local = controls.resized(H, W)
+        moving = local_motion_region(image, local, args.frames, segment=args.segment)
+        _write_png(plan.preview, draw_controls(image[0], local, num_frames=args.frames, moving=moving))
         if not args.quiet:
             print(f"wrote {plan.preview}", file=sys.stderr)
         return 0
@@ -483,13 +493,14 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     if _can_stream(args, plan):
         # the warp renderer a few frames at a time, straight into the encoder (same frames as below)
         chunks = pipe.stream(plan.image, controls=controls, num_frames=args.frames, height=H, width=W,
-                             callback=progress, depth_model=args.depth_model, plane_distance=args.plane_distance)
+                             callback=progress, depth_model=args.depth_model, plane_distance=args.plane_distance,
+                             segment=args.segment)
         _stream_outputs(plan, chunks, args.fps, progress)
         _report(args, plan, W, H, t0, progress)
         return 0
     out = pipe(plan.image, controls=controls, num_frames=args.frames, height=H, width=W,
                generator=torch.Generator().manual_seed(args.seed), callback=progress,
-               depth_model=args.depth_model, plane_distance=args.plane_distance, **render_kwargs)
+               depth_model=args.depth_model, plane_distance=args.plane_distance, segment=args.segment, **render_kwargs)
     if args.side_by_side:
         video = side_by_side(image, controls.resized(H, W), out.flow, out.video[0])
     else:
@@ -533,4 +544,6 @@ def _report(args: argparse.Namespace, plan: Plan, W: int, H: int, t0: float, pro
     progress.close()
     if not args.quiet:
         names = ", ".join(str(p) for _, p in plan.outputs)
-        print(f"wrote {names} ({args.frames} frames {W}x{H}, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        # clip length and render time side by side, so neither is mistaken for the other
+        print(f"wrote {names} ({args.frames} frames {W}x{H} = {args.frames / args.fps:.1f} s of video at "
+              f"{args.fps:g} fps; rendered in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)

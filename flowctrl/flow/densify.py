@@ -90,6 +90,7 @@ def densify_points(
     normalized: bool = True,
     threshold: float = THRESHOLD_R,
     max_chunk_elements: int = 1 << 24,
+    min_mass: float = 1.0,
 ) -> torch.Tensor:
     """:func:`gaussian_densify` of one batch item given only its control pixels.
 
@@ -102,6 +103,9 @@ def densify_points(
         values: ``(T, 2, N)`` sparse flow at those pixels (pixels); mask: ``(T, 1, N)`` in {0, 1}.
         height, width, sigma, radius, normalized, threshold, max_chunk_elements: as in
             :func:`gaussian_densify`.
+        min_mass: the normalized form divides by ``max(Σ w_i, min_mass)``; 1 fades far from the points
+            (eq. 6), a tiny value gives the plain weighted average everywhere the weights reach (a
+            rigid copy of a single point's motion, used inside an object's region).
 
     Returns:
         ``(T, 2, H, W)`` dense flow in pixels; differentiable with respect to ``values``.
@@ -144,7 +148,7 @@ def densify_points(
         num[:, :, s:s + chunk] = pv @ wgt
         den[:, :, s:s + chunk] = pm_rows @ wgt
     if normalized:
-        dense = num.div_(den.clamp_min_(1.0)) if not num.requires_grad else num / den.clamp_min(1.0)
+        dense = num.div_(den.clamp_min_(min_mass)) if not num.requires_grad else num / den.clamp_min(min_mass)
         # control pixels interpolate exactly
         at = dense[:, :, index]
         dense[:, :, index] = torch.where(pm > 0, values, at)

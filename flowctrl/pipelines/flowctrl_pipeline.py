@@ -242,7 +242,7 @@ class FlowCtrlPipeline:
     def compute_flow(self, image: torch.Tensor, controls: Any, num_frames: int, *,
                      depth: Any = None, depth_model: Optional[str] = None, densify: str = "normalized",
                      generator: Optional[torch.Generator] = None, callback: Optional[ProgressCallback] = None,
-                     flow_steps: int = 25, plane_distance: Optional[float] = None) -> Any:
+                     flow_steps: int = 25, plane_distance: Optional[float] = None, segment: Any = "auto") -> Any:
         """Stage 1 on a prepared image: the analytic unified flow, then the flow model if any.
 
         Returns a ``UnifiedFlow`` (flow ``(1,T,2,H,W)`` px, depth, local_mask, valid, K, w2c, ...).
@@ -252,6 +252,7 @@ class FlowCtrlPipeline:
         unified = compute_unified_flow(
             image, controls, int(num_frames), depth=depth, depth_model=depth_model or self.depth_model,
             densify=densify, generator=generator, callback=callback, plane_distance=plane_distance,
+            segment=segment,
         )
         if self.flow_model is not None:
             flow = self.flow_model(image, unified, num_inference_steps=flow_steps, generator=generator,
@@ -271,7 +272,7 @@ class FlowCtrlPipeline:
                  generator: Optional[torch.Generator] = None, return_flow: bool = True,
                  callback: Optional[ProgressCallback] = None, *, depth: Any = None,
                  depth_model: Optional[str] = None, densify: str = "normalized", flow_steps: int = 25,
-                 plane_distance: Optional[float] = None, **render_kwargs: Any) -> FlowCtrlOutput:
+                 plane_distance: Optional[float] = None, segment: Any = "auto", **render_kwargs: Any) -> FlowCtrlOutput:
         """Animate ``image`` with ``controls``.
 
         Args:
@@ -287,6 +288,8 @@ class FlowCtrlPipeline:
             depth: z-depth (path or ``(1|,1,H,W)`` tensor) overriding ``controls.depth``.
             depth_model: Depth-Anything folder / hub id for camera controls.
             densify: ``"normalized"`` | ``"gaussian"`` sparse-to-dense mode of stage 1.
+            segment: where local motion spreads: ``"auto"`` | ``"sam"`` | ``"edges"`` | ``"none"`` | a SAM
+                folder / hub id (:mod:`flowctrl.segment`).
             flow_steps: sampling steps of the learned flow model.
             plane_distance: distance of the flat depth plane used when no depth is known (camera
                 units); default the trajectory's ``scene_depth`` (an orbit's look-at depth), else 1.
@@ -300,7 +303,7 @@ class FlowCtrlPipeline:
             depth = getattr(controls, "depth", None)
         unified = self.compute_flow(img, controls, T, depth=depth, depth_model=depth_model, densify=densify,
                                     generator=generator, callback=callback, flow_steps=flow_steps,
-                                    plane_distance=plane_distance)
+                                    plane_distance=plane_distance, segment=segment)
         masks: Dict[str, torch.Tensor] = {}
         if isinstance(self.backend, WarpBackend):
             fill = render_kwargs.pop("fill", None)
@@ -329,7 +332,7 @@ class FlowCtrlPipeline:
     def stream(self, image: ImageInput, controls: Any = None, num_frames: int = 49, height: Optional[int] = None,
                width: Optional[int] = None, callback: Optional[ProgressCallback] = None, *, depth: Any = None,
                depth_model: Optional[str] = None, densify: str = "normalized", plane_distance: Optional[float] = None,
-               fill: Optional[str] = None, chunk_frames: Optional[int] = None,
+               segment: Any = "auto", fill: Optional[str] = None, chunk_frames: Optional[int] = None,
                workers: Optional[int] = None) -> Iterator[np.ndarray]:
         """The warp backend's video as ``(n, H, W, 3)`` uint8 chunks in frame order (same frames as ``__call__``).
 
@@ -349,7 +352,7 @@ class FlowCtrlPipeline:
         if depth is None:
             depth = getattr(controls, "depth", None)
         plan = plan_unified_flow(img, controls, T, depth=depth, depth_model=depth_model or self.depth_model,
-                                 densify=densify, callback=callback, plane_distance=plane_distance)
+                                 densify=densify, callback=callback, plane_distance=plane_distance, segment=segment)
         return stream_warp_video(img.cpu(), plan, fill=self.backend.fill if fill is None else fill,
                                  alpha=self.backend.alpha, chunk_frames=chunk_frames or DEFAULT_CHUNK_FRAMES,
                                  workers=workers, callback=callback)
