@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import torch
 from kornia.geometry.depth import depth_to_3d_v2
+from flowctrl_cuda import camera_reprojection
 from kornia.geometry.linalg import transform_points
 
 # A reference pixel is hidden at frame t when some other reference pixel lands on the same target
@@ -94,76 +95,13 @@ def camera_flow(
     # The 3x3 products are composed in float64; the per-pixel work runs in float32 (half the memory
     # traffic), except when the caller passes float64 depth.
     work = torch.float64 if depth.dtype == torch.float64 else torch.float32
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=work, device=depth.device),
-        torch.arange(w, dtype=work, device=depth.device),
-        indexing="ij",
-    )
-    ones = torch.ones_like(xs)
-    pix = torch.stack([xs, ys, ones], dim=0).reshape(3, h * w)
-    z0 = depth[:, 0].reshape(b, h * w).to(work)
-    grid = pix[:2]
     K0_inv = torch.linalg.inv(Kt[:, 0] if K_ref is None else K_ref.to(torch.float64))
     eye = torch.eye(3, dtype=torch.float64, device=depth.device)
-    if _compiled_ok(depth, Kt, w2c):
-        # inference on float32 CPU: the per-pixel work (flow, visibility, z-buffer) in one compiled
-        # pass per frame instead of ~30 tensor passes; same formulas in the same order.
-        from flowctrl_cuda import _cpu
-
-        E = torch.stack([Kt[:, i] @ w2c[:, i, :3, :3] @ K0_inv - eye for i in range(t)], dim=1)  # (B, T, 3, 3)
-        q = torch.stack([(Kt[:, i] @ w2c[:, i, :3, 3:])[..., 0] for i in range(t)], dim=1)  # (B, T, 3)
-        outs = [_cpu.camera_flow(z0[bi], E[bi].to(work), q[bi].to(work), h, w, MIN_DEPTH, ZBUFFER_TOLERANCE, occlusion)
-                for bi in range(b)]
-        if b == 1:  # a view, not a 100 MB copy
-            return outs[0][0][None], outs[0][1][None]
-        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
-    flows, valids = [], []
-    for i in range(t):
-        # Written as a deviation from the identity so small motions keep full float32 precision
-        # (no cancellation of p·z against itself): with E = K_t R_t K_0⁻¹ − I and q = K_t t_t,
-        # z_t = z0 + dz, dz = z0 (E p̃)_z + q_z and flow = (z0 (E p̃)_xy + q_xy − p dz) / z_t.
-        E = (Kt[:, i] @ w2c[:, i, :3, :3] @ K0_inv - eye).to(work)
-        q = (Kt[:, i] @ w2c[:, i, :3, 3:]).to(work)[..., 0]  # (B, 3)
-        Ep = E @ pix  # (B, 3, HW)
-        dz = z0 * Ep[:, 2] + q[:, 2:3]
-        z = z0 + dz
-        safe_z = torch.where(z > MIN_DEPTH, z, ones.reshape(1, -1))  # no division by ~0 behind the camera
-        flow = (z0[:, None] * Ep[:, :2] + q[:, :2, None] - grid * dz[:, None]) / safe_z[:, None]  # (B, 2, HW)
-        proj = grid + flow
-        valid = (z > MIN_DEPTH) & (proj[:, 0] > -0.5) & (proj[:, 0] < w - 0.5)
-        valid = valid & (proj[:, 1] > -0.5) & (proj[:, 1] < h - 0.5)
-        if occlusion:
-            occ = _occluded(proj.detach().transpose(1, 2).reshape(b, 1, h, w, 2), z.detach().reshape(b, 1, h, w),
-                            valid.reshape(b, 1, h, w))
-            valid = valid & ~occ.reshape(b, h * w)
-        flows.append(flow.reshape(b, 2, h, w).to(torch.float32))
-        valids.append(valid.reshape(b, 1, h, w))
-    return torch.stack(flows, dim=1), torch.stack(valids, dim=1)
-
-
-def _compiled_ok(depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> bool:
-    if depth.dtype != torch.float32 or depth.device.type != "cpu":
-        return False
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (depth, K, w2c)):
-        return False
-    try:
-        from flowctrl_cuda import _cpu
-    except ImportError:  # pragma: no cover - partial install
-        return False
-    return _cpu.available()
-
-
-def _occluded(proj: torch.Tensor, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Z-buffer test: ``(B, T, H, W)`` true where a nearer reference pixel lands on the same target pixel."""
-    b, t, h, w = z.shape
-    col = torch.round(proj[..., 0]).long().clamp(0, w - 1)
-    row = torch.round(proj[..., 1]).long().clamp(0, h - 1)
-    target = (row * w + col).reshape(b * t, h * w)
-    depth = torch.where(valid, z, torch.full_like(z, float("inf"))).reshape(b * t, h * w)
-    zbuf = torch.full((b * t, h * w), float("inf"), dtype=z.dtype, device=z.device)
-    zbuf = zbuf.scatter_reduce(1, target, depth, reduce="amin", include_self=True)
-    nearest = torch.gather(zbuf, 1, target)
-    return (depth > nearest * (1.0 + ZBUFFER_TOLERANCE)).reshape(b, t, h, w)
+    E = torch.stack([Kt[:, i] @ w2c[:, i, :3, :3] @ K0_inv - eye for i in range(t)], dim=1)  # (B, T, 3, 3)
+    q = torch.stack([(Kt[:, i] @ w2c[:, i, :3, 3:])[..., 0] for i in range(t)], dim=1)  # (B, T, 3)
+    z0 = depth[:, 0].reshape(b, h * w).to(work)
+    # float32 CPU inference runs one compiled pass per frame; autograd and other devices the reference
+    return camera_reprojection(z0, E.to(work), q.to(work), h, w, MIN_DEPTH, ZBUFFER_TOLERANCE, occlusion)
 
 
 def homography_flow(K: torch.Tensor, R: torch.Tensor, height: int, width: int) -> torch.Tensor:
