@@ -46,6 +46,8 @@ class TrainTask:
     """
 
     cfg: Any
+    title: str = "model"                     # what ``flowctrl train`` says it trained
+    time_limit_s: Optional[float] = None     # end the run (with the final save) after this much training time
 
     def build(self, accelerator) -> nn.Module:
         """Build (or load) the models; return the module whose trainable parameters the optimizer steps
@@ -109,13 +111,14 @@ def run(task: TrainTask, resume: Optional[str] = None, log: Callable[[str], None
 
     ``resume``: ``latest`` or a checkpoint folder. ``stop_after``: leave the loop after this many steps
     *of this invocation* without the final save (what a kill does; used by tests and for time-sliced jobs).
-    ``time_limit_s``: end the run once this much training time has passed, with a checkpoint and the final
-    save (every process stops at the same step). Checkpoints go to ``output_dir/checkpoints``; the trained
+    ``time_limit_s`` (default: the task's): end the run once this much training time has passed, with a
+    checkpoint and the final save (every process stops at the same step). Checkpoints go to ``output_dir/checkpoints``; the trained
     models to ``output_dir/final``.
     """
     from accelerate.utils import set_seed
 
     cfg = task.cfg
+    time_limit_s = task.time_limit_s if time_limit_s is None else time_limit_s
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)

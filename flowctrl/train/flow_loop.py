@@ -20,8 +20,7 @@ from flowctrl.train.engine import (CHECKPOINT_PREFIX, _truncate_metrics, batch_i
                                    run, shards_parameters, start_run, trained_module, with_full_weights)
 from flowctrl.train.engine import save_checkpoint as _save_checkpoint  # noqa: F401
 from flowctrl.train.losses import diffusion_target, epe_loss  # noqa: F401
-from flowctrl.train.tasks import TASKS
-from flowctrl.train.tasks import codec, fgm, refiner
+from flowctrl.train.tasks import codec, fgm, refiner, stage1_task
 from flowctrl.train.tasks.codec import CodecLoss, crop_flow  # noqa: F401
 from flowctrl.train.tasks.fgm import (DecodedLatentLoss, FgmLoss, LatentCache, decoder_latent_weights,  # noqa: F401
                                       diffusion_loss, make_scheduler, prepare_fgm_batch)
@@ -39,7 +38,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, log: Callable[[str], N
     the final save. Checkpoints go to ``output_dir/checkpoints``; the trained models to ``output_dir/final``
     (pipeline layout).
     """
-    return run(TASKS[cfg.model](cfg), resume=resume, log=log, stop_after=stop_after, time_limit_s=cfg.time_limit_s)
+    return run(stage1_task(cfg), resume=resume, log=log, stop_after=stop_after)
 
 
 def build_models(cfg: TrainConfig) -> Dict[str, nn.Module]:

@@ -59,6 +59,8 @@ class Stage1Task(TrainTask):
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self.title = cfg.model
+        self.time_limit_s = cfg.time_limit_s
         self.models: Dict[str, nn.Module] = {}
         self.dataset = None
 

@@ -222,6 +222,8 @@ class VideoTask(TrainTask):
     """A stage-2 run: the pipeline's transformer is trained (wholly, its new parts, or a LoRA adapter); the VAE,
     flow codec and text encoder are frozen encoders whose latents are cached per clip (``cache_latents``)."""
 
+    title = "video model"
+
     def __init__(self, cfg: VideoTrainConfig) -> None:
         self.cfg = cfg
         self.pipe = None
