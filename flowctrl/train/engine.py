@@ -16,6 +16,8 @@ and renamed, so a kill never leaves a half checkpoint.
 """
 from __future__ import annotations
 
+import abc
+import dataclasses
 import json
 import os
 import shutil
@@ -33,7 +35,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 
 # --------------------------------------------------------------------------------------------- task
-class TrainTask:
+class TrainTask(abc.ABC):
     """What one kind of training run adds to the engine. ``cfg`` carries the fields every run has:
     ``output_dir, seed, max_steps, batch_size, learning_rate, weight_decay, adam_beta1, adam_beta2,
     lr_scheduler, lr_warmup_steps, grad_clip, gradient_accumulation_steps, mixed_precision, log_every,
@@ -49,40 +51,38 @@ class TrainTask:
     title: str = "model"                     # what ``flowctrl train`` says it trained
     time_limit_s: Optional[float] = None     # end the run (with the final save) after this much training time
 
+    @abc.abstractmethod
     def build(self, accelerator) -> nn.Module:
         """Build (or load) the models; return the module whose trainable parameters the optimizer steps
         (what DDP / FSDP wrap). Frozen parts stay on the task."""
-        raise NotImplementedError
 
     def param_groups(self, module: nn.Module, params: List[nn.Parameter]) -> List[Dict[str, Any]]:
         """The optimizer's parameter groups over ``params`` (the trainable parameters of ``module``)."""
         return [{"params": params}]
 
+    @abc.abstractmethod
     def setup_data(self, accelerator, log: Callable[[str], None]) -> Any:
         """The training dataset (``len``, ``set_epoch(epoch)``, ``[index]`` → item), after ``accelerator.prepare``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def batch(self, items: List[Dict[str, Any]], indices: List[int], generator: torch.Generator, device) -> Any:
         """Dataset items of one step → what :meth:`loss` takes. Random draws come from ``generator`` only."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, accelerator, model: nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor:
         """The scalar loss of one batch; ``model`` is the prepared (wrapped) module of :meth:`build`."""
-        raise NotImplementedError
 
     def config_dict(self) -> Dict[str, Any]:
         """The config as written to ``output_dir/train_config.json``."""
-        import dataclasses
-
         return dataclasses.asdict(self.cfg)
 
     def rebuild(self, fresh: nn.Module) -> None:
         """Make a fresh copy of a trained model ready for its gathered weights (e.g. add the same LoRA
         adapter); used only where parameters are sharded (:func:`with_full_weights`)."""
 
+    @abc.abstractmethod
     def save_final(self, trained: Any, path: Path) -> Path:
         """Write the trained models (:func:`trained_module`'s result) to ``path``; main process only."""
-        raise NotImplementedError
 
     def result(self) -> Dict[str, Any]:
         """Extra keys of :func:`run`'s result."""
