@@ -3,6 +3,7 @@ a line fit whose true answer is known (y = 2x + 1), bit-exact resume, the time l
 ``flowctrl train <name>`` subcommand that appears once the task's command is registered."""
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ class LineConfig:
 
 
 def load_line_config(path, overrides=None, settings=()):
-    raw = yaml.safe_load(open(path)) if path else {}
+    raw = yaml.safe_load(Path(path).read_text()) if path else {}
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return LineConfig(**{**raw, "data": LineData(**raw.get("data", {}))})
 
