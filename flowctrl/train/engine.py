@@ -112,8 +112,8 @@ def run(task: TrainTask, resume: Optional[str] = None, log: Callable[[str], None
     ``resume``: ``latest`` or a checkpoint folder. ``stop_after``: leave the loop after this many steps
     *of this invocation* without the final save (what a kill does; used by tests and for time-sliced jobs).
     ``time_limit_s`` (default: the task's): end the run once this much training time has passed, with a
-    checkpoint and the final save (every process stops at the same step). Checkpoints go to ``output_dir/checkpoints``; the trained
-    models to ``output_dir/final``.
+    checkpoint and the final save (every process stops at the same step). Checkpoints go to
+    ``output_dir/checkpoints``; the trained models to ``output_dir/final``.
     """
     from accelerate.utils import set_seed
 

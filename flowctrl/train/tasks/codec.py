@@ -58,6 +58,8 @@ def save_codec(codec: nn.Module, path: Path) -> Path:
 
 
 class CodecTask(Stage1Task):
+    """``model: codec``: the codec's loss on whole flows or ``codec_crop`` crops; final = the codec folder."""
+
     def build(self, accelerator) -> nn.Module:
         self.models = build_models(self.cfg)
         return self.build_module(CodecLoss(self.models["codec"], self.cfg.codec_epe_weight, self.cfg.codec_sample_latent))

@@ -417,6 +417,8 @@ def save_flow_models(cfg: TrainConfig, fgm: nn.Module, crm: Optional[nn.Module],
 
 
 class FgmTask(Stage1Task):
+    """``model: fgm``: FGM (+ CRM) diffusion training over the frozen codecs' (cached) latents."""
+
     def build(self, accelerator) -> nn.Module:
         cfg = self.cfg
         self.models = models = build_models(cfg)

@@ -65,6 +65,8 @@ def save_refiner(refiner: nn.Module, path: Path) -> Path:
 
 
 class RefinerTask(Stage1Task):
+    """``model: refiner``: T's EPE on ``refiner_frames`` random frames per clip (all frames when unset)."""
+
     def build(self, accelerator) -> nn.Module:
         self.models = build_models(self.cfg)
         return self.build_module(RefinerLoss(self.models["refiner"], self.cfg.refiner_layer_weight))

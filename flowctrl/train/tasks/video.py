@@ -28,6 +28,7 @@ VideoTrainConfig = Any
 
 
 def make_scheduler(cfg: VideoTrainConfig):
+    """The training noise scheduler of ``cfg.scheduler`` (CogVideoX's DDIM, saved with the final pipeline)."""
     from diffusers import CogVideoXDDIMScheduler
 
     s = cfg.scheduler
