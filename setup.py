@@ -25,12 +25,14 @@ CORE = [
     "scipy>=1.10",  # PCHIP drags and rotation slerp (also needed by scikit-image)
 ]
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "scipy>=1.10", "pycolmap>=0.6", "peft>=0.12", "gradio>=6.0"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "scipy>=1.10", "pycolmap>=0.6", "peft>=0.12", "gradio>=6.0",
+             "ftfy>=6.0"],
     "bench": ["pycolmap>=0.6", "scipy>=1.10"],
     "raft": ["torchvision>=0.16"],
     "lora": ["peft>=0.12"],
     "text": ["sentencepiece>=0.2"],
     "app": ["gradio>=6.0"],
+    "guided": ["ftfy>=6.0"],  # diffusers' Wan pipelines clean prompts with ftfy (a NameError without it)
 }
 
 
