@@ -70,7 +70,7 @@ def tiny_wan(kind: str = "wan21", seed: int = 0):
     """``kind``: ``"wan21"`` (CLIP image encoder), ``"wan22"`` (A14B: two experts, boundary_ratio 0.875) or
     ``"ti2v"`` (TI2V-5B: 48-channel residual VAE, expand_timesteps)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(seed)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
@@ -85,8 +85,8 @@ def tiny_wan(kind: str = "wan21", seed: int = 0):
         vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[False, True, True])
         if kind == "wan21":
-            enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
-                hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            enc = CLIPVisionModel(CLIPVisionConfig(
+                hidden_size=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                 intermediate_size=16, patch_size=4)).eval()
             kw.update(transformer=_wan_transformer(36, 16, image_dim=4), image_encoder=enc,
                       image_processor=CLIPImageProcessor(crop_size=32, size=32))
