@@ -74,10 +74,14 @@ def resolve_model_folder(model: Union[str, os.PathLike]) -> Path:
     from diffusers import DiffusionPipeline
 
     name = src.split("/")[1]
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no", "off")
     try:
+        if offline:  # the cache only, quietly (diffusers' download would log a connection warning first)
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(src, local_files_only=True))
         return Path(DiffusionPipeline.download(src, use_safetensors=True))
     except Exception as error:  # noqa: BLE001 - every hub / network failure means "not available here"
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         problem = "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else \
             f"could not be downloaded ({type(error).__name__})"
         raise MissingWeightsError.at(src, "--model", problem, FETCH_HINT.format(id=src, name=name)) from None
