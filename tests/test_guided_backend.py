@@ -188,3 +188,35 @@ def test_loading_errors_name_the_problem(folders, tmp_path):
         load_denoiser(broken)
     with pytest.raises(MissingWeightsError, match="no such folder"):
         load_denoiser(tmp_path / "nothing" / "here")
+
+
+@pytest.mark.parametrize("fam,scheduler", [("cogvideox", "dpm"), ("wan21", "unipc")])
+def test_other_schedulers_match_diffusers_and_their_forward_process(fam, scheduler):
+    """CogVideoX-5b-I2V ships the DPM scheduler (its state carried across steps), Wan 2.1 the UniPC
+    flow-matching one: both still equal diffusers' pipeline, and SDEdit starts at the scheduler's own
+    ``add_noise`` at ``t[k]``."""
+    from diffusers import CogVideoXDPMScheduler, UniPCMultistepScheduler
+
+    pipe = tiny.tiny_pipeline(fam)
+    if scheduler == "dpm":
+        pipe.scheduler = CogVideoXDPMScheduler.from_config(pipe.scheduler.config)
+    else:
+        pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                 flow_shift=3.0, num_train_timesteps=1000)
+    pipe.set_progress_bar_config(disable=True)
+    backend = GuidedBackend(pipe)
+    H, W = tiny.SIZE[fam]
+    noise = torch.randn(backend.denoiser.noise_shape(T, H, W), generator=torch.Generator().manual_seed(1))
+    ours = _run(backend, fam, torch.zeros(1, T, 1, H, W), t_weak=0, t_strong=2, steps=4, noise=noise)
+    image, warped = _inputs(fam)
+    kw = {"max_sequence_length": 8} if fam == "cogvideox" else {}
+    ref = pipe(image=_to_pil(image), prompt="a cat", negative_prompt="blurry", height=H, width=W, num_frames=T,
+               num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(),
+               generator=torch.Generator().manual_seed(5), output_type="latent", **kw).frames
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    den = backend.denoiser
+    z = den.encode_video(warped)
+    timesteps = den.set_timesteps(4)
+    den.scheduler.set_begin_index(2) if hasattr(den.scheduler, "set_begin_index") else None
+    expected = den.scheduler.add_noise(z, noise, timesteps[2:3])
+    torch.testing.assert_close(den.add_noise(z, noise, 2, timesteps), expected, atol=1e-5, rtol=0)
