@@ -220,3 +220,38 @@ def test_other_schedulers_match_diffusers_and_their_forward_process(fam, schedul
     den.scheduler.set_begin_index(2) if hasattr(den.scheduler, "set_begin_index") else None
     expected = den.scheduler.add_noise(z, noise, timesteps[2:3])
     torch.testing.assert_close(den.add_noise(z, noise, 2, timesteps), expected, atol=1e-5, rtol=0)
+
+
+def test_long_video_with_a_flow_matching_family_chains_windows():
+    """17 frames with Wan (flow matching) and a 9-frame window: two windows sharing frame 8; window 2 is
+    conditioned on window 1's generated frame 8 and starts from the same noise ε."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    backend = GuidedBackend(tiny.tiny_pipeline("wan21"), window=9, num_inference_steps=2, t_weak=1, t_strong=2)
+    den = backend.denoiser
+    seen = []
+    original = den.prepare
+
+    def spy(image, **kw):
+        seen.append((np.asarray(image).astype(np.float32) / 255.0, kw["noise"].clone()))
+        return original(image, **kw)
+
+    den.prepare = spy
+    H = W = 16
+    local = torch.zeros(1, 17, 1, H, W)
+    local[..., 4:10, 4:10] = 1
+    flow = torch.zeros(1, 17, 2, H, W)
+    flow[:, :, 0] = torch.linspace(0, 4, 17).view(1, 17, 1, 1) * local[:, :, 0]
+    uni = SimpleNamespace(flow=flow, local_mask=local, valid=None, w2c=None)
+    image = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+    video = backend.render(image, uni, num_frames=17, generator=torch.Generator().manual_seed(0), prompt="a cat")
+    assert video.shape == (1, 17, 3, H, W)
+    assert backend.last_info["windows"] == [(0, 9), (8, 17)]
+    assert backend.last_info["branch_evals"] == 2 * (2 - 1) * 2
+    assert len(seen) == 2
+    frame8 = video[0, 8].permute(1, 2, 0).numpy()
+    assert np.abs(seen[1][0] - frame8).max() <= 0.5 / 255 + 1e-6      # conditioned on the generated frame 8
+    torch.testing.assert_close(seen[0][1], seen[1][1], atol=0, rtol=0)  # one shared ε
+    assert backend.last_masks["motion"].shape == (1, 17, 1, H, W)

@@ -34,7 +34,7 @@ FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "wan2.2-a14b": {"steps": 50, "clocks": (3, 7), "camera_clocks": (2, 5), "guidance": 3.5},
     "wan2.2-ti2v": {"steps": 50, "clocks": (3, 7), "camera_clocks": (2, 5), "guidance": 5.0},
 }
-OPTIONS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "t_weak", "t_strong", "fill")
+OPTIONS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "t_weak", "t_strong", "fill", "window")
 IGNORED = ("strength_schedule", "flow_guidance_scale")
 GUIDED_HINT = ("pass --model PATH_OR_HUB_ID: a CogVideoXImageToVideoPipeline or WanImageToVideoPipeline folder "
                "(diffusers save_pretrained) or a hub id such as THUDM/CogVideoX-5b-I2V")
@@ -89,13 +89,15 @@ class GuidedBackend:
         num_inference_steps, guidance_scale, t_weak, t_strong: defaults per family
             (:data:`FAMILY_DEFAULTS`; the clocks scale with the step count).
         prompt, negative_prompt: text (the model's own text encoder).
+        window: frames per generation (default the model's: 49 CogVideoX, 81 Wan); longer clips run as
+            chained windows (:meth:`render`).
     """
 
     def __init__(self, denoiser: Any = None, *, model: Optional[Union[str, os.PathLike]] = None,
                  preset: Optional[str] = None, dtype: Optional[str] = None, device: Optional[str] = None,
                  num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
                  t_weak: Optional[int] = None, t_strong: Optional[int] = None, prompt: Optional[str] = None,
-                 negative_prompt: Optional[str] = None, fill: str = "push-pull") -> None:
+                 negative_prompt: Optional[str] = None, fill: str = "push-pull", window: Optional[int] = None) -> None:
         if denoiser is None:
             if model is None:
                 raise MissingWeightsError.at(None, "guided backend", "needs a public image-to-video model", GUIDED_HINT)
@@ -108,6 +110,7 @@ class GuidedBackend:
         self.guidance_scale = float(d["guidance"] if guidance_scale is None else guidance_scale)
         self.t_weak, self.t_strong = t_weak, t_strong
         self.prompt, self.negative_prompt, self.fill = prompt, negative_prompt, fill
+        self.window = window
         self.last_masks: Dict[str, torch.Tensor] = {}
         self.last_info: Dict[str, Any] = {}
 
@@ -149,11 +152,52 @@ class GuidedBackend:
                            fill=pick("fill", self.fill), callback=callback)
         mask = motion_mask(image, unified, warp.holes)
         self.last_masks = {"motion": mask, "holes": warp.holes}
-        video = self.generate(image, warp.video, mask, prompt=pick("prompt", self.prompt),
-                              negative_prompt=pick("negative_prompt", self.negative_prompt), num_inference_steps=steps,
-                              guidance_scale=float(pick("guidance_scale", self.guidance_scale)), t_weak=t_weak,
-                              t_strong=t_strong, generator=generator, callback=callback)
-        return video
+        args = dict(prompt=pick("prompt", self.prompt), negative_prompt=pick("negative_prompt", self.negative_prompt),
+                    num_inference_steps=steps, guidance_scale=float(pick("guidance_scale", self.guidance_scale)),
+                    t_weak=t_weak, t_strong=t_strong, callback=callback)
+        window = int(pick("window", self.window or self.denoiser.window_frames))
+        if window < 2:
+            raise InputError.at(None, "window", f"is {window}", "use at least 2 frames (default: the model's)")
+        if num_frames <= window:
+            return self.generate(image, warp.video, mask, generator=generator, **args)
+        return self.generate_long(image, warp.video, mask, window=window, generator=generator, **args)
+
+    @torch.no_grad()
+    def generate_long(self, image: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor, *, window: int,
+                      generator: Optional[torch.Generator] = None, **kw: Any) -> torch.Tensor:
+        """A clip longer than the model's window, as chained windows of ``window`` frames.
+
+        Windows overlap by one frame (:func:`~flowctrl.pipelines.long_video.plan_windows`). Window 1 is TTM
+        from the image; window ``k`` is conditioned on the last generated frame of window ``k−1`` (which
+        also replaces the first frame of its slice of the warp), follows its own slice of the warp and
+        ``M`` (the warp stays relative to the reference image, so errors do not accumulate in the
+        guidance), and starts from the **same noise** ``ε`` (drawn once, as TTM's single ε). Phased
+        inference (paper 004) does not apply here: it shares the *early* steps across windows, and those
+        are exactly where TTM imposes each window's own motion. Transformer branches:
+        ``K · (N − t_weak) · CFG``. Returns ``(1, T, 3, H, W)``.
+        """
+        from flowctrl.pipelines.long_video import plan_windows
+
+        den = self.denoiser
+        T, H, W = warped.shape[1], warped.shape[-2], warped.shape[-1]
+        window = den.valid_num_frames(window)
+        f = den.size_multiple
+        noise = torch.randn(den.noise_shape(window, -(-H // f) * f, -(-W // f) * f), generator=generator)
+        out = torch.zeros(1, T, 3, H, W)
+        evals, experts, windows = 0, [], plan_windows(T, window)
+        written = 0
+        for j, (s, e) in enumerate(windows):
+            img = image if j == 0 else out[:, s].to(image)
+            part = warped[:, s:e].clone()
+            if j:
+                part[:, 0] = img[0].to(part)
+            video = self.generate(img, part, mask[:, s:e], generator=generator, noise=noise, **kw)
+            out[:, written:e] = video[:, written - s:]
+            written = e
+            evals += self.last_info["branch_evals"]
+            experts += self.last_info["experts"]
+        self.last_info.update(branch_evals=evals, experts=experts, windows=windows)
+        return out
 
     @torch.no_grad()
     def generate(self, image: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor, *, prompt: Optional[str],

@@ -90,6 +90,11 @@ class Denoiser:
         return 1 + k * self.temporal_factor
 
     @property
+    def window_frames(self) -> int:
+        """Video frames the model was trained to generate in one go (longer clips run in windows)."""
+        return 81
+
+    @property
     def frame_dim(self) -> int:
         return 1 if self.layout == "BTCHW" else 2
 

@@ -32,6 +32,11 @@ class CogVideoXDenoiser(Denoiser):
         return self.spatial_factor * int(self.pipe.transformer.config.patch_size)
 
     @property
+    def window_frames(self) -> int:
+        """``sample_frames`` of the transformer config (49 for CogVideoX-5b-I2V, 81 for 1.5)."""
+        return self.valid_num_frames(int(self.pipe.transformer.config.sample_frames))
+
+    @property
     def variant(self) -> str:
         return "cogvideox1.5" if self.pipe.transformer.config.patch_size_t else "cogvideox"
 
