@@ -255,3 +255,22 @@ def test_long_video_with_a_flow_matching_family_chains_windows():
     assert np.abs(seen[1][0] - frame8).max() <= 0.5 / 255 + 1e-6      # conditioned on the generated frame 8
     torch.testing.assert_close(seen[0][1], seen[1][1], atol=0, rtol=0)  # one shared ε
     assert backend.last_masks["motion"].shape == (1, 17, 1, H, W)
+
+
+def test_trained_backend_runs_on_the_shared_loop(monkeypatch):
+    """The trained flow-conditioned pipeline steps through the same ``run_steps`` as the guided backend
+    (its old tests, unchanged, pin its outputs)."""
+    from flowctrl.pipelines.denoisers import loop
+    from flowctrl.pipelines.denoisers.trained import FlowCtrlDenoiser
+    from test_diffusion_pipeline import _inputs as flow_inputs
+    from test_diffusion_pipeline import tiny_pipeline as tiny_trained
+
+    used = []
+    real = loop.run_steps
+    monkeypatch.setattr(loop, "run_steps", lambda den, *a, **k: used.append(den) or real(den, *a, **k))
+    pipe = tiny_trained()
+    image, flow = flow_inputs()
+    video = pipe(image, flow, prompt_embeds=torch.zeros(1, 4, 16), num_inference_steps=3, guidance_scale=1.0,
+                 generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 9, 3, 16, 16)
+    assert len(used) == 1 and isinstance(used[0], FlowCtrlDenoiser) and used[0].expert_log == ["transformer"] * 3

@@ -15,12 +15,12 @@ import torch
 
 from flowctrl.errors import InputError, MissingWeightsError
 from flowctrl.pipelines.denoisers.base import Conditioning, Denoiser
-from flowctrl.pipelines.denoisers.loop import check_clocks, dual_clock_denoise
+from flowctrl.pipelines.denoisers.loop import check_clocks, dual_clock_denoise, run_steps
 
 logger = logging.getLogger("flowctrl")
 
 __all__ = ["Conditioning", "Denoiser", "FAMILIES", "check_clocks", "denoiser_for", "dual_clock_denoise",
-           "load_denoiser", "apply_memory_preset", "MEMORY_PRESETS"]
+           "load_denoiser", "apply_memory_preset", "MEMORY_PRESETS", "run_steps"]
 
 # model_index.json "_class_name" → (family, adapter "module:class")
 FAMILIES: Dict[str, tuple] = {

@@ -13,7 +13,7 @@ tied to the warp only through the start at ``i_weak`` ("weak clock"). ``i_weak =
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -21,6 +21,7 @@ from flowctrl.errors import InputError
 from flowctrl.pipelines.denoisers.base import Conditioning, Denoiser
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
+OutputHook = Callable[[int, torch.Tensor, torch.Tensor, Dict[str, Any]], None]
 
 
 def check_clocks(i_weak: int, i_strong: int, num_steps: int) -> None:
@@ -33,11 +34,39 @@ def check_clocks(i_weak: int, i_strong: int, num_steps: int) -> None:
         raise InputError.at(None, "--t-strong", f"is {i_strong}", f"give a step index in {i_weak}..{num_steps} (>= --t-weak)")
 
 
+def run_steps(denoiser: Denoiser, x: torch.Tensor, cond: Any, timesteps: torch.Tensor, *, start: int = 0,
+              stop: Optional[int] = None, state: Optional[Dict[str, Any]] = None,
+              on_output: Optional[OutputHook] = None, after_step: Optional[StepHook] = None,
+              ) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """The one denoising loop every stage-2 model runs: steps ``start … stop−1`` of ``timesteps``.
+
+    Per step ``i``: ``pred = denoiser.model_output(x, i, t_i, cond)``; ``on_output(i, x, pred, state)``
+    (sees the model output before the update, e.g. phased inference's capture); ``x =
+    denoiser.step(pred, i, timesteps, x, state, cond)``; ``after_step(i, t_i, x)`` may return new latents
+    (TTM's blend, a user hook). ``state`` carries a multistep solver's memory between calls (resuming
+    mid-schedule); None starts a fresh one with :meth:`Denoiser.begin`. Returns ``(x, state)``.
+    """
+    stop = len(timesteps) if stop is None else stop
+    state = denoiser.begin(start) if state is None else state
+    for i in range(start, stop):
+        t = timesteps[i]
+        pred = denoiser.model_output(x, i, t, cond)
+        if on_output is not None:
+            on_output(i, x, pred, state)
+        x = denoiser.step(pred, i, timesteps, x, state, cond)
+        if after_step is not None:
+            replaced = after_step(i, t, x)
+            if replaced is not None:
+                x = replaced
+    return x, state
+
+
 def dual_clock_denoise(denoiser: Denoiser, x_init: torch.Tensor, cond: Conditioning, z_ref: torch.Tensor,
                        mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, i_weak: int, i_strong: int,
                        *, on_step: Optional[StepHook] = None,
                        callback: Optional[Callable[[str, int, int], None]] = None) -> torch.Tensor:
-    """Run the dual-clock loop; returns the final latents (before :meth:`Denoiser.finalize`).
+    """Run the dual-clock loop (on :func:`run_steps`); returns the final latents (before
+    :meth:`Denoiser.finalize`).
 
     Args:
         x_init: the pipeline's own start latents (``ε`` scaled by ``init_noise_sigma``), used when
@@ -50,12 +79,9 @@ def dual_clock_denoise(denoiser: Denoiser, x_init: torch.Tensor, cond: Condition
     n = len(timesteps)
     check_clocks(i_weak, i_strong, n)
     x = x_init if i_weak == 0 else denoiser.add_noise(z_ref, noise, i_weak, timesteps).to(x_init.dtype)
-    state = denoiser.begin(i_weak)
     m = mask.to(device=x.device, dtype=torch.float32)
-    for j in range(i_weak, n):
-        t = timesteps[j]
-        pred = denoiser.model_output(x, j, t, cond)
-        x = denoiser.step(pred, j, timesteps, x, state, cond)
+
+    def after(j: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if j < i_strong:
             ref = denoiser.add_noise(z_ref, noise, j + 1, timesteps)
             x = ((1 - m) * x.float() + m * ref.float()).to(x.dtype)
@@ -65,4 +91,7 @@ def dual_clock_denoise(denoiser: Denoiser, x_init: torch.Tensor, cond: Condition
                 x = replaced
         if callback is not None:
             callback("denoise", j - i_weak + 1, n - i_weak)
+        return x
+
+    x, _ = run_steps(denoiser, x, cond, timesteps, start=i_weak, after_step=after)
     return x
