@@ -274,3 +274,21 @@ def test_trained_backend_runs_on_the_shared_loop(monkeypatch):
                  generator=torch.Generator().manual_seed(0))
     assert video.shape == (1, 9, 3, 16, 16)
     assert len(used) == 1 and isinstance(used[0], FlowCtrlDenoiser) and used[0].expert_log == ["transformer"] * 3
+
+
+def test_cogvideox_5b_learned_positions_run_at_their_size_and_resize_back():
+    """CogVideoX-5b-I2V (learned positional embeddings) only runs at its training size: any requested
+    size works there and comes back at the requested size."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    pipe = tiny.tiny_pipeline("cogvideox")
+    cfg = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
+    cfg.update(use_learned_positional_embeddings=True, use_rotary_positional_embeddings=True)
+    pipe.transformer = CogVideoXTransformer3DModel.from_config(cfg).eval()
+    backend = GuidedBackend(pipe)
+    assert backend.denoiser.fixed_size == (16, 16)
+    g = torch.Generator().manual_seed(0)
+    image, warped = torch.rand(1, 3, 24, 20, generator=g), torch.rand(1, T, 3, 24, 20, generator=g)
+    video = backend.generate(image, warped, torch.ones(1, T, 1, 24, 20), prompt="a cat", negative_prompt=None,
+                             num_inference_steps=2, guidance_scale=1.0, t_weak=1, t_strong=2, generator=g)
+    assert video.shape == (1, T, 3, 24, 20) and bool(torch.isfinite(video).all())

@@ -182,7 +182,8 @@ class GuidedBackend:
         T, H, W = warped.shape[1], warped.shape[-2], warped.shape[-1]
         window = den.valid_num_frames(window)
         f = den.size_multiple
-        noise = torch.randn(den.noise_shape(window, -(-H // f) * f, -(-W // f) * f), generator=generator)
+        noise = torch.randn(den.noise_shape(window, *(den.fixed_size or (-(-H // f) * f, -(-W // f) * f))),
+                            generator=generator)
         out = torch.zeros(1, T, 3, H, W)
         evals, experts, windows = 0, [], plan_windows(T, window)
         written = 0
@@ -211,7 +212,9 @@ class GuidedBackend:
         den = self.denoiser
         _, T, _, H, W = warped.shape
         f = den.size_multiple
-        hh, ww = -(-H // f) * f, -(-W // f) * f
+        hh, ww = den.fixed_size or (-(-H // f) * f, -(-W // f) * f)
+        if den.fixed_size and (hh, ww) != (H, W):
+            logger.info("%s runs only at %dx%d: working there and resizing to %dx%d", den.variant, ww, hh, W, H)
         tt = den.valid_num_frames(T)
         if (hh, ww) != (H, W):
             image = F.interpolate(image.float(), size=(hh, ww), mode="bilinear", align_corners=False).clamp(0, 1)

@@ -144,6 +144,11 @@ def load_denoiser(model: Union[str, os.PathLike], *, dtype: Optional[str] = None
         raise MissingWeightsError.at(root, None, f"could not be loaded ({first[:200]})",
                                      "re-download the model or re-save it with save_pretrained") from None
     pipe.set_progress_bar_config(disable=True)
+    if type(pipe).__name__ == "WanImageToVideoPipeline" and torch_dtype != torch.float32:
+        # diffusers' Wan examples keep the VAE and the CLIP image encoder in float32 (bf16 VAE decodes badly)
+        for name in ("vae", "image_encoder"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(torch.float32)
     apply_memory_preset(pipe, opts, device=device)
     return denoiser_for(pipe)
 

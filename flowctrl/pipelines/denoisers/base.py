@@ -90,6 +90,11 @@ class Denoiser:
         return 1 + k * self.temporal_factor
 
     @property
+    def fixed_size(self) -> Optional[tuple]:
+        """``(H, W)`` pixels when the model only runs at its training size (else None)."""
+        return None
+
+    @property
     def window_frames(self) -> int:
         """Video frames the model was trained to generate in one go (longer clips run in windows)."""
         return 81

@@ -32,6 +32,15 @@ class CogVideoXDenoiser(Denoiser):
         return self.spatial_factor * int(self.pipe.transformer.config.patch_size)
 
     @property
+    def fixed_size(self) -> Optional[tuple]:
+        """CogVideoX-5b-I2V's learned positional embeddings exist only at its training size (480×720);
+        diffusers refuses any other size, so the backend works there and resizes back."""
+        cfg = self.pipe.transformer.config
+        if not cfg.use_learned_positional_embeddings:
+            return None
+        return cfg.sample_height * self.spatial_factor, cfg.sample_width * self.spatial_factor
+
+    @property
     def window_frames(self) -> int:
         """``sample_frames`` of the transformer config (49 for CogVideoX-5b-I2V, 81 for 1.5)."""
         return self.valid_num_frames(int(self.pipe.transformer.config.sample_frames))
