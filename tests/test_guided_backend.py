@@ -146,10 +146,10 @@ def test_motion_mask_follows_the_flow_and_excludes_holes():
     flow[:, 2, 0] = local[0, 2, 0] * 6.0
     uni = SimpleNamespace(flow=flow, local_mask=local, valid=None, w2c=None)
     holes = render_warp(torch.rand(1, 3, H, W), flow, fill="none").holes
-    m = motion_mask(None, uni, holes)
+    m = motion_mask(uni, holes)
     assert m[0, 2, 0, 4:8, 8:12].min() == 1 and m[0, 2, 0, 4:8, 2:6].max() == 0   # moved, the source left
     assert not bool((m.bool() & holes).any())
-    cam = motion_mask(None, SimpleNamespace(flow=flow, local_mask=local, valid=None, w2c=torch.eye(4)), holes)
+    cam = motion_mask(SimpleNamespace(flow=flow, local_mask=local, valid=None, w2c=torch.eye(4)), holes)
     assert torch.equal(cam.bool(), ~holes)
 
 

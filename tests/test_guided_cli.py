@@ -72,6 +72,7 @@ def test_bin_only_folder(repo_dir, tmp_path):
     (["--backend", "guided", "--model", "x", "--t-weak", "5", "--t-strong", "2"], "--t-strong"),
     (["--backend", "guided", "--model", "x", "--preset", "24gb"], "full, offload, low, cpu"),
     (["--t-weak", "2"], "guided backend"),
+    (["--backend", "guided", "--model", "x", "--steps", "10", "--t-weak", "10"], "--t-weak"),
 ])
 def test_flag_errors(args, needle, repo_dir, tmp_path, capsys):
     """Checked before any loading (in-process through the real dispatcher: fast)."""

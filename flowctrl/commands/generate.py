@@ -229,6 +229,13 @@ def _check_guided_options(args: argparse.Namespace) -> None:
     for flag, value in (("--t-weak", args.t_weak), ("--t-strong", args.t_strong)):
         if value is not None and value < 0:
             raise InputError.at(flag, None, f"is {value}", "give a step index >= 0")
+    steps = args.steps if args.steps is not None else 50  # every family's default
+    if args.t_weak is not None and args.t_weak >= steps:
+        raise InputError.at("--t-weak", None, f"is {args.t_weak}, not below --steps {steps}",
+                            f"give a step index in 0..{steps - 1}")
+    if args.t_strong is not None and args.t_strong > steps:
+        raise InputError.at("--t-strong", None, f"is {args.t_strong}, above --steps {steps}",
+                            f"give a step index in 0..{steps}")
     if args.t_weak is not None and args.t_strong is not None and args.t_strong < args.t_weak:
         raise InputError.at("--t-strong", None, f"is {args.t_strong}, below --t-weak {args.t_weak}",
                             "give --t-strong >= --t-weak (equal = plain SDEdit from the warp)")

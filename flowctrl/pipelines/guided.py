@@ -49,7 +49,7 @@ def default_clocks(variant: str, num_steps: int, camera_only: bool) -> tuple:
     return w, max(w, min(int(round(strong * scale)), num_steps))
 
 
-def motion_mask(image: torch.Tensor, unified: Any, holes: torch.Tensor) -> torch.Tensor:
+def motion_mask(unified: Any, holes: torch.Tensor) -> torch.Tensor:
     """``M (1, T, 1, H, W)`` float {0, 1}: where the controls specify the motion of frame t.
 
     Camera motion: every validly reprojected (covered) pixel. Local controls only: the controls'
@@ -118,6 +118,11 @@ class GuidedBackend:
     def from_pretrained(cls, model: Union[str, os.PathLike], **kwargs: Any) -> "GuidedBackend":
         return cls(model=model, **kwargs)
 
+    def to(self, device: Union[str, torch.device]) -> "GuidedBackend":
+        """Move the model's components to ``device`` (not needed with an offloading preset)."""
+        self.denoiser.pipe.to(device)
+        return self
+
     def __repr__(self) -> str:
         return (f"GuidedBackend({self.denoiser.variant}, steps={self.num_inference_steps}, "
                 f"guidance={self.guidance_scale}, t_weak={self.t_weak}, t_strong={self.t_strong})")
@@ -141,7 +146,8 @@ class GuidedBackend:
             raise InputError.at(None, "flow", f"has shape {tuple(flow.shape)}", f"give (1, {num_frames}, 2, H, W) pixels")
         pick = lambda k, default: kw[k] if kw.get(k) is not None else default  # noqa: E731
         steps = int(pick("num_inference_steps", self.num_inference_steps))
-        camera_only = getattr(unified, "w2c", None) is not None and not bool((getattr(unified, "local_mask", None) is not None) and unified.local_mask.any())
+        local = getattr(unified, "local_mask", None)
+        camera_only = getattr(unified, "w2c", None) is not None and (local is None or not bool(local.any()))
         dw, ds = default_clocks(self.denoiser.variant, steps, camera_only)
         t_weak = int(pick("t_weak", self.t_weak if self.t_weak is not None else dw))
         t_strong = int(pick("t_strong", self.t_strong if self.t_strong is not None else max(ds, t_weak)))
@@ -150,7 +156,7 @@ class GuidedBackend:
                            valid=_cpu(getattr(unified, "valid", None)), K=_cpu(getattr(unified, "K", None)),
                            w2c=_cpu(getattr(unified, "w2c", None)) if getattr(unified, "depth", None) is not None else None,
                            fill=pick("fill", self.fill), callback=callback)
-        mask = motion_mask(image, unified, warp.holes)
+        mask = motion_mask(unified, warp.holes)
         self.last_masks = {"motion": mask, "holes": warp.holes}
         args = dict(prompt=pick("prompt", self.prompt), negative_prompt=pick("negative_prompt", self.negative_prompt),
                     num_inference_steps=steps, guidance_scale=float(pick("guidance_scale", self.guidance_scale)),
