@@ -101,7 +101,9 @@ def register(subparsers: Any) -> None:
     o.add_argument("--backend", default="warp", choices=["warp", "diffusion", "guided"],
                    help="warp: softmax splatting, no weights (default); diffusion: learned renderer (--model); "
                         "guided: a public image-to-video model follows the warp, no training (--model)")
-    o.add_argument("--model", metavar="PATH|HUB_ID", help="weights of the diffusion backend (local folder)")
+    o.add_argument("--model", metavar="PATH|HUB_ID",
+                   help="weights of the diffusion backend (local folder), or the image-to-video model of the guided "
+                        "backend (folder or hub id, e.g. THUDM/CogVideoX-5b-I2V; downloaded on request)")
     o.add_argument("--flow-model", metavar="PATH|HUB_ID", help="learned stage-1 flow model weights (optional)")
     o.add_argument("--fill", default="push-pull", choices=["push-pull", "inpaint", "none"],
                    help="hole filling of the warp backend (default push-pull; none shows holes black)")
