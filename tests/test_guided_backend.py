@@ -292,3 +292,29 @@ def test_cogvideox_5b_learned_positions_run_at_their_size_and_resize_back():
     video = backend.generate(image, warped, torch.ones(1, T, 1, 24, 20), prompt="a cat", negative_prompt=None,
                              num_inference_steps=2, guidance_scale=1.0, t_weak=1, t_strong=2, generator=g)
     assert video.shape == (1, T, 3, 24, 20) and bool(torch.isfinite(video).all())
+
+
+def test_app_offers_the_guided_backend(folders, tmp_path, capsys):
+    """``flowctrl app --model``: the UI's generate handler renders with the guided backend and a prompt; a
+    bad model is one line, exit 2, before the UI starts."""
+    pytest.importorskip("gradio")
+    import numpy as np
+
+    from flowctrl import FlowCtrlPipeline
+    from flowctrl.app.session import ArrowSketch
+    from flowctrl.app.ui import build_demo
+    from flowctrl.cli import main
+    from flowctrl.video_io import read_video
+
+    pipe = FlowCtrlPipeline(backend="guided", model=str(folders["cogvideox"]), num_inference_steps=2)
+    handlers = {fn.name: fn.fn for fn in build_demo(default_frames=9, pipeline=pipe).fns.values()}
+    image = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    sketch = ArrowSketch().click(4, 4).click(10, 6)
+    controls = (1.0, "linear", "none", "", None, None, None, None, 0)
+    path = handlers["on_generate"](image, sketch, *controls, 9, 4, "push-pull", "a cat", progress=lambda *a, **k: None)
+    assert read_video(path).shape == (9, 16, 16, 3)
+    assert pipe.backend.last_info["steps"] == 2
+    capsys.readouterr()
+    rc = main(["app", "--model", str(tmp_path / "missing")])
+    lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "--model" in lines[0]

@@ -9,6 +9,7 @@ EPILOG = """\
 examples:
   flowctrl app                         # http://127.0.0.1:7860 on this machine
   flowctrl app --host 0.0.0.0 --port 8000
+  flowctrl app --model THUDM/CogVideoX-5b-I2V --preset offload   # the guided backend (GPU), prompt box added
 
 needs gradio: pip install "flowctrl[app]". The UI renders with the warp backend on the CPU (no weights).
 """
@@ -22,6 +23,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--share", action="store_true", help="also ask gradio for a public share link (needs internet)")
     p.add_argument("--frames", type=int, default=49, help="default number of frames in the UI (default 49)")
     p.add_argument("--fps", type=float, default=8.0, help="default frame rate in the UI (default 8)")
+    p.add_argument("--model", metavar="PATH|HUB_ID",
+                   help="render with the guided backend and this image-to-video model (CogVideoX-I2V / Wan I2V; GPU)")
+    p.add_argument("--preset", metavar="NAME", help="memory preset of the guided backend: full, offload, low, cpu")
     p.set_defaults(func=run)
 
 
@@ -36,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError.at("--frames", None, f"is {args.frames}", f"give 2 to {min(MAX_FRAMES, 129)}")
     if not 1 <= args.fps <= 30:
         raise InputError.at("--fps", None, f"is {args.fps}", "give 1 to 30")
-    demo = build_demo(default_frames=args.frames, default_fps=args.fps)  # no gradio -> one line, exit 2
+    if args.preset is not None and not args.model:
+        raise InputError.at("--preset", None, "is only used with --model", "add --model PATH_OR_HUB_ID")
+    pipeline = None
+    if args.model:  # loaded before the UI starts: a bad model is one line, exit 2
+        from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline
+
+        pipeline = FlowCtrlPipeline(backend="guided", model=args.model, preset=args.preset)
+    demo = build_demo(default_frames=args.frames, default_fps=args.fps, pipeline=pipeline)  # no gradio -> exit 2
     demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
