@@ -318,3 +318,16 @@ def test_app_offers_the_guided_backend(folders, tmp_path, capsys):
     rc = main(["app", "--model", str(tmp_path / "missing")])
     lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and "--model" in lines[0]
+
+
+def test_memory_presets_on_a_cpu_machine(folders):
+    """Presets set VAE tiling/slicing and dtype; without CUDA, offloading is skipped and all stays on the CPU."""
+    den = load_denoiser(folders["cogvideox"], preset="offload", dtype="float32")
+    assert den.pipe.vae.use_tiling and den.pipe.vae.use_slicing and den.device.type == "cpu"
+    half = load_denoiser(folders["wan21"], preset="low")
+    assert half.pipe.transformer.dtype == torch.bfloat16
+    assert half.pipe.vae.dtype == torch.float32 and half.pipe.image_encoder.dtype == torch.float32  # as diffusers' examples
+    from flowctrl.errors import InputError
+
+    with pytest.raises(InputError, match="full, offload, low, cpu"):
+        load_denoiser(folders["cogvideox"], preset="24gb")

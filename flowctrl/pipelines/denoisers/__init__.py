@@ -183,7 +183,7 @@ def apply_memory_preset(pipe: Any, opts: Dict[str, Any], device: Optional[str] =
             module = getattr(pipe, name, None)
             if module is not None:
                 module.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
-                                            offload_type="block_level", num_blocks_per_group=1)
+                                            offload_type="block_level", num_blocks_per_group=1, use_stream=True)
         for name in ("text_encoder", "image_encoder", "vae"):
             module = getattr(pipe, name, None)
             if module is not None:
