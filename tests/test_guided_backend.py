@@ -331,3 +331,16 @@ def test_memory_presets_on_a_cpu_machine(folders):
 
     with pytest.raises(InputError, match="full, offload, low, cpu"):
         load_denoiser(folders["cogvideox"], preset="24gb")
+
+
+def test_latent_mask_reads_the_first_frame_of_each_vae_group():
+    """T = 9, temporal factor 4: latent frames read pixel frames 0, 1, 5 (groups [0], [1..4], [5..8])."""
+    backend = GuidedBackend(tiny.tiny_pipeline("wan21"))
+    mask = torch.zeros(1, T, 1, 16, 16)
+    for frame in (0, 1, 5):
+        mask[:, frame, :, frame:frame + 4] = 1       # a band at a row that names the frame
+    m = backend.denoiser.latent_mask(mask, 3)       # Wan layout (1, 1, T', h, w), h = w = 2
+    assert m.shape == (1, 1, 3, 2, 2)
+    expected = torch.nn.functional.interpolate(mask[0, [0, 1, 5]], size=(2, 2), mode="nearest")
+    torch.testing.assert_close(m[0, 0], expected[:, 0], atol=0, rtol=0)
+    assert m.sum() > 0

@@ -150,11 +150,12 @@ class Denoiser:
     def latent_mask(self, mask: torch.Tensor, num_latent_frames: int) -> torch.Tensor:
         """``mask (1, T, 1, H, W)`` in pixels → ``(1, T', 1, h, w)`` / ``(1, 1, T', h, w)`` in {0, 1}.
 
-        Latent frame ``k`` reads pixel frame ``k·temporal_factor`` (the first frame alone, then every
-        k-th, as the causal VAE groups them); nearest resampling to ``(h, w)``; ``> 0.5``.
+        The causal VAE encodes pixel frames as groups ``[0], [1..k], [k+1..2k], …`` (``k`` the temporal
+        factor); latent frame ``j`` reads the first frame of its group (``0, 1, k+1, 2k+1, …``, as the TTM
+        code does); nearest resampling to ``(h, w)``; ``> 0.5``.
         """
         h, w = self.latent_hw(mask.shape[-2], mask.shape[-1])
-        frames = mask[:, :: self.temporal_factor][:, :num_latent_frames].float()
+        frames = torch.cat([mask[:, :1], mask[:, 1:: self.temporal_factor]], dim=1)[:, :num_latent_frames].float()
         m = F.interpolate(frames.flatten(0, 1), size=(h, w), mode="nearest").view(mask.shape[0], -1, 1, h, w)
         m = (m > 0.5).float()
         return m if self.layout == "BTCHW" else m.permute(0, 2, 1, 3, 4)
