@@ -71,8 +71,6 @@ def resolve_model_folder(model: Union[str, os.PathLike]) -> Path:
     if not _is_hub_id(src):
         raise MissingWeightsError.at(src, "--model", "no such folder", "give a pipeline folder or a hub id such as "
                                      "THUDM/CogVideoX-5b-I2V")
-    from diffusers import DiffusionPipeline
-
     name = src.split("/")[1]
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no", "off")
     try:
@@ -80,6 +78,8 @@ def resolve_model_folder(model: Union[str, os.PathLike]) -> Path:
             from huggingface_hub import snapshot_download
 
             return Path(snapshot_download(src, local_files_only=True))
+        from diffusers import DiffusionPipeline
+
         return Path(DiffusionPipeline.download(src, use_safetensors=True))
     except Exception as error:  # noqa: BLE001 - every hub / network failure means "not available here"
         problem = "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else \
@@ -127,8 +127,6 @@ def load_denoiser(model: Union[str, os.PathLike], *, dtype: Optional[str] = None
     ``preset`` (:data:`MEMORY_PRESETS`) sets dtype, offload and VAE tiling/slicing; ``dtype`` overrides
     the preset's. Weights load with ``use_safetensors=True``.
     """
-    from diffusers import DiffusionPipeline
-
     opts = dict(MEMORY_PRESETS[_preset_name(preset)]) if preset else {}
     if dtype is not None:
         opts["dtype"] = dtype
@@ -137,6 +135,8 @@ def load_denoiser(model: Union[str, os.PathLike], *, dtype: Optional[str] = None
         raise InputError.at(None, "dtype", f"unknown dtype '{opts.get('dtype')}'", "use float32, bfloat16 or float16")
     root = resolve_model_folder(model)
     check_model_folder(root)
+    from diffusers import DiffusionPipeline  # after the checks: a bad --model fails without the import cost
+
     try:
         pipe = DiffusionPipeline.from_pretrained(str(root), torch_dtype=torch_dtype, use_safetensors=True)
     except (OSError, ValueError) as error:
