@@ -344,3 +344,31 @@ def test_latent_mask_reads_the_first_frame_of_each_vae_group():
     expected = torch.nn.functional.interpolate(mask[0, [0, 1, 5]], size=(2, 2), mode="nearest")
     torch.testing.assert_close(m[0, 0], expected[:, 0], atol=0, rtol=0)
     assert m.sum() > 0
+
+
+def test_cogvideox_15_padding_frames_match_diffusers_and_stay_free():
+    """CogVideoX 1.5 (temporal patches of 2): 3 latent frames are padded to 4 like diffusers' pipeline
+    (same latents from the same noise); the padding frame is outside the mask and dropped at the end."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    pipe = tiny.tiny_pipeline("cogvideox")
+    cfg = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
+    cfg.update(patch_size_t=2, ofs_embed_dim=32, use_rotary_positional_embeddings=True, patch_bias=False)
+    torch.manual_seed(0)
+    pipe.transformer = CogVideoXTransformer3DModel.from_config(cfg).eval()
+    pipe.set_progress_bar_config(disable=True)
+    backend = GuidedBackend(pipe)
+    den = backend.denoiser
+    assert den.variant == "cogvideox1.5" and den.noise_shape(T, 16, 16)[1] == 4
+    noise = torch.randn(den.noise_shape(T, 16, 16), generator=torch.Generator().manual_seed(1))
+    ours = _run(backend, "cogvideox", torch.zeros(1, T, 1, 16, 16), t_weak=0, t_strong=2, noise=noise)
+    image, warped = _inputs("cogvideox")
+    ref = pipe(image=_to_pil(image), prompt="a cat", negative_prompt="blurry", height=16, width=16, num_frames=T,
+               num_inference_steps=3, guidance_scale=3.0, latents=noise.clone(), max_sequence_length=8,
+               generator=torch.Generator().manual_seed(5), output_type="latent").frames
+    torch.testing.assert_close(ours, ref[:, 1:], atol=1e-5, rtol=0)   # diffusers drops the pad when decoding
+    m = den.latent_mask(torch.ones(1, T, 1, 16, 16), 4)
+    assert m[:, 0].max() == 0 and m[:, 1:].min() == 1
+    held = _run(backend, "cogvideox", torch.ones(1, T, 1, 16, 16), t_weak=1, t_strong=3)
+    assert held.shape[1] == 3
+    torch.testing.assert_close(held, backend.last_info["z_ref"], atol=1e-6, rtol=0)
