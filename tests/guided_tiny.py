@@ -25,7 +25,8 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_cogvideox(seed: int = 0, scheduler: str = "ddim"):
+def tiny_cogvideox(seed: int = 0, scheduler: str = "ddim", num_layers: int = 1, num_attention_heads: int = 2,
+                   attention_head_dim: int = 16):
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
                            CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel)
     from transformers import T5Config, T5EncoderModel
@@ -35,8 +36,8 @@ def tiny_cogvideox(seed: int = 0, scheduler: str = "ddim"):
                                  up_block_types=("CogVideoXUpBlock3D",) * 3, block_out_channels=(8, 8, 8),
                                  latent_channels=4, layers_per_block=1, norm_num_groups=4)
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=32,
-        text_embed_dim=16, num_layers=1, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim, in_channels=8, out_channels=4,
+        time_embed_dim=32, text_embed_dim=16, num_layers=num_layers, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
         max_text_seq_length=8, temporal_compression_ratio=4)
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(VOCAB), d_model=16, d_kv=8, d_ff=32, num_layers=1,
                                            num_heads=2))
