@@ -31,7 +31,10 @@ EXTRAS = {
     "lora": ["peft>=0.12"],
     "text": ["sentencepiece>=0.2"],
     "app": ["gradio>=6.0"],
+    # diffusers' Wan pipelines clean prompts with ftfy (a NameError without it); CogVideoX's T5 tokenizer is sentencepiece
+    "guided": ["ftfy>=6.0", "sentencepiece>=0.2"],
 }
+EXTRAS["test"] = EXTRAS["test"] + ["ftfy>=6.0"]  # the guided backend's Wan tests encode prompts
 
 
 def _cuda_extension_kwargs() -> dict:

@@ -43,6 +43,7 @@ class RenderBackend(Protocol):
 # name -> factory (a callable returning a backend) or "module:attribute" resolved on first use
 _REGISTRY: Dict[str, Union[Callable[..., RenderBackend], str]] = {
     "diffusion": "flowctrl.pipelines.diffusion:DiffusionBackend",
+    "guided": "flowctrl.pipelines.guided:GuidedBackend",
 }
 
 

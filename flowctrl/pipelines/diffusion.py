@@ -329,30 +329,22 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         eta: float = 0.0,
         on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor, Dict[str, Any]], None]] = None,
     ) -> Tuple[torch.Tensor, Dict[str, Any]]:
-        """Run scheduler steps ``start .. stop-1`` of ``timesteps``.
+        """Run scheduler steps ``start .. stop-1`` of ``timesteps`` on the loop every stage-2 model shares
+        (:func:`flowctrl.pipelines.denoisers.loop.run_steps`, with :class:`~flowctrl.pipelines.denoisers.trained.FlowCtrlDenoiser`).
 
         ``state`` carries the DPM solver's previous x0 estimate between calls (phased inference resumes
         mid-schedule). ``on_step(i, latents_before, model_out, state)`` is called before each update.
         Returns ``(latents, state)``.
         """
-        stop = len(timesteps) if stop is None else stop
-        state = dict(state or {})
-        extra = self.prepare_extra_step_kwargs(generator, eta)
-        for i in range(start, stop):
-            t = timesteps[i]
-            out = self.model_output(latents, t, cond)
-            if on_step is not None:
-                on_step(i, latents, out, state)
-            if isinstance(self.scheduler, CogVideoXDPMScheduler):
-                latents, state["old_x0"] = self.scheduler.step(
-                    out, state.get("old_x0"), t, timesteps[i - 1] if i > 0 else None, latents, **extra, return_dict=False
-                )
-            else:
-                latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
-            latents = latents.to(cond.image_latents.dtype)
+        from flowctrl.pipelines.denoisers.loop import run_steps
+        from flowctrl.pipelines.denoisers.trained import FlowCtrlDenoiser
+
+        def progress(i: int, t: torch.Tensor, x: torch.Tensor) -> None:
             if cond.callback is not None:
                 cond.callback("denoise", cond.progress_offset + i - start + 1, cond.progress_total)
-        return latents, state
+
+        return run_steps(FlowCtrlDenoiser(self, generator, eta), latents, cond, timesteps, start=start, stop=stop,
+                         state=dict(state or {}), on_output=on_step, after_step=progress)
 
     def x0_and_noise(self, latents: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Split ``z_t`` into the clean estimate and the noise estimate ``n(t)`` (paper 004 eq. 10)."""
