@@ -688,7 +688,7 @@ class DiffusionBackend:
         if num_frames < 2:
             raise InputError.at(None, "num_frames", f"is {num_frames}", "use at least 2 frames")
         known = {"prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_inference_steps",
-                 "guidance_scale", "flow_guidance_scale", "long_video", "gamma", "omega", "strength_schedule", "fill"}
+                 "guidance_scale", "flow_guidance_scale", "long_video", "gamma", "omega", "fill"}
         unknown = sorted(set(kw) - known)
         if unknown:
             raise InputError.at(None, "backend options", f"the diffusion backend has no option(s) {', '.join(unknown)}",
@@ -697,7 +697,8 @@ class DiffusionBackend:
             prompt=kw.get("prompt") if kw.get("prompt") is not None else self.prompt,
             negative_prompt=kw.get("negative_prompt") if kw.get("negative_prompt") is not None else self.negative_prompt,
             prompt_embeds=kw.get("prompt_embeds"), negative_prompt_embeds=kw.get("negative_prompt_embeds"),
-            num_inference_steps=int(kw.get("num_inference_steps") or self.num_inference_steps),
+            num_inference_steps=int(kw["num_inference_steps"] if kw.get("num_inference_steps") is not None
+                                    else self.num_inference_steps),
             guidance_scale=float(kw["guidance_scale"]) if kw.get("guidance_scale") is not None else self.guidance_scale,
             flow_guidance_scale=float(kw["flow_guidance_scale"]) if kw.get("flow_guidance_scale") is not None else self.flow_guidance_scale,
         )
@@ -713,7 +714,7 @@ class DiffusionBackend:
                                                    align_corners=False).view(flow.shape[0], -1, 2, hh, ww) * scale
         result = generate_long_video(
             self.pipeline, image, flow, mode=kw.get("long_video") or self.long_video,
-            gamma=float(kw.get("gamma") or self.gamma), omega=float(kw["omega"]) if kw.get("omega") is not None else self.omega,
+            gamma=float(kw["gamma"]) if kw.get("gamma") is not None else self.gamma, omega=float(kw["omega"]) if kw.get("omega") is not None else self.omega,
             generator=generator, callback=callback, **args,
         )
         self.last_num_function_evals = result.num_function_evals

@@ -35,7 +35,7 @@ FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "wan2.2-ti2v": {"steps": 50, "clocks": (3, 7), "camera_clocks": (2, 5), "guidance": 5.0},
 }
 OPTIONS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "t_weak", "t_strong", "fill", "window")
-IGNORED = ("strength_schedule", "flow_guidance_scale")
+IGNORED = ("flow_guidance_scale",)
 GUIDED_HINT = ("pass --model PATH_OR_HUB_ID: a CogVideoXImageToVideoPipeline or WanImageToVideoPipeline folder "
                "(diffusers save_pretrained) or a hub id such as THUDM/CogVideoX-5b-I2V")
 
