@@ -109,7 +109,7 @@ def test_preset_supplies_defaults_and_flags_override_it(tiny_model, tmp_path, ba
     model, _ = tiny_model
     assert _diffusion(model, tmp_path / "o/", "--preset", "cpu", "--steps", "2", "-q") == 0
     b = backends[-1]
-    # configs/pipeline/cpu.yaml: 25 steps, guidance 6, DPM scheduler; --steps 2 wins over its 25
+    # flowctrl/presets/pipeline/cpu.yaml: 25 steps, guidance 6, DPM scheduler; --steps 2 wins over its 25
     assert b.num_inference_steps == 2 and b.guidance_scale == 6.0
     assert isinstance(b.pipeline.scheduler, CogVideoXDPMScheduler)
     assert b.last_num_function_evals == 2

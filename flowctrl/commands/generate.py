@@ -121,7 +121,7 @@ def register(subparsers: Any) -> None:
     d.add_argument("--flow-guidance", type=float, metavar="G",
                    help="flow guidance scale (1 = plain flow conditioning, 0 = flow dropped, > 1 = stronger)")
     d.add_argument("--preset", metavar="NAME|FILE",
-                   help="memory/quality preset from configs/pipeline/ (24gb, 80gb, cpu) or a YAML file; "
+                   help="memory/quality preset from flowctrl/presets/pipeline/ (24gb, 80gb, cpu) or a YAML file; "
                         "the flags above override its values")
     d.add_argument("--long-video", choices=["phased", "chain"],
                    help="clips longer than the model's window: phased (shared early steps, paper 004) or "

@@ -35,6 +35,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from flowctrl.errors import InputError, MissingWeightsError
 from flowctrl.pipelines.flow_guidance import GuidanceConfig
+
+# the memory / quality presets ship inside the package (package data), so wheel installs have them too
+PIPELINE_PRESETS = Path(__file__).resolve().parents[1] / "presets" / "pipeline"
 from flowctrl.models.transformer import FlowCtrlTransformer
 
 logger = logging.getLogger("flowctrl")
@@ -553,21 +556,21 @@ def _codec_from_vae(vae: AutoencoderKLCogVideoX, root: Path) -> Any:
 
 
 def load_memory_preset(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read a preset from ``configs/pipeline/<name>.yaml`` (or a path): memory and quality options."""
+    """Read a preset from ``flowctrl/presets/pipeline/<name>.yaml`` (package data) or a path: memory and quality options."""
     import yaml
 
     path = Path(name_or_path)
     if not path.suffix:
-        path = Path(__file__).resolve().parents[2] / "configs" / "pipeline" / f"{name_or_path}.yaml"
+        path = PIPELINE_PRESETS / f"{name_or_path}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "pipeline").glob("*.yaml"))
+        available = sorted(p.stem for p in PIPELINE_PRESETS.glob("*.yaml"))
         raise InputError.at(name_or_path, "preset", "not found", f"use one of {', '.join(available) or 'a YAML file'}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise InputError.at(path, None, f"is not valid YAML ({type(error).__name__})", "fix the file") from None
     if not isinstance(data, dict):
-        raise InputError.at(path, None, "must hold a mapping of options", "see configs/pipeline/24gb.yaml")
+        raise InputError.at(path, None, "must hold a mapping of options", "see flowctrl/presets/pipeline/24gb.yaml")
     return data
 
 
