@@ -240,5 +240,5 @@ def test_prompt_with_the_warp_backend_is_ignored_with_one_warning_line(tmp_path,
     assert _warp(tmp_path, "--prompt", "a cat") == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "--prompt" in line]
-    assert len(lines) == 1 and "ignored by the warp backend" in lines[0] and "--backend diffusion" in lines[0]
+    assert len(lines) == 1 and "ignored by the warp backend" in lines[0] and "--backend guided" in lines[0]
     assert (tmp_path / "o.mp4").exists()

@@ -556,7 +556,7 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     if args.prompt is not None and args.backend == "warp":
         # kept usable (scripts pass one prompt to both backends) but never silently dropped
         warnings.warn("--prompt is ignored by the warp backend (it only moves pixels); "
-                      "use --backend diffusion --model PATH for text guidance")
+                      "use --backend guided --model PATH_OR_HUB_ID for text guidance", stacklevel=2)
     t0 = time.perf_counter()
     progress.start()
     if _can_stream(args, plan):

@@ -36,11 +36,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from flowctrl.errors import InputError, MissingWeightsError
 from flowctrl.pipelines.flow_guidance import GuidanceConfig
 
-# the memory / quality presets ship inside the package (package data), so wheel installs have them too
-PIPELINE_PRESETS = Path(__file__).resolve().parents[1] / "presets" / "pipeline"
 from flowctrl.models.transformer import FlowCtrlTransformer
 
 logger = logging.getLogger("flowctrl")
+# the memory / quality presets ship inside the package (package data), so wheel installs have them too
+PIPELINE_PRESETS = Path(__file__).resolve().parents[1] / "presets" / "pipeline"
 
 __all__ = ["FlowCtrlVideoPipeline", "DiffusionBackend", "GuidanceConfig", "load_memory_preset", "SCHEDULERS"]
 
