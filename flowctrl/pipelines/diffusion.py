@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
+from einops import rearrange
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from diffusers.loaders import CogVideoXLoraLoaderMixin
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import CogVideoXImageToVideoPipeline
@@ -153,12 +154,12 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         x = video * 2.0 - 1.0
         if self.vae is None:
             return x
-        x = x.to(dtype=self.vae.dtype, device=self.vae.device).permute(0, 2, 1, 3, 4)
+        x = rearrange(x.to(dtype=self.vae.dtype, device=self.vae.device), "b t c h w -> b c t h w")
         dist = self.vae.encode(x).latent_dist
         latent = dist.sample(generator) if generator is not None else dist.mode()
         scale = self.vae.config.scaling_factor
         latent = latent / scale if self.vae.config.invert_scale_latents else latent * scale
-        return latent.permute(0, 2, 1, 3, 4)
+        return rearrange(latent, "b c t h w -> b t c h w")
 
     def encode_image(self, image: torch.Tensor, num_frames: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The I2V condition: image latent in latent frame 0, zeros after → ``(B, T', C, h, w)``."""
@@ -217,9 +218,9 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
             video = latents
         else:
             scale = self.vae.config.scaling_factor
-            x = latents.permute(0, 2, 1, 3, 4).to(self.vae.dtype)
+            x = rearrange(latents, "b t c h w -> b c t h w").to(self.vae.dtype)
             x = x * scale if self.vae.config.invert_scale_latents else x / scale
-            video = self.vae.decode(x).sample.permute(0, 2, 1, 3, 4)
+            video = rearrange(self.vae.decode(x).sample, "b c t h w -> b t c h w")
         return ((video.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def rotary_embedding(self, latent_frames: int, h: int, w: int, device: torch.device):
