@@ -267,7 +267,7 @@ def _output_path(choice: str, command: str, folder: Path, control: Path) -> str:
         os.link(folder / "img.png", folder / f"hard{suffix}")
     return {"new": str(folder / f"out{suffix}"), "input": str(folder / "img.png"),
             "hardlink": str(folder / f"hard{suffix}"), "control-file": str(control), "empty": "",
-            "folder": str(folder), "missing-folder": str(folder / "no" / f"out{suffix}"),
+            "folder": str(folder / "frames"), "missing-folder": str(folder / "no" / f"out{suffix}"),
             "dev-null": "/dev/null"}[choice]
 
 
@@ -275,6 +275,8 @@ def test_cli_options_and_control_files_keep_the_promise(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-fuzz")
     make_inputs(folder)
     (folder / "bundle.json").write_text(json.dumps(BUNDLE))
+    (folder / "frames").mkdir()  # a non-empty folder as -o
+    (folder / "frames" / "00000.png").write_bytes((folder / "mask.png").read_bytes())
     pristine = snapshot(folder)
 
     @fuzz_settings(120)
