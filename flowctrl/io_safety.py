@@ -412,6 +412,9 @@ def check_safetensors_folder(path: PathLike, flag: str) -> None:
             raise MissingWeightsError.at(root, flag, f"is a {root.suffix or 'non-safetensors'} file",
                                          "give weights saved as .safetensors (flowctrl loads safetensors only)")
         return
+    if root.exists() and not root.is_dir():
+        raise MissingWeightsError.at(root, flag, "is not a regular file or folder (a pipe, device or socket)",
+                                     "give a weights folder")
     if not root.is_dir():
         return
     for folder, dirs, files in os.walk(root):

@@ -34,6 +34,9 @@ PNG_SUFFIXES = (".png",)
 # "ultrafast": 49 frames at 512x512 encode in ~0.2 s of one core (veryfast ~0.6 s, superfast ~0.4 s)
 # for files ~3x larger than veryfast (~1.4 MB for the bundled example); crf 18 keeps the quality.
 H264_PRESET = "ultrafast"
+# Frame rates a video may have: a GIF frame lasts at most 65535 centiseconds (fps >= 0.0016), and
+# nothing plays faster than a few hundred frames per second.
+FPS_RANGE = (0.01, 1000.0)
 H264_CRF = 18
 # Reproducible bitstreams: with macroblock-tree rate control on, libx264 produced one of two different
 # streams for identical frames in separate processes (2 of 10 runs of `flowctrl generate`); with
@@ -126,8 +129,8 @@ class VideoWriter:
     """
 
     def __init__(self, path: PathLike, fps: float = 8, preset: Optional[str] = None, crf: Optional[int] = None) -> None:
-        if not fps or fps <= 0:
-            raise InputError.at(None, "fps", f"is {fps}", "give a positive frame rate, e.g. 8")
+        if not (isinstance(fps, (int, float)) and FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
+            raise InputError.at(None, "fps", f"is {fps}", f"give a frame rate in [{FPS_RANGE[0]:g}, {FPS_RANGE[1]:g}], e.g. 8")
         self.kind = output_kind(path)
         self.path = Path(os.fspath(path).rstrip("/" + os.sep) or os.fspath(path))
         self.fps = fps

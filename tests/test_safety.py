@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 
 from flowctrl.cli import main
-from flowctrl.controls import Controls, load_arrows, load_camera, load_drags, parse_camera_json, parse_drags
-from flowctrl.errors import ConfigError, ControlFileError, FlowCtrlError, InputError, MissingWeightsError, OutputError
+from flowctrl.controls import Controls, load_camera, parse_camera_json, parse_drags
+from flowctrl.errors import ConfigError, ControlFileError, MissingWeightsError, OutputError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

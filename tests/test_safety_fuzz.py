@@ -71,7 +71,7 @@ def leaf_paths(tree: Any, prefix: Tuple = ()) -> List[Tuple]:
 
 def nearby(value: Any) -> st.SearchStrategy:
     """Plausible edits of a number (so that many mutants stay valid and reach the flow math)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e300:
         return st.just(value)
     return st.sampled_from([value, value * 2, value / 2, value + 1, -value, value * 1000, value * 1e-3, float(value)])
 
@@ -222,7 +222,7 @@ def test_raw_bytes_are_one_line(inputs_dir, raw):
 # cases render and the rest are refused
 FRAMES = (["2", "3"], ["-1", "0", "1", "1025", "100000", "2.5", "x"])
 SIZES = ([None, "32x24", "16x16", "32X24"], ["0x8", "-8x8", "99999x99999", "abc", "8x100000", "1e9x2"])
-FLOATS = (["1", "2.5"], ["0", "-1", "1e308", "-1e308", "1e-300", "nan", "inf", "x"])
+FLOATS = (["1", "2.5"], ["0", "-1", "1e308", "-1e308", "1e-300", "nan", "inf", "x", "0.001", "5000"])
 OUTPUTS = (["new"], ["input", "hardlink", "control-file", "empty", "folder", "missing-folder", "dev-null"])
 
 
@@ -265,9 +265,11 @@ def _output_path(choice: str, command: str, folder: Path, control: Path) -> str:
     suffix = {"flow": ".npy", "generate-preview": ".png"}.get(command, ".gif")
     if choice == "hardlink":
         os.link(folder / "img.png", folder / f"hard{suffix}")
+    if choice == "dev-null" and command == "generate-preview":
+        return str(folder / "img")  # --preview would write /dev/null.png: name the input image instead
     return {"new": str(folder / f"out{suffix}"), "input": str(folder / "img.png"),
             "hardlink": str(folder / f"hard{suffix}"), "control-file": str(control), "empty": "",
-            "folder": str(folder), "missing-folder": str(folder / "no" / f"out{suffix}"),
+            "folder": str(folder / "frames"), "missing-folder": str(folder / "no" / f"out{suffix}"),
             "dev-null": "/dev/null"}[choice]
 
 
@@ -275,6 +277,8 @@ def test_cli_options_and_control_files_keep_the_promise(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-fuzz")
     make_inputs(folder)
     (folder / "bundle.json").write_text(json.dumps(BUNDLE))
+    (folder / "frames").mkdir()  # a non-empty folder as -o
+    (folder / "frames" / "00000.png").write_bytes((folder / "mask.png").read_bytes())
     pristine = snapshot(folder)
 
     @fuzz_settings(120)
@@ -324,5 +328,48 @@ def test_cli_options_and_control_files_keep_the_promise(tmp_path_factory):
             assert output == "new" or written != Path(out), (argv, "wrote to a refused kind of output", lines)
             assert new == {written.name}, (argv, new)
         assert not [p for p in folder.iterdir() if p.name.startswith(".")], (argv, "temporary file left")
+
+    check()
+
+
+# ------------------------------------------------------------------------- training configs (--set)
+
+YAML_VALUES = ["-1", "0", "1", "2.5", "1e-4", "1e400", "-1e400", ".nan", ".inf", "abc", "null", "true", "[]", "{}",
+               "[1, 2]", "[4, 4]", "{a: 1}", "'64'", "10000000000000000000000", "-64", "1.5e3", "[[[]]]"]
+
+
+def _config_keys(cls: Any, prefix: str = "") -> List[str]:
+    import dataclasses
+
+    keys = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            keys += _config_keys(type(default), prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+@pytest.mark.parametrize("target", ["flow", "video"])
+def test_training_config_settings_load_or_say_one_line(target):
+    """Any ``--set KEY=VALUE`` on the shipped tiny configs gives a valid config or one ConfigError line."""
+    from flowctrl.errors import ConfigError
+    from flowctrl.train.config import TrainConfig, load_config
+    from flowctrl.train.video_loop import VideoTrainConfig, load_video_config
+
+    cls, load, config = ((TrainConfig, load_config, "fgm_tiny.yaml") if target == "flow"
+                         else (VideoTrainConfig, load_video_config, "video_tiny.yaml"))
+    keys = _config_keys(cls)
+
+    @fuzz_settings(80)
+    @given(settings_=st.lists(st.tuples(st.sampled_from(keys), st.sampled_from(YAML_VALUES)), min_size=1, max_size=3))
+    def check(settings_: List[Tuple[str, str]]) -> None:
+        try:
+            cfg = load(str(REPO / "configs" / "train" / config), {}, [f"{k}={v}" for k, v in settings_])
+        except ConfigError as error:
+            one_line(error)
+            return
+        assert cfg.max_steps >= 1 and cfg.batch_size >= 1
 
     check()

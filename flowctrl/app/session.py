@@ -106,6 +106,7 @@ def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: i
     return out
 
 
+@guard_uploads  # error lines name no server path
 def generate(image: np.ndarray, controls: Any, *, frames: int = 49, fps: float = 8.0, fill: str = "push-pull",
              size: Optional[Tuple[int, int]] = None, out_dir: Optional[str] = None,
              callback: Optional[Callable[[str, int, int], None]] = None,

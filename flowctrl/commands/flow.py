@@ -144,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
     if args.frames > MAX_FRAMES:
         raise InputError.at("--frames", None, f"is {args.frames}, above the limit of {MAX_FRAMES}",
                             f"give at most {MAX_FRAMES}")
-    if not (math.isfinite(args.fps) and 0 < args.fps <= 1000):
-        raise InputError.at(None, "--fps", f"is {args.fps}", "give a frame rate in (0, 1000], e.g. 8")
+    from flowctrl.video_io import FPS_RANGE
+
+    if not FPS_RANGE[0] <= args.fps <= FPS_RANGE[1]:
+        raise InputError.at(None, "--fps", f"is {args.fps}", f"give a frame rate in [{FPS_RANGE[0]:g}, {FPS_RANGE[1]:g}], e.g. 8")
     for flag, value in (("--plane-distance", args.plane_distance), ("--depth-scale", args.depth_scale)):
         if value is not None and not (math.isfinite(value) and 0 < value <= 1e6):
             raise InputError.at(flag, None, f"is {value}", "give a positive finite number (at most 1e6)")

@@ -293,8 +293,10 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
     if args.frames > MAX_FRAMES:
         raise InputError.at("--frames", None, f"is {args.frames}, above the limit of {MAX_FRAMES}",
                             f"give at most {MAX_FRAMES}")
-    if not (math.isfinite(args.fps) and 0 < args.fps <= 1000):
-        raise InputError.at("--fps", None, f"is {args.fps}", "give a frame rate in (0, 1000], e.g. 8")
+    from flowctrl.video_io import FPS_RANGE
+
+    if not FPS_RANGE[0] <= args.fps <= FPS_RANGE[1]:
+        raise InputError.at("--fps", None, f"is {args.fps}", f"give a frame rate in [{FPS_RANGE[0]:g}, {FPS_RANGE[1]:g}], e.g. 8")
     if args.plane_distance is not None and not (math.isfinite(args.plane_distance) and args.plane_distance > 0):
         raise InputError.at("--plane-distance", None, f"is {args.plane_distance}",
                             "give a positive distance in camera-translation units, e.g. 2")

@@ -201,6 +201,46 @@ def _describe(kind: Any) -> str:
     return _SCALARS.get(kind, "a value")
 
 
+# (low, high, low is exclusive) per key; applied to whichever of the two trainers' configs has the key.
+RANGES: Dict[str, Tuple[float, float, bool]] = {
+    "max_steps": (1, 1e9, False), "batch_size": (1, 4096, False), "gradient_accumulation_steps": (1, 4096, False),
+    "checkpoint_every": (1, 1e9, False), "log_every": (1, 1e9, False), "checkpoints_total_limit": (0, 1e6, False),
+    "learning_rate": (0, 10, True), "adam_beta1": (0, 0.999999, False), "adam_beta2": (0, 0.999999, False),
+    "weight_decay": (0, 100, False), "grad_clip": (0, 1e6, False), "cfg_dropout": (0, 1, False),
+    "flow_dropout": (0, 1, False), "time_limit_s": (0, 1e9, True), "lr_warmup_steps": (0, 1e9, False),
+    "data.num_scenes": (1, 1e8, False), "data.num_frames": (2, 1024, False), "data.height": (8, 4096, False),
+    "data.width": (8, 4096, False), "data.condition_variants": (1, 1e6, False),
+    "scheduler.num_train_timesteps": (1, 1e6, False), "scheduler.beta_start": (0, 1, True),
+    "scheduler.beta_end": (0, 1, True),
+}
+MAX_CLIP_VOXELS = 2048 * 2048 * 49  # frames x height x width of one training clip (the renderer's limit)
+
+
+def check_ranges(cfg: Any, src: str) -> None:
+    """Every key of :data:`RANGES` present in ``cfg`` lies in its range (one ConfigError line naming
+    the range), and one clip's frames x height x width stays within :data:`MAX_CLIP_VOXELS`."""
+    for key, (low, high, open_low) in RANGES.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        if node is None:
+            continue
+        if node < low or node > high or (open_low and node == low):
+            bound = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
+            raise ConfigError.at(src, key, f"is {node}, outside {bound}", f"give a value in {bound}")
+    name = getattr(cfg, "lr_scheduler", None)
+    if name is not None:
+        from diffusers.optimization import SchedulerType
+
+        names = [t.value for t in SchedulerType]
+        if name not in names:
+            raise ConfigError.at(src, "lr_scheduler", f"is {name!r}", f"use one of {', '.join(names)}")
+    data = getattr(cfg, "data", None)
+    if data is not None and data.num_frames * data.height * data.width > MAX_CLIP_VOXELS:
+        raise ConfigError.at(src, "data", f"{data.num_frames} frames of {data.width}x{data.height} exceed "
+                             f"{MAX_CLIP_VOXELS} frame-pixels", "lower data.num_frames, data.height or data.width")
+
+
 def check_types(cfg: Any, src: str, prefix: str = "") -> None:
     """Every field of the dataclass tree ``cfg`` matches its annotation (in place: numbers are
     normalized, e.g. YAML's ``1e-4`` string to a float); sizes and counts are >= 0, numbers finite.
@@ -269,10 +309,7 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
     cfg = _build(TrainConfig, data, str(path or "<defaults>"))
     src = str(path or "<defaults>")
     check_types(cfg, src)
-    for name in ("num_frames", "height", "width"):
-        if getattr(cfg.data, name) < (2 if name == "num_frames" else 8):
-            raise ConfigError.at(src, f"data.{name}", f"is {getattr(cfg.data, name)}",
-                                 "give at least 2 frames and sizes of at least 8 px")
+    check_ranges(cfg, src)
     if cfg.model not in MODELS:
         raise ConfigError.at(src, "model", f"is {cfg.model!r}", f"use one of {list(MODELS)}")
     if cfg.data.source not in ("synthetic", "shards"):

@@ -164,9 +164,10 @@ def load_video_config(path: Optional[os.PathLike], overrides: Optional[Dict[str,
     src = str(path or "<defaults>")
     data = read_config_data(path, overrides, example="configs/train/video_tiny.yaml", settings=settings)
     cfg = _build(VideoTrainConfig, data, src)
-    from flowctrl.train.config import check_types
+    from flowctrl.train.config import check_ranges, check_types
 
     check_types(cfg, src)
+    check_ranges(cfg, src)
     checks = [
         (cfg.data.source in ("synthetic", "textures", "shards"), "data.source", f"is {cfg.data.source!r}",
          "use synthetic, textures or shards"),
