@@ -139,7 +139,7 @@ def test_negative_prompt_without_a_text_encoder_is_one_line(tiny_model, tmp_path
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--negative-prompt", "blurry"], "--negative-prompt is only used by the diffusion backend"),
+    (["--negative-prompt", "blurry"], "--negative-prompt is only used by the diffusion and guided backends"),
     (["--steps", "3"], "--steps is only used"),
     (["--guidance", "2"], "--guidance is only used"),
     (["--flow-guidance", "2"], "--flow-guidance is only used"),

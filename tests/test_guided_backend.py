@@ -246,7 +246,8 @@ def test_long_video_with_a_flow_matching_family_chains_windows():
     flow[:, :, 0] = torch.linspace(0, 4, 17).view(1, 17, 1, 1) * local[:, :, 0]
     uni = SimpleNamespace(flow=flow, local_mask=local, valid=None, w2c=None)
     image = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
-    video = backend.render(image, uni, num_frames=17, generator=torch.Generator().manual_seed(0), prompt="a cat")
+    result = backend.render(image, uni, num_frames=17, generator=torch.Generator().manual_seed(0), prompt="a cat")
+    video = result.video
     assert video.shape == (1, 17, 3, H, W)
     assert backend.last_info["windows"] == [(0, 9), (8, 17)]
     assert backend.last_info["branch_evals"] == 2 * (2 - 1) * 2
@@ -254,7 +255,7 @@ def test_long_video_with_a_flow_matching_family_chains_windows():
     frame8 = video[0, 8].permute(1, 2, 0).numpy()
     assert np.abs(seen[1][0] - frame8).max() <= 0.5 / 255 + 1e-6      # conditioned on the generated frame 8
     torch.testing.assert_close(seen[0][1], seen[1][1], atol=0, rtol=0)  # one shared ε
-    assert backend.last_masks["motion"].shape == (1, 17, 1, H, W)
+    assert result.masks["motion"].shape == (1, 17, 1, H, W) and result.masks["holes"].shape == (1, 17, 1, H, W)
 
 
 def test_trained_backend_runs_on_the_shared_loop(monkeypatch):

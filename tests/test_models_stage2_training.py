@@ -191,7 +191,7 @@ def test_latent_space_training_with_3d_vae_and_flow_codec(tmp_path):
     class U:
         flow = torch.zeros(1, 5, 2, 16, 16)
 
-    video = backend.render(torch.rand(1, 3, 16, 16, generator=g), U(), num_frames=5, generator=g)
+    video = backend.render(torch.rand(1, 3, 16, 16, generator=g), U(), num_frames=5, generator=g).video
     assert video.shape == (1, 5, 3, 16, 16)
 
 

@@ -134,9 +134,7 @@ def generate(image: np.ndarray, controls: Any, *, frames: int = 49, fps: float =
     pipe = pipeline if pipeline is not None else FlowCtrlPipeline(backend="warp", fill=fill)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="flowctrl-app-"))
     name = str(folder / f"flowctrl-{uuid.uuid4().hex[:12]}.mp4")
-    from flowctrl.pipelines.backends import WarpBackend
-
-    if not isinstance(pipe.backend, WarpBackend):  # a learned backend renders the whole clip at once
+    if not getattr(pipe.backend, "streams", False):  # a learned backend renders the whole clip at once
         import torch
 
         out = pipe(img, controls=controls, num_frames=int(frames), height=H, width=W, callback=callback,

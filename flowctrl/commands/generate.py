@@ -19,28 +19,10 @@ from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 from flowctrl.commands._common import same_file
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.pipelines.backend_options import BACKENDS, construction_options, flags_not_taken
+from flowctrl.pipelines.backend_options import FLAGS as BACKEND_FLAGS
+from flowctrl.pipelines.backend_options import backends_taking
 
-# Flags of the diffusion backend: (argparse dest, flag, DiffusionBackend keyword). All default to None
-# ("not given"), so the backend's preset / defaults apply and the warp backend can refuse them.
-DIFFUSION_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ("negative_prompt", "--negative-prompt", "negative_prompt"),
-    ("steps", "--steps", "num_inference_steps"),
-    ("guidance", "--guidance", "guidance_scale"),
-    ("flow_guidance", "--flow-guidance", "flow_guidance_scale"),
-    ("preset", "--preset", "preset"),
-    ("long_video", "--long-video", "long_video"),
-    ("lora", "--lora", "lora"),
-    ("lora_scale", "--lora-scale", "lora_scale"),
-)
-# Flags the guided backend (Time-to-Move on a public I2V model) takes, and its own clocks.
-GUIDED_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ("negative_prompt", "--negative-prompt", "negative_prompt"),
-    ("steps", "--steps", "num_inference_steps"),
-    ("guidance", "--guidance", "guidance_scale"),
-    ("preset", "--preset", "preset"),
-    ("t_weak", "--t-weak", "t_weak"),
-    ("t_strong", "--t-strong", "t_strong"),
-)
 # Input files whose paths no output may take (argparse dests; --image is always included).
 INPUT_FILE_FLAGS = ("controls", "camera", "arrows", "drags", "ref_video", "pose", "mask", "static_mask", "depth",
                     "model", "flow_model", "depth_model", "preset", "lora")
@@ -181,21 +163,22 @@ def _check_output(path: Path, flag: str, inputs: Dict[str, Path], *, folder: boo
 
 
 def _check_backend_options(args: argparse.Namespace) -> None:
-    """``--model`` and the diffusion flags need ``--backend diffusion``; their values must make sense."""
+    """Only the flags the chosen backend takes (:mod:`flowctrl.pipelines.backend_options`), with sensible values."""
+    given = [o.keyword for o in BACKEND_FLAGS if getattr(args, o.dest, None) is not None]
+    extra = flags_not_taken(args.backend, given)
+    if extra:
+        flags = ", ".join(o.flag for o in extra)
+        verb = "is" if len(extra) == 1 else "are"
+        users = [name for name in BACKENDS if all(name in backends_taking(o.keyword) for o in extra)]
+        drop = "it" if len(extra) == 1 else "them"
+        if users:
+            hints = " or ".join(BACKENDS[name].hint.replace("add ", "", 1) for name in users)
+            raise InputError.at(None, None, f"{flags} {verb} only used by the {' and '.join(users)} "
+                                f"backend{'s' if len(users) > 1 else ''}", f"add {hints}, or drop {drop}")
+        raise InputError.at(None, None, f"{flags} {verb} not used by the {args.backend} backend",
+                            f"drop {drop} (flowctrl generate --help lists each backend's flags)")
     if args.backend == "guided":
         return _check_guided_options(args)
-    given = [flag for flag, value in (("--t-weak", args.t_weak), ("--t-strong", args.t_strong)) if value is not None]
-    if given:
-        raise InputError.at(None, None, f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used by the "
-                            "guided backend", "add --backend guided --model PATH_OR_HUB_ID")
-    if args.model and args.backend != "diffusion":
-        raise InputError.at("--model", None, "is only used by the diffusion backend", "add --backend diffusion")
-    given = [flag for dest, flag, _ in DIFFUSION_OPTIONS if getattr(args, dest) is not None]
-    if given and args.backend != "diffusion":
-        raise InputError.at(None, None, f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used by "
-                            "the diffusion backend",
-                            "add --backend diffusion --model PATH, or drop "
-                            f"{'it' if len(given) == 1 else 'them'} for the warp backend")
     if args.backend != "diffusion":
         return
     if not args.model:
@@ -219,12 +202,7 @@ def _check_backend_options(args: argparse.Namespace) -> None:
 
 
 def _check_guided_options(args: argparse.Namespace) -> None:
-    """``--backend guided``: a model, and only the flags it uses, with sensible values."""
-    guided = {flag for _, flag, _ in GUIDED_OPTIONS}
-    extra = [flag for dest, flag, _ in DIFFUSION_OPTIONS if getattr(args, dest) is not None and flag not in guided]
-    if extra:
-        raise InputError.at(None, None, f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} not used by the "
-                            "guided backend", "drop them (they belong to --backend diffusion)")
+    """``--backend guided``: a model and sensible values (which flags it takes is checked before)."""
     if not args.model:
         raise MissingWeightsError.at("--backend guided", "--model", "no model given",
                                      "pass --model PATH_OR_HUB_ID of an image-to-video pipeline, e.g. "
@@ -545,13 +523,11 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
             print(f"wrote {plan.preview}", file=sys.stderr)
         return 0
 
+    options = construction_options(args.backend, vars(args))
     if args.backend == "diffusion":
-        options = {kw: getattr(args, dest) for dest, _, kw in DIFFUSION_OPTIONS if getattr(args, dest) is not None}
-        pipe = FlowCtrlPipeline.from_pretrained(args.model, flow_model=args.flow_model, **options)
+        pipe = FlowCtrlPipeline.from_pretrained(options.pop("model"), flow_model=args.flow_model, **options)
     elif args.backend == "guided":
-        options = {kw: getattr(args, dest) for dest, _, kw in GUIDED_OPTIONS if getattr(args, dest) is not None}
-        pipe = FlowCtrlPipeline(backend="guided", flow_model=args.flow_model, model=args.model, fill=args.fill,
-                                **options)
+        pipe = FlowCtrlPipeline(backend="guided", flow_model=args.flow_model, fill=args.fill, **options)
     else:
         pipe = FlowCtrlPipeline(backend="warp", flow_model=args.flow_model, fill=args.fill)
     render_kwargs: Dict[str, Any] = {} if args.prompt is None else {"prompt": args.prompt}

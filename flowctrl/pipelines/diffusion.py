@@ -35,6 +35,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.pipelines.backend_options import check_render_options
+from flowctrl.pipelines.backends import RenderResult
 from flowctrl.pipelines.flow_guidance import GuidanceConfig
 
 from flowctrl.models.transformer import FlowCtrlTransformer
@@ -675,8 +677,8 @@ class DiffusionBackend:
         self.pipeline.save_pretrained(path)
 
     def render(self, image: torch.Tensor, unified: Any, *, num_frames: int, generator: Optional[torch.Generator] = None,
-               callback: Optional[ProgressCallback] = None, **kw: Any) -> torch.Tensor:
-        """``(1, T, 3, H, W)`` float in [0, 1] from ``image (1,3,H,W)`` and ``unified.flow (1,T,2,H,W)``.
+               callback: Optional[ProgressCallback] = None, **kw: Any) -> "RenderResult":
+        """The video ``(1, T, 3, H, W)`` in [0, 1] from ``image (1,3,H,W)`` and ``unified.flow (1,T,2,H,W)``.
 
         Extra ``kw``: prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_inference_steps,
         guidance_scale, flow_guidance_scale, long_video, gamma, omega. Same ``generator`` → same video.
@@ -691,12 +693,7 @@ class DiffusionBackend:
                                 "compute the flow for the same number of frames")
         if num_frames < 2:
             raise InputError.at(None, "num_frames", f"is {num_frames}", "use at least 2 frames")
-        known = {"prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_inference_steps",
-                 "guidance_scale", "flow_guidance_scale", "long_video", "gamma", "omega", "fill"}
-        unknown = sorted(set(kw) - known)
-        if unknown:
-            raise InputError.at(None, "backend options", f"the diffusion backend has no option(s) {', '.join(unknown)}",
-                                "remove them")
+        check_render_options("diffusion", kw)
         args = dict(
             prompt=kw.get("prompt") if kw.get("prompt") is not None else self.prompt,
             negative_prompt=kw.get("negative_prompt") if kw.get("negative_prompt") is not None else self.negative_prompt,
@@ -727,4 +724,4 @@ class DiffusionBackend:
         if (hh, ww) != (h, w):
             video = torch.nn.functional.interpolate(video.flatten(0, 1), size=(h, w), mode="bilinear",
                                                     align_corners=False).view(video.shape[0], -1, 3, h, w)
-        return video.clamp(0.0, 1.0)
+        return RenderResult(video.clamp(0.0, 1.0))

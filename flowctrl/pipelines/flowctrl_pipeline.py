@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from flowctrl.errors import FlowCtrlError, InputError
-from flowctrl.pipelines.backends import RenderBackend, WarpBackend, get_backend, resolve_backend_factory
+from flowctrl.pipelines.backends import RenderBackend, RenderResult, get_backend, resolve_backend_factory
 from flowctrl.render.warp_renderer import MAX_SIDE, check_render_size
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -215,7 +215,7 @@ class FlowCtrlPipeline:
         """Run on ``device`` (inputs are moved there; backends with modules move themselves)."""
         self.device = torch.device(device)
         for part in (self.backend, self.flow_model):
-            if part is not None and hasattr(part, "to") and not isinstance(part, WarpBackend):
+            if part is not None and hasattr(part, "to"):
                 part.to(self.device)
         return self
 
@@ -305,22 +305,15 @@ class FlowCtrlPipeline:
         unified = self.compute_flow(img, controls, T, depth=depth, depth_model=depth_model, densify=densify,
                                     generator=generator, callback=callback, flow_steps=flow_steps,
                                     plane_distance=plane_distance, segment=segment)
-        masks: Dict[str, torch.Tensor] = {}
-        if isinstance(self.backend, WarpBackend):
-            fill = render_kwargs.pop("fill", None)
-            _check_warp_kwargs(render_kwargs)
-            result = self.backend.render_full(img, unified, num_frames=T, callback=callback, fill=fill)
-            video = result.video
-            masks["holes"] = result.holes
-        else:
-            video = self.backend.render(img, unified, num_frames=T, generator=generator, callback=callback,
-                                        **render_kwargs)
-            masks.update(getattr(self.backend, "last_masks", None) or {})  # e.g. the guided backend's motion mask
+        result = self.backend.render(img, unified, num_frames=T, generator=generator, callback=callback,
+                                     **render_kwargs)
+        if isinstance(result, torch.Tensor):  # a third-party backend written to the older tensor-only protocol
+            result = RenderResult(result)
+        video, masks = result.video, dict(result.masks)
         if tuple(video.shape) != (1, T, 3) + tuple(img.shape[-2:]):
             raise FlowCtrlError(f"backend {type(self.backend).__name__} returned a video of shape "
                                 f"{tuple(video.shape)}, expected {(1, T, 3) + tuple(img.shape[-2:])}")
-        if not isinstance(self.backend, WarpBackend):  # the warp renderer's output is already in [0, 1]
-            video = video.float().clamp(0, 1)
+        video = video.float().clamp_(0, 1)  # in place: the warp renderer's float32 video is already in [0, 1]
         if not return_flow:
             return FlowCtrlOutput(frames=video_to_frames(video), video=video)
         for key, name in (("local", "local_mask"), ("valid", "valid")):
@@ -346,7 +339,7 @@ class FlowCtrlPipeline:
         from flowctrl.pipelines.stage1 import plan_unified_flow
         from flowctrl.pipelines.streaming import DEFAULT_CHUNK_FRAMES, stream_warp_video
 
-        if not isinstance(self.backend, WarpBackend) or self.flow_model is not None:
+        if not getattr(self.backend, "streams", False) or self.flow_model is not None:
             raise InputError.at(None, "backend", "only the warp backend without a flow model renders as a stream",
                                 "call the pipeline itself (pipe(...)) for other backends")
         T = int(num_frames)
@@ -359,18 +352,6 @@ class FlowCtrlPipeline:
                                  alpha=self.backend.alpha, chunk_frames=chunk_frames or DEFAULT_CHUNK_FRAMES,
                                  workers=workers, callback=callback)
 
-
-def _check_warp_kwargs(kwargs: Dict[str, Any]) -> None:
-    """Refuse options the warp backend does not know; log the learned-backend ones it ignores."""
-    from flowctrl.pipelines.backends import _LEARNED_ONLY, logger
-
-    unknown = [k for k in kwargs if k not in _LEARNED_ONLY]
-    if unknown:
-        raise InputError.at(None, "backend options", f"the warp backend has no option(s) {', '.join(unknown)}",
-                            "remove them or use the diffusion backend")
-    ignored = [k for k, v in kwargs.items() if v is not None]
-    if ignored:
-        logger.info("warp backend ignores %s (used by the diffusion backend only)", ", ".join(ignored))
 
 
 def _replace(obj: Any, **changes: Any) -> Any:

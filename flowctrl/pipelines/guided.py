@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.pipelines.backend_options import check_render_options
+from flowctrl.pipelines.backends import RenderResult
 from flowctrl.pipelines.denoisers import Denoiser, denoiser_for, dual_clock_denoise, load_denoiser
 from flowctrl.render.warp_renderer import render_warp
 
@@ -34,8 +36,6 @@ FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "wan2.2-a14b": {"steps": 50, "clocks": (3, 7), "camera_clocks": (2, 5), "guidance": 3.5},
     "wan2.2-ti2v": {"steps": 50, "clocks": (3, 7), "camera_clocks": (2, 5), "guidance": 5.0},
 }
-OPTIONS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "t_weak", "t_strong", "fill", "window")
-IGNORED = ("flow_guidance_scale",)
 GUIDED_HINT = ("pass --model PATH_OR_HUB_ID: a CogVideoXImageToVideoPipeline or WanImageToVideoPipeline folder "
                "(diffusers save_pretrained) or a hub id such as THUDM/CogVideoX-5b-I2V")
 
@@ -111,7 +111,6 @@ class GuidedBackend:
         self.t_weak, self.t_strong = t_weak, t_strong
         self.prompt, self.negative_prompt, self.fill = prompt, negative_prompt, fill
         self.window = window
-        self.last_masks: Dict[str, torch.Tensor] = {}
         self.last_info: Dict[str, Any] = {}
 
     @classmethod
@@ -128,17 +127,13 @@ class GuidedBackend:
                 f"guidance={self.guidance_scale}, t_weak={self.t_weak}, t_strong={self.t_strong})")
 
     def render(self, image: torch.Tensor, unified: Any, *, num_frames: int, generator: Optional[torch.Generator] = None,
-               callback: Optional[ProgressCallback] = None, **kw: Any) -> torch.Tensor:
-        """``(1, T, 3, H, W)`` float in [0, 1]; masks of the run in :attr:`last_masks` (``motion``, ``holes``).
+               callback: Optional[ProgressCallback] = None, **kw: Any) -> RenderResult:
+        """The video ``(1, T, 3, H, W)`` in [0, 1] and its masks ``motion`` (M) and ``holes``.
 
         Extra ``kw``: prompt, negative_prompt, num_inference_steps, guidance_scale, t_weak, t_strong, fill.
         Same ``generator`` → same video.
         """
-        unknown = sorted(k for k in kw if k not in OPTIONS and k not in IGNORED)
-        if unknown:
-            raise InputError.at(None, "backend options", f"the guided backend has no option(s) {', '.join(unknown)}",
-                                "remove them")
-        ignored = [k for k in IGNORED if kw.get(k) is not None]
+        ignored = check_render_options("guided", kw)
         if ignored:
             logger.info("guided backend ignores %s", ", ".join(ignored))
         flow = unified.flow
@@ -157,7 +152,7 @@ class GuidedBackend:
                            w2c=_cpu(getattr(unified, "w2c", None)) if getattr(unified, "depth", None) is not None else None,
                            fill=pick("fill", self.fill), callback=callback)
         mask = motion_mask(unified, warp.holes)
-        self.last_masks = {"motion": mask, "holes": warp.holes}
+        masks = {"motion": mask, "holes": warp.holes}
         args = dict(prompt=pick("prompt", self.prompt), negative_prompt=pick("negative_prompt", self.negative_prompt),
                     num_inference_steps=steps, guidance_scale=float(pick("guidance_scale", self.guidance_scale)),
                     t_weak=t_weak, t_strong=t_strong, callback=callback)
@@ -165,8 +160,9 @@ class GuidedBackend:
         if window < 2:
             raise InputError.at(None, "window", f"is {window}", "use at least 2 frames (default: the model's)")
         if num_frames <= window:
-            return self.generate(image, warp.video, mask, generator=generator, **args)
-        return self.generate_long(image, warp.video, mask, window=window, generator=generator, **args)
+            return RenderResult(self.generate(image, warp.video, mask, generator=generator, **args), masks)
+        return RenderResult(self.generate_long(image, warp.video, mask, window=window, generator=generator, **args),
+                            masks)
 
     @torch.no_grad()
     def generate_long(self, image: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor, *, window: int,
