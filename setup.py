@@ -25,7 +25,7 @@ CORE = [
     "scipy>=1.10",  # PCHIP drags and rotation slerp (also needed by scikit-image)
 ]
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "scipy>=1.10", "pycolmap>=0.6", "peft>=0.12", "gradio>=6.0"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "scipy>=1.10", "pycolmap>=0.6", "peft>=0.12", "gradio>=6.0", "playwright>=1.40"],
     "bench": ["pycolmap>=0.6", "scipy>=1.10"],
     "raft": ["torchvision>=0.16"],
     "lora": ["peft>=0.12"],

@@ -5,8 +5,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
-from flowctrl.app.session import ArrowSketch, build_controls, camera_spec, generate, preview
+from flowctrl.app.session import ArrowSketch, brush_mask, build_controls, camera_spec, generate, preview, prune_outputs
 from flowctrl.errors import ControlFileError, InputError
 
 HAS_GRADIO = importlib.util.find_spec("gradio") is not None
@@ -102,25 +103,77 @@ def test_app_command_without_gradio_says_how_to_install_it():
 
 
 @pytest.mark.skipif(not HAS_GRADIO, reason="gradio (the [app] extra) is not installed")
-def test_app_ui_builds_and_its_generate_handler_renders(tmp_path, monkeypatch):
-    from flowctrl.app.ui import build_demo
-    from flowctrl.video_io import read_video
-
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    demo = build_demo(default_frames=5)
-    handlers = {fn.name: fn.fn for fn in demo.fns.values()}
-    on_generate = handlers["on_generate"]
-    sketch = ArrowSketch().click(20, 20).click(30, 26)
-    controls_defaults = (1.0, "linear", "pan-left", "degrees=5", None, None, None, None, 0)
-    path = on_generate(_image(), sketch, *controls_defaults, 5, 4, "push-pull", progress=lambda *a, **k: None)
-    assert read_video(path).shape == (5, 48, 64, 3)
+def test_app_ui_click_handler_gets_gradios_event_data(tmp_path):
+    # gradio injects the clicked pixel by the parameter's annotation; this is what broke with gradio 6
     import gradio as gr
+    from gradio.helpers import special_args
 
-    image = np.full((48, 64, 3), 128, np.uint8)
-    on_click = handlers["on_click"]
-    state, drawn = on_click(image, ArrowSketch(), *controls_defaults, evt=gr.SelectData(None, {"index": [8, 24], "value": None}))
-    state, drawn = on_click(image, state, *controls_defaults, evt=gr.SelectData(None, {"index": [40, 24], "value": None}))
-    assert state.arrows == (((8.0, 24.0), (40.0, 24.0)),) and drawn.shape == image.shape
-    assert (drawn[24, 16:32, 0].astype(int) > drawn[24, 16:32, 1].astype(int) + 100).all()  # the arrow is drawn
-    with pytest.raises(gr.Error, match="upload an image"):
-        on_generate(None, sketch, *controls_defaults, 5, 4, "push-pull", progress=lambda *a, **k: None)
+    from flowctrl.app.ui import build_demo
+
+    demo = build_demo(default_frames=5, out_dir=str(tmp_path))
+    handlers = {fn.name: fn.fn for fn in demo.fns.values()}
+    event = gr.EventData(None, {"index": [8, 24], "value": None})
+    inputs, _, event_index, _ = special_args(handlers["on_click"], inputs=[{}], event_data=event)
+    assert event_index == 0 and isinstance(inputs[0], gr.SelectData) and inputs[0].index == [8, 24]
+    _, progress_index, _, _ = special_args(handlers["on_generate"], inputs=[{}])
+    assert progress_index == 1  # the progress bar is injected too (positional default)
+
+
+def test_drag_clicks_make_a_path_finished_by_a_double_click_or_the_button():
+    s = ArrowSketch().drag_click(1, 1).drag_click(10, 1).drag_click(10, 8)
+    assert s.path == ((1.0, 1.0), (10.0, 1.0), (10.0, 8.0)) and s.drags == ()
+    done = s.drag_click(10.5, 8)  # a second click on (nearly) the last point: a double click
+    assert done.path == () and done.drags == (s.path,) and done.history == ("drag",)
+    assert s.finish_drag() == done
+    assert ArrowSketch().drag_click(3, 3).finish_drag() == ArrowSketch()  # one point is no drag
+    assert s.undo().path == s.path[:-1]
+    mixed = done.click(0, 0).click(5, 5)
+    assert mixed.undo() == done and mixed.undo().undo() == ArrowSketch()  # undo in drawing order
+    drags = done.to_drags()
+    assert len(drags) == 1 and np.allclose(drags[0].points, [[1, 1], [10, 1], [10, 8]])
+    text = mixed.describe()
+    assert "arrow 1: (0, 0) → (5, 5)" in text and "drag 1: (1, 1) → (10, 1) → (10, 8)" in text
+    assert "in progress" in ArrowSketch().drag_click(2, 2).describe()
+    assert ArrowSketch().describe() == "no arrows or drags yet"
+
+
+def test_brush_mask_is_the_painted_alpha_at_the_image_size():
+    assert brush_mask(None, (48, 64)) is None
+    layer = np.zeros((24, 32, 4), np.uint8)
+    assert brush_mask({"background": None, "layers": [layer], "composite": None}, (48, 64)) is None
+    layer[4:8, 10:20, 3] = 255
+    mask = brush_mask({"layers": [layer]}, (48, 64))
+    assert mask.shape == (1, 48, 64) and mask.dtype == torch.bool
+    assert int(mask.sum()) == 4 * 10 * 4 and bool(mask[0, 8:16, 20:40].all())
+
+
+def test_build_controls_takes_drags_brush_and_uploaded_mask_pose_depth(tmp_path):
+    from PIL import Image
+
+    from flowctrl.depth import save_depth_png16
+
+    mask_png = np.zeros((48, 64), np.uint8)
+    mask_png[:, :8] = 255
+    Image.fromarray(mask_png).save(tmp_path / "m.png")
+    save_depth_png16(tmp_path / "d.png", torch.full((1, 1, 48, 64), 2.0))
+    brush = torch.zeros(1, 48, 64, dtype=torch.bool)
+    brush[:, 40:, 40:] = True
+    sketch = ArrowSketch().drag_click(10, 10).drag_click(20, 12).finish_drag()
+    controls = build_controls((48, 64), sketch, brush=brush, mask_file=str(tmp_path / "m.png"),
+                              depth_file=str(tmp_path / "d.png"), camera="orbit")
+    assert len(controls.drags) == 1 and controls.depth == tmp_path / "d.png"
+    assert int(controls.motion_mask.sum()) == 48 * 8 + 8 * 24  # brush and mask file add up
+    assert build_controls((48, 64), sketch, brush=brush).motion_mask.equal(brush)
+
+
+def test_prune_outputs_removes_only_old_renders(tmp_path):
+    import os
+    import time
+
+    old, new, other = tmp_path / "flowctrl-aaa.mp4", tmp_path / "flowctrl-bbb.mp4", tmp_path / "keep.txt"
+    for f in (old, new, other):
+        f.write_bytes(b"x")
+    os.utime(old, (time.time() - 1000, time.time() - 1000))
+    os.utime(other, (time.time() - 1000, time.time() - 1000))
+    assert prune_outputs(str(tmp_path), 300) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flowctrl-bbb.mp4", "keep.txt"]

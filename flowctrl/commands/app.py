@@ -22,11 +22,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--share", action="store_true", help="also ask gradio for a public share link (needs internet)")
     p.add_argument("--frames", type=int, default=49, help="default number of frames in the UI (default 49)")
     p.add_argument("--fps", type=float, default=8.0, help="default frame rate in the UI (default 8)")
+    p.add_argument("--model", metavar="PATH|HUB_ID",
+                   help="weights for the guided backend, offered in the UI beside warp when this install has it")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowctrl.app.ui import build_demo
+    from flowctrl.app.ui import build_demo, launch
     from flowctrl.errors import InputError
     from flowctrl.render.warp_renderer import MAX_FRAMES
 
@@ -36,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError.at("--frames", None, f"is {args.frames}", f"give 2 to {min(MAX_FRAMES, 129)}")
     if not 1 <= args.fps <= 30:
         raise InputError.at("--fps", None, f"is {args.fps}", "give 1 to 30")
-    demo = build_demo(default_frames=args.frames, default_fps=args.fps)  # no gradio -> one line, exit 2
-    demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo = build_demo(default_frames=args.frames, default_fps=args.fps, model=args.model)  # no gradio -> exit 2
+    launch(demo, server_name=args.host, server_port=args.port, share=args.share)
     return 0
