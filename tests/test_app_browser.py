@@ -39,6 +39,7 @@ def app_url(tmp_path_factory):
     from flowctrl.app.ui import build_demo, launch
 
     root = tmp_path_factory.mktemp("app")
+    old_cache = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # gradio's cache, inside this test's folder
     out_dir = root / "renders"
     out_dir.mkdir()
@@ -47,6 +48,10 @@ def app_url(tmp_path_factory):
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}", out_dir
     demo.close()
+    if old_cache is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = old_cache
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,9 @@ examples:
   flowctrl generate --image photo.jpg --camera orbit:degrees=20 --side-by-side --gif -o orbit.mp4
   # only check how the controls land on the image (writes out.png, nothing else)
   flowctrl generate --image examples/astronaut.png --arrows examples/a.json --preview -o out.png
+  # many clips from one file (one JSON object per line: a control bundle + "image" + "output"),
+  # resumable; `accelerate launch -m flowctrl generate --jobs ...` splits the jobs across processes
+  flowctrl generate --jobs jobs.jsonl --frames 25
   # the learned renderer: 24 GB memory preset, 129 frames in phased windows, text + flow guidance, a LoRA
   flowctrl generate --image photo.jpg --arrows a.json --backend diffusion --model ckpt/flowctrl-5b \\
       --preset 24gb --prompt "a rocket lifts off" --negative-prompt "blurry, distorted" --steps 30 \\
@@ -62,7 +65,7 @@ def register(subparsers: Any) -> None:
                     "rendered along it (warp backend: CPU, no weights; diffusion backend: --model).",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--image", required=True, metavar="FILE", help="input image (PNG/JPEG)")
+    p.add_argument("--image", metavar="FILE", help="input image (PNG/JPEG); required unless --jobs")
     c = p.add_argument_group("controls (coordinates in pixels of the input image; formats: docs/controls.md)")
     c.add_argument("--controls", metavar="FILE", help="a control bundle JSON holding any of the controls below")
     c.add_argument("--camera", metavar="FILE|PRESET",
@@ -111,7 +114,8 @@ def register(subparsers: Any) -> None:
     d.add_argument("--lora", metavar="PATH", help="LoRA weights folder to load (e.g. flowctrl train video's final/lora)")
     d.add_argument("--lora-scale", type=float, metavar="S", help="weight of --lora (default 1)")
     w = p.add_argument_group("outputs")
-    w.add_argument("-o", "--output", required=True, metavar="PATH", help="output video (.mp4, .gif) or PNG folder")
+    w.add_argument("-o", "--output", metavar="PATH",
+                   help="output video (.mp4/.mov/.mkv, .gif) or PNG folder; required unless --jobs")
     w.add_argument("--side-by-side", action="store_true",
                    help="write input + controls | flow colours | result side by side")
     w.add_argument("--gif", nargs="?", const="", default=None, metavar="PATH",
@@ -121,6 +125,9 @@ def register(subparsers: Any) -> None:
     w.add_argument("--preview", action="store_true",
                    help="only draw the controls over the image and write a PNG (the output with .png)")
     w.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary line")
+    from flowctrl.commands.jobs import add_jobs_argument
+
+    add_jobs_argument(p)
     p.set_defaults(func=run)
 
 
@@ -226,7 +233,7 @@ def _validate(args: argparse.Namespace) -> Plan:
     inputs = {"--image": image_path}
     for dest in INPUT_FILE_FLAGS:
         value = getattr(args, dest)
-        if value and Path(value).exists():
+        if value and isinstance(value, (str, os.PathLike)) and Path(value).exists():
             inputs["--" + dest.replace("_", "-")] = Path(value)
 
     output = Path(args.output)
@@ -266,7 +273,8 @@ def _validate(args: argparse.Namespace) -> Plan:
                     strength=args.strength)
     controls = Controls.from_files(image_size=(h0, w0), **explicit)  # bad files -> ControlFileError
     if args.controls:  # the bundle fills in what the explicit flags did not give
-        bundle = Controls.from_bundle(args.controls, image_size=(h0, w0))
+        bundle = (args.controls.load((h0, w0)) if hasattr(args.controls, "load")  # an inline bundle (--jobs)
+                  else Controls.from_bundle(args.controls, image_size=(h0, w0)))
         overrides = {field: getattr(controls, field) for field in (
             "arrows", "drags", "camera", "ref_video", "pose", "motion_mask", "static_mask", "depth", "strength")
             if getattr(controls, field) not in (None, [])}
@@ -418,6 +426,13 @@ def run(args: argparse.Namespace) -> int:
 
     User errors propagate as ``FlowCtrlError`` (flowctrl.cli prints the one line and exits 2).
     """
+    if getattr(args, "jobs", None) is not None:  # batch mode: flowctrl/commands/jobs.py
+        from flowctrl.commands.jobs import run_jobs
+
+        return run_jobs(args)
+    for flag, value in (("--image", args.image), ("-o", args.output)):
+        if not value:
+            raise InputError.at(flag, None, "is required", "give --image FILE -o PATH, or --jobs FILE")
     progress = StageProgress(enabled=not args.quiet and sys.stderr.isatty())
 
     def show(message: Any, *_: Any, **__: Any) -> None:
