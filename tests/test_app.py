@@ -177,3 +177,20 @@ def test_prune_outputs_removes_only_old_renders(tmp_path):
     os.utime(other, (time.time() - 1000, time.time() - 1000))
     assert prune_outputs(str(tmp_path), 300) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flowctrl-bbb.mp4", "keep.txt"]
+
+
+def test_library_warnings_name_no_cli_flag_and_the_app_says_what_to_do_in_it():
+    import warnings
+
+    from flowctrl.depth import plane_depth
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plane_depth(4, 4, distance=2.0)
+    message = str(caught[0].message)
+    assert "parallax is flat" in message and "--" not in message
+    if HAS_GRADIO:
+        from flowctrl.app.ui import app_warning_text
+
+        text = app_warning_text(caught[0].message, caught[0].category)
+        assert "--" not in text and text.endswith("upload a depth map under 'control files'")

@@ -49,6 +49,8 @@ def test_jobs_run_each_line_report_a_bad_one_and_resume(tmp_path):
     failures = [line for line in proc.stderr.splitlines() if "failed:" in line]
     assert len(failures) == 1 and "line 5" in failures[0] and "nope.png" in failures[0], proc.stderr
     assert "Traceback" not in proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "parallax is flat" in line]
+    assert len(warning) == 1 and warning[0].endswith("on the command line: --depth FILE or --depth-model ID")
     assert proc.stderr.strip().splitlines()[-1] == (
         "flowctrl generate: 4 jobs: 3 done, 0 skipped (output exists), 1 failed (lines 5)")
 
@@ -104,3 +106,17 @@ def test_jobs_under_two_accelerate_processes_run_every_job_exactly_once(tmp_path
     assert by_rank["0"] and by_rank["1"] and not set(by_rank["0"]) & set(by_rank["1"])
     assert "5 jobs in 2 processes: 5 done, 0 skipped (output exists), 0 failed" in proc.stderr
     assert all(_frames(tmp_path / name) == 3 for name in names)
+
+
+def test_help_and_the_unsupported_suffix_error_list_the_same_outputs(tmp_path):
+    from flowctrl.commands.generate import OUTPUT_TYPES
+    from flowctrl.video_io import OUTPUT_TYPES_TEXT
+
+    assert OUTPUT_TYPES == OUTPUT_TYPES_TEXT
+    _image(tmp_path / "a.png")
+    help_text = " ".join(_flowctrl("generate", "--help", cwd=tmp_path).stdout.split())
+    proc = _flowctrl("generate", "--image", "a.png", "--camera", "orbit", "-o", "x.avi", cwd=tmp_path)
+    assert proc.returncode == 2 and "unsupported output type '.avi'" in proc.stderr
+    assert OUTPUT_TYPES in proc.stderr and OUTPUT_TYPES in help_text
+    for suffix in (".mov", ".mkv", ".gif"):
+        assert suffix in help_text

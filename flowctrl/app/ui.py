@@ -48,6 +48,17 @@ def import_gradio() -> Any:
     return gradio
 
 
+def app_warning_text(message: Any, category: Any = None) -> str:
+    """A library warning as the app shows it: one line, with the app's way to act on it (library
+    messages name no CLI flag; the app has none either)."""
+    from flowctrl.depth.plane import FlatDepthWarning
+
+    text = " ".join(str(message).split())
+    if isinstance(category, type) and issubclass(category, FlatDepthWarning):
+        text += "; in this app: upload a depth map under 'control files'"
+    return text
+
+
 def app_backends(model: Optional[str]) -> List[str]:
     """Backends the app offers: always ``warp``; ``guided`` too when this install has it and a model is given."""
     from flowctrl.pipelines.backends import available_backends
@@ -148,7 +159,7 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
                                 callback=lambda stage, done, total: progress((done, max(total, 1)), desc=stage))
         except FlowCtrlError as error:
             raise gr.Error(str(error)) from None
-        for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+        for message in dict.fromkeys(app_warning_text(w.message, w.category) for w in caught):
             gr.Warning(message)
         return path
 

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict
 
-from flowctrl.commands._common import same_file
+from flowctrl.commands._common import cli_warning_text, same_file
 from flowctrl.errors import InputError
 
 FLOW_SUFFIXES = (".safetensors", ".npy", ".flo")
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                                   plane_distance=args.plane_distance)
     for w in caught:
         if issubclass(w.category, FlatDepthWarning):
-            print(f"flowctrl flow: warning: {w.message}", file=sys.stderr)
+            print(f"flowctrl flow: warning: {cli_warning_text(w.message, w.category)}", file=sys.stderr)
 
     written = []
     try:

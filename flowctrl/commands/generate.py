@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from flowctrl.commands._common import same_file
+from flowctrl.commands._common import cli_warning_text, same_file
 from flowctrl.errors import InputError, MissingWeightsError
 
 # Flags of the diffusion backend: (argparse dest, flag, DiffusionBackend keyword). All default to None
@@ -54,8 +54,13 @@ examples:
       --preset 24gb --prompt "a rocket lifts off" --negative-prompt "blurry, distorted" --steps 30 \\
       --guidance 6 --flow-guidance 1.5 --frames 129 --long-video phased --lora runs/motion/final/lora -o out.mp4
 
-outputs: .mp4/.mov/.mkv (H.264), .gif, or a folder path (PNG frames). Exit status 2 on bad input.
+outputs: {outputs}. Exit status 2 on bad input.
 """
+
+
+# = flowctrl.video_io.OUTPUT_TYPES_TEXT (what an unsupported -o suffix is told); spelled here so that
+# `flowctrl --help` does not import torch. tests/test_cli_jobs.py checks that the two agree.
+OUTPUT_TYPES = ".mp4/.mov/.mkv (H.264), .gif, or a folder path (PNG frames)"
 
 
 def register(subparsers: Any) -> None:
@@ -63,7 +68,7 @@ def register(subparsers: Any) -> None:
         "generate", help="animate an image with motion controls (arrows, drags, camera, ...)",
         description="Animate one image: every control becomes one dense optical flow, then the image is "
                     "rendered along it (warp backend: CPU, no weights; diffusion backend: --model).",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLE.replace("{outputs}", OUTPUT_TYPES), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--image", metavar="FILE", help="input image (PNG/JPEG); required unless --jobs")
     c = p.add_argument_group("controls (coordinates in pixels of the input image; formats: docs/controls.md)")
@@ -114,8 +119,7 @@ def register(subparsers: Any) -> None:
     d.add_argument("--lora", metavar="PATH", help="LoRA weights folder to load (e.g. flowctrl train video's final/lora)")
     d.add_argument("--lora-scale", type=float, metavar="S", help="weight of --lora (default 1)")
     w = p.add_argument_group("outputs")
-    w.add_argument("-o", "--output", metavar="PATH",
-                   help="output video (.mp4/.mov/.mkv, .gif) or PNG folder; required unless --jobs")
+    w.add_argument("-o", "--output", metavar="PATH", help=f"output: {OUTPUT_TYPES}; required unless --jobs")
     w.add_argument("--side-by-side", action="store_true",
                    help="write input + controls | flow colours | result side by side")
     w.add_argument("--gif", nargs="?", const="", default=None, metavar="PATH",
@@ -435,9 +439,9 @@ def run(args: argparse.Namespace) -> int:
             raise InputError.at(flag, None, "is required", "give --image FILE -o PATH, or --jobs FILE")
     progress = StageProgress(enabled=not args.quiet and sys.stderr.isatty())
 
-    def show(message: Any, *_: Any, **__: Any) -> None:
+    def show(message: Any, category: Any = None, *_: Any, **__: Any) -> None:
         # Library warnings (e.g. "no depth given: using a plane") as one plain line each, above the bars.
-        progress.write(f"flowctrl generate: warning: {' '.join(str(message).split())}")
+        progress.write(f"flowctrl generate: warning: {cli_warning_text(message, category)}")
 
     with warnings.catch_warnings():
         warnings.showwarning = show

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from flowctrl.commands._common import cli_warning_text
 from flowctrl.errors import ControlFileError, FlowCtrlError, InputError
 
 # Per-job keys that are render options, not controls: (json key, argparse dest)
@@ -241,7 +242,7 @@ def run_jobs(args: argparse.Namespace) -> int:
                 warnings.simplefilter("always")
                 run_one(_job_args(args, job, jobs_file))
             for w in caught:  # each distinct library warning once per batch, not once per job
-                message = " ".join(str(w.message).split())
+                message = cli_warning_text(w.message, w.category)
                 if message not in warned and not args.quiet:
                     warned.add(message)
                     ticker.line(f"{prefix}flowctrl generate: warning: {message}")
