@@ -194,3 +194,36 @@ def test_library_warnings_name_no_cli_flag_and_the_app_says_what_to_do_in_it():
 
         text = app_warning_text(caught[0].message, caught[0].category)
         assert "--" not in text and text.endswith("upload a depth map under 'control files'")
+
+
+class _FakeGuided:
+    """A stand-in learned backend: the reference image repeated (records the prompt it got)."""
+
+    def __init__(self, model=None):
+        self.model, self.prompts = model, []
+
+    def render(self, image, unified, *, num_frames, generator=None, callback=None, prompt=None, **kw):
+        self.prompts.append(prompt)
+        return image[:, None].expand(-1, num_frames, -1, -1, -1).clone()
+
+
+def test_guided_backend_is_offered_only_when_registered_and_renders_through_the_pipeline(tmp_path, monkeypatch):
+    from flowctrl import FlowCtrlPipeline
+    from flowctrl.pipelines import backends
+    from flowctrl.video_io import read_video
+
+    if HAS_GRADIO:
+        from flowctrl.app.ui import app_backends
+
+        monkeypatch.delitem(backends._REGISTRY, "guided", raising=False)
+        assert app_backends("some/model") == ["warp"]
+        monkeypatch.setitem(backends._REGISTRY, "guided", _FakeGuided)
+        assert app_backends("some/model") == ["warp", "guided"] and app_backends(None) == ["warp"]
+    pipe = FlowCtrlPipeline(backend=_FakeGuided(model="m"))
+    yy, xx = np.mgrid[0:48, 0:64]
+    image = np.stack([xx * 4, yy * 5, np.full_like(xx, 128)], axis=-1).astype(np.uint8)  # smooth: H.264 keeps it
+    controls = build_controls((48, 64), ArrowSketch().click(20, 20).click(30, 26))
+    path = generate(image, controls, frames=4, fps=4, out_dir=str(tmp_path), pipeline=pipe, prompt="a cat")
+    video = read_video(path).astype(int)
+    assert video.shape == (4, 48, 64, 3) and pipe.backend.prompts == ["a cat"]
+    assert np.abs(video - image.astype(int)).mean() < 3  # the fake backend's still frames, through H.264

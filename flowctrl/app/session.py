@@ -202,13 +202,19 @@ def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: i
 def generate(image: np.ndarray, controls: Any, *, frames: int = 49, fps: float = 8.0, fill: str = "push-pull",
              size: Optional[Tuple[int, int]] = None, out_dir: Optional[str] = None,
              callback: Optional[Callable[[str, int, int], None]] = None,
-             pipeline: Any = None) -> str:
-    """Render the video with the warp backend and write an mp4; returns its path.
+             pipeline: Any = None, prompt: Optional[str] = None, seed: int = 0) -> str:
+    """Render the video and write an mp4; returns its path.
 
     image: ``(H, W, 3)`` uint8 (or anything :func:`flowctrl.pipelines.flowctrl_pipeline.load_image`
-    takes). size: working ``(H, W)``, default the image's with the long side ≤ 512. The file appears
-    only complete (written to a temp name, then renamed) in ``out_dir`` (default a new temp folder).
+    takes). size: working ``(H, W)``, default the image's with the long side ≤ 512. pipeline: a
+    :class:`~flowctrl.pipelines.FlowCtrlPipeline` to render with (default: the warp backend with
+    ``fill``, streamed chunk by chunk into the encoder); a learned backend renders the whole clip with
+    ``prompt`` and ``seed``. The file appears only complete (written to a temp name, then renamed) in
+    ``out_dir`` (default a new temp folder).
     """
+    import torch
+
+    from flowctrl.pipelines.backends import WarpBackend
     from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline, load_image, resolve_size
     from flowctrl.render.warp_renderer import MAX_FRAMES, check_render_size
     from flowctrl.video_io import VideoWriter
@@ -227,9 +233,15 @@ def generate(image: np.ndarray, controls: Any, *, frames: int = 49, fps: float =
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="flowctrl-app-"))
     name = str(folder / f"flowctrl-{uuid.uuid4().hex[:12]}.mp4")
     with VideoWriter(name, fps=fps) as writer:  # the file appears only when complete
-        for chunk in pipe.stream(img, controls=controls, num_frames=int(frames), height=H, width=W,
-                                 callback=callback):
-            writer.write(chunk)
+        if isinstance(pipe.backend, WarpBackend) and pipe.flow_model is None:
+            for chunk in pipe.stream(img, controls=controls, num_frames=int(frames), height=H, width=W,
+                                     callback=callback):
+                writer.write(chunk)
+        else:
+            extra = {"prompt": prompt} if prompt else {}
+            out = pipe(img, controls=controls, num_frames=int(frames), height=H, width=W,
+                       generator=torch.Generator().manual_seed(int(seed)), callback=callback, **extra)
+            writer.write(out.frames)
     return name
 
 

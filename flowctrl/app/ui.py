@@ -155,7 +155,7 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
             with warnings.catch_warnings(record=True) as caught:  # e.g. "no depth given: using a plane"
                 warnings.simplefilter("always")
                 path = generate(v[source], controls, frames=int(v[frames]), fps=float(v[fps]), fill=v[fill],
-                                out_dir=out_dir, pipeline=pipeline_for(chosen),
+                                out_dir=out_dir, pipeline=pipeline_for(chosen), prompt=v[prompt] or None,
                                 callback=lambda stage, done, total: progress((done, max(total, 1)), desc=stage))
         except FlowCtrlError as error:
             raise gr.Error(str(error)) from None
@@ -200,6 +200,7 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
                     depth_file = gr.File(label="depth map (PNG16 / .npy / .exr) for camera moves", type="filepath")
             with gr.Column():
                 backend = gr.Radio(backends, value="warp", label="backend", visible=len(backends) > 1)
+                prompt = gr.Textbox(label="prompt (learned backends; warp ignores it)", visible=len(backends) > 1)
                 frames = gr.Slider(2, 129, value=default_frames, step=1, label="frames", elem_id="frames")
                 fps = gr.Slider(1, 30, value=default_fps, step=1, label="frames per second", elem_id="fps")
                 fill = gr.Radio(["push-pull", "inpaint", "none"], value="push-pull", label="hole filling")
@@ -217,7 +218,7 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
             button.click(on_edit(action), state | controls, [sketch_state, canvas, listing], **ui_only)
         for widget in controls:
             widget.change(on_change, state | controls, [canvas], **ui_only)
-        run.click(on_generate, state | controls | {backend, frames, fps, fill}, [video],
+        run.click(on_generate, state | controls | {backend, prompt, frames, fps, fill}, [video],
                   concurrency_limit=GENERATE_CONCURRENCY, concurrency_id="generate", **ui_only)
     return demo
 

@@ -1,16 +1,18 @@
-"""``flowctrl app``: start the local web UI (gradio) — upload an image, click arrows, pick a camera, generate."""
+"""``flowctrl app``: start the local web UI (gradio) — upload an image, click arrows and drags, paint a motion brush, generate."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-HELP = "start a local web UI: upload an image, click arrows onto it, pick a camera, generate"
+HELP = "start a local web UI: upload an image, click arrows and drags, paint a motion brush, pick a camera, generate"
 EPILOG = """\
 examples:
   flowctrl app                         # http://127.0.0.1:7860 on this machine
   flowctrl app --host 0.0.0.0 --port 8000
 
-needs gradio: pip install "flowctrl[app]". The UI renders with the warp backend on the CPU (no weights).
+needs gradio: pip install "flowctrl[app]". The UI renders with the warp backend on the CPU (no weights);
+with --model it also offers the guided backend where this install has it. Renders are queued (a few
+at a time) and their files are removed after a while.
 """
 
 
