@@ -100,6 +100,13 @@ def _wait_listing(page, text):
                            timeout=TIMEOUT_MS)
 
 
+def _wait_idle(page):
+    """Wait until no event of the page is queued or running (gradio's status trackers all hidden)."""
+    time.sleep(0.3)  # let follow-up events (e.g. a widget's change after the upload) start
+    page.wait_for_function("""() => Array.from(document.querySelectorAll('[data-testid=status-tracker]'))
+                                     .every(e => e.classList.contains('hide'))""", timeout=TIMEOUT_MS)
+
+
 def _canvas_src(page):
     return page.locator("#canvas img").get_attribute("src")
 
@@ -114,6 +121,7 @@ def _video_duration(page, timeout_ms=3 * TIMEOUT_MS):
 
 
 def _draw_arrow(page, start, end):
+    _wait_idle(page)  # a click while the shown image is being replaced would land on no image
     before = _canvas_src(page)
     _click_image(page, *start)
     _wait_listing(page, "click the end")
@@ -203,3 +211,47 @@ def test_browser_four_simultaneous_generations_each_get_their_own_video(app_url,
     print(f"4 simultaneous generations in {elapsed:.1f} s")
     for page in pages:
         page.close()
+
+
+def test_browser_motion_brush_paints_the_motion_mask(app_url, browser, tmp_path):
+    from PIL import Image
+
+    url, _ = app_url
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.full((192, 256, 3), 128, np.uint8)).save(gray)
+    page = _open(browser, url)
+    _upload(page, gray)
+    page.locator("#canvas img").wait_for(state="visible", timeout=TIMEOUT_MS)
+    _wait_idle(page)
+    before = _canvas_src(page)
+    page.get_by_text("motion brush: paint the region that may move").click()
+    canvas = page.locator("#brush canvas").first
+    canvas.wait_for(state="visible", timeout=TIMEOUT_MS)
+    time.sleep(1.0)  # the editor draws the image it got when the accordion opened
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 20, cy)
+    page.mouse.down()
+    for dx in range(-20, 21, 4):
+        page.mouse.move(cx + dx, cy, steps=2)
+    page.mouse.up()
+    import urllib.request
+    from io import BytesIO
+
+    def yellow_of(src):  # the motion mask's outline in the shown preview
+        data = urllib.request.urlopen(src if src.startswith("http") else url + src).read()
+        shown = np.asarray(Image.open(BytesIO(data)).convert("RGB")).astype(int)
+        return (shown[..., 0] > 200) & (shown[..., 1] > 180) & (shown[..., 2] < 80)
+
+    # the preview is redrawn more than once (the editor's own events on opening, then the stroke)
+    deadline, yellow = time.time() + TIMEOUT_MS / 1000, None
+    while time.time() < deadline:
+        src = _canvas_src(page)
+        if src != before:
+            yellow = yellow_of(src)
+            if yellow.sum() > 20:
+                break
+        time.sleep(0.5)
+    assert yellow is not None and yellow.sum() > 20, "the painted region was never outlined in the preview"
+    assert yellow[:, :16].sum() == 0  # around the stroke in the middle, not at the edge
+    page.close()

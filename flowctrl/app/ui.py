@@ -144,6 +144,13 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
             return sketch, redraw(v[source], sketch, v), sketch.describe()
         return edit
 
+    def on_brush_open(image: Optional[np.ndarray], editor: Any) -> Any:
+        # gradio's editor draws no background it received while its accordion was closed: give it
+        # the image again when the accordion opens, unless something is painted already
+        if image is None or brush_mask(editor, image.shape[:2]) is not None:
+            return gr.skip()
+        return {"background": image, "layers": [], "composite": image}
+
     def on_change(v: Dict[Any, Any]) -> Any:
         return redraw(v[source], v[sketch_state], v)
 
@@ -172,7 +179,7 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
                 upload = gr.UploadButton("upload image", file_types=["image"], type="filepath",
                                          elem_id="upload-image")
                 canvas = gr.Image(label="image: click to draw (arrow: start, end; drag: points, double-click ends)",
-                                  type="numpy", interactive=False, elem_id="canvas", buttons=[])
+                                  type="numpy", interactive=False, elem_id="canvas", buttons=[], format="png")
                 mode = gr.Radio(["arrow", "drag"], value="arrow", label="click mode", elem_id="mode")
                 with gr.Row():
                     finish = gr.Button("finish drag", elem_id="finish-drag")
@@ -186,10 +193,10 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
                 params = gr.Textbox(label="camera parameters", placeholder="e.g. degrees=20 or distance=0.5",
                                     elem_id="camera-params")
                 strength = gr.Number(value=0, label="motion strength M_s in px/frame (0 = as drawn)", minimum=0)
-                with gr.Accordion("motion brush: paint the region that may move", open=False):
+                with gr.Accordion("motion brush: paint the region that may move", open=False) as brush_box:
                     brush = gr.ImageEditor(type="numpy", label="motion brush", sources=(), transforms=(),
                                            layers=False, elem_id="brush",
-                                           brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=24))
+                                           brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size="auto"))
                 with gr.Accordion("control files (docs/controls.md)", open=False):
                     camera_file = gr.File(label="camera trajectory (.json / RealEstate10K .txt)", type="filepath")
                     arrows_file = gr.File(label="arrows (.json)", type="filepath", elem_id="arrows-file")
@@ -216,8 +223,10 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
         canvas.select(on_click, state | controls, [sketch_state, canvas, listing], **ui_only)
         for button, action in ((undo, "undo"), (finish, "finish"), (clear, "clear")):
             button.click(on_edit(action), state | controls, [sketch_state, canvas, listing], **ui_only)
-        for widget in controls:
+        for widget in controls - {brush}:
             widget.change(on_change, state | controls, [canvas], **ui_only)
+        brush.input(on_change, state | controls, [canvas], **ui_only)  # strokes fire input (not change)
+        brush_box.expand(on_brush_open, [source, brush], [brush], **ui_only)
         run.click(on_generate, state | controls | {backend, prompt, frames, fps, fill}, [video],
                   concurrency_limit=GENERATE_CONCURRENCY, concurrency_id="generate", **ui_only)
     return demo
