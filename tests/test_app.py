@@ -227,3 +227,33 @@ def test_guided_backend_is_offered_only_when_registered_and_renders_through_the_
     video = read_video(path).astype(int)
     assert video.shape == (4, 48, 64, 3) and pipe.backend.prompts == ["a cat"]
     assert np.abs(video - image.astype(int)).mean() < 3  # the fake backend's still frames, through H.264
+
+
+@pytest.mark.skipif(not HAS_GRADIO, reason="gradio (the [app] extra) is not installed")
+def test_app_command_serves_the_page_on_the_given_port(tmp_path):
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "flowctrl", "app", "--port", str(port), "--frames", "9"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline, page = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None, proc.stdout.read() if proc.poll() is not None else "no answer in 120 s"
+        assert "<title>flowctrl</title>" in page or "flowctrl" in page
+        config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10).read().decode()
+        assert '"generate"' in config and '"upload-image"' in config  # our widgets, by elem_id
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
