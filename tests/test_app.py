@@ -115,8 +115,9 @@ def test_app_ui_click_handler_gets_gradios_event_data(tmp_path):
     event = gr.EventData(None, {"index": [8, 24], "value": None})
     inputs, _, event_index, _ = special_args(handlers["on_click"], inputs=[{}], event_data=event)
     assert event_index == 0 and isinstance(inputs[0], gr.SelectData) and inputs[0].index == [8, 24]
-    _, progress_index, _, _ = special_args(handlers["on_generate"], inputs=[{}])
-    assert progress_index == 1  # the progress bar is injected too (positional default)
+    generate_inputs = [fn for fn in demo.fns.values() if fn.name == "on_generate"][0].inputs
+    _, progress_index, _, _ = special_args(handlers["on_generate"], inputs=[None] * len(generate_inputs))
+    assert progress_index == len(generate_inputs) == 20  # the progress bar is injected after every widget
 
 
 def test_drag_clicks_make_a_path_finished_by_a_double_click_or_the_button():
@@ -207,18 +208,10 @@ class _FakeGuided:
         return image[:, None].expand(-1, num_frames, -1, -1, -1).clone()
 
 
-def test_guided_backend_is_offered_only_when_registered_and_renders_through_the_pipeline(tmp_path, monkeypatch):
+def test_a_learned_pipeline_renders_through_generate_with_the_prompt(tmp_path):
     from flowctrl import FlowCtrlPipeline
-    from flowctrl.pipelines import backends
     from flowctrl.video_io import read_video
 
-    if HAS_GRADIO:
-        from flowctrl.app.ui import app_backends
-
-        monkeypatch.delitem(backends._REGISTRY, "guided", raising=False)
-        assert app_backends("some/model") == ["warp"]
-        monkeypatch.setitem(backends._REGISTRY, "guided", _FakeGuided)
-        assert app_backends("some/model") == ["warp", "guided"] and app_backends(None) == ["warp"]
     pipe = FlowCtrlPipeline(backend=_FakeGuided(model="m"))
     yy, xx = np.mgrid[0:48, 0:64]
     image = np.stack([xx * 4, yy * 5, np.full_like(xx, 128)], axis=-1).astype(np.uint8)  # smooth: H.264 keeps it
@@ -227,6 +220,32 @@ def test_guided_backend_is_offered_only_when_registered_and_renders_through_the_
     video = read_video(path).astype(int)
     assert video.shape == (4, 48, 64, 3) and pipe.backend.prompts == ["a cat"]
     assert np.abs(video - image.astype(int)).mean() < 3  # the fake backend's still frames, through H.264
+
+
+@pytest.mark.skipif(not HAS_GRADIO, reason="gradio (the [app] extra) is not installed")
+def test_app_offers_a_loaded_learned_pipeline_beside_warp(tmp_path, capsys):
+    from flowctrl import FlowCtrlPipeline
+    from flowctrl.app.ui import build_demo
+    from flowctrl.cli import main
+    from flowctrl.video_io import read_video
+
+    pipe = FlowCtrlPipeline(backend=_FakeGuided(model="m"))
+    demo = build_demo(default_frames=5, pipeline=pipe, out_dir=str(tmp_path))
+    handlers = {fn.name: fn.fn for fn in demo.fns.values()}
+    radio = [b for b in demo.blocks.values() if type(b).__name__ == "Radio" and "backend" in str(b.label)][0]
+    assert [c[0] for c in radio.choices] == ["_fakeguided", "warp"] and radio.visible
+    sketch = ArrowSketch().click(20, 20).click(30, 26)
+    controls = (1.0, "linear", "none", "", None, None, None, None, 0)
+    quiet = {"progress": lambda *a, **k: None}
+    path = handlers["on_generate"](_image(), sketch, *controls, 5, 4, "push-pull", "a cat", **quiet)
+    assert read_video(path).shape == (5, 48, 64, 3) and pipe.backend.prompts == ["a cat"]
+    path = handlers["on_generate"](_image(), sketch, *controls, 5, 4, "push-pull", "a dog", None, None, None, None,
+                                   "warp", **quiet)  # the warp backend chosen in the radio
+    assert read_video(path).shape == (5, 48, 64, 3) and pipe.backend.prompts == ["a cat"]
+    capsys.readouterr()
+    rc = main(["app", "--model", str(tmp_path / "missing")])  # no guided backend, or no such model: one line
+    lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "--model" in lines[0]
 
 
 @pytest.mark.skipif(not HAS_GRADIO, reason="gradio (the [app] extra) is not installed")

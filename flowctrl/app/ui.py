@@ -12,9 +12,8 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
-import threading
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -59,18 +58,12 @@ def app_warning_text(message: Any, category: Any = None) -> str:
     return text
 
 
-def app_backends(model: Optional[str]) -> List[str]:
-    """Backends the app offers: always ``warp``; ``guided`` too when this install has it and a model is given."""
-    from flowctrl.pipelines.backends import available_backends
-
-    return ["warp"] + (["guided"] if model and "guided" in available_backends() else [])
-
-
-def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Optional[str] = None,
+def build_demo(default_frames: int = 49, default_fps: float = 8.0, pipeline: Any = None,
                out_dir: Optional[str] = None) -> Any:
     """The app as a ``gradio.Blocks``; start it with :func:`launch` (queue + limits) or ``.launch()``.
 
-    model: weights for the ``guided`` backend (offered only when it exists, :func:`app_backends`).
+    pipeline: a loaded ``FlowCtrlPipeline`` with a learned backend (``flowctrl app --model``: guided),
+    offered beside the warp backend (and chosen by default), with a prompt box.
     out_dir: where renders are written before gradio takes them (default: a temp folder removed at exit).
     """
     gr = import_gradio()
@@ -80,19 +73,8 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
     if out_dir is None:
         out_dir = tempfile.mkdtemp(prefix="flowctrl-app-")
         atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
-    backends = app_backends(model)
-    pipelines: Dict[str, Any] = {}  # loaded learned pipelines, shared by all sessions
-    pipelines_lock = threading.Lock()
-
-    def pipeline_for(backend: str) -> Any:
-        if backend == "warp":
-            return None  # generate() builds the cheap warp pipeline per call
-        with pipelines_lock:
-            if backend not in pipelines:
-                from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline
-
-                pipelines[backend] = FlowCtrlPipeline(backend=backend, model=model)
-            return pipelines[backend]
+    learned = type(getattr(pipeline, "backend", None)).__name__.lower().replace("backend", "") or "learned"
+    backends = ([learned] if pipeline is not None else []) + ["warp"]
 
     def controls_of(image: Optional[np.ndarray], sketch: ArrowSketch, v: Dict[Any, Any]) -> Any:
         if image is None:
@@ -154,15 +136,27 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
     def on_change(v: Dict[Any, Any]) -> Any:
         return redraw(v[source], v[sketch_state], v)
 
-    def on_generate(v: Dict[Any, Any], progress: Any = gr.Progress()) -> Any:
+    # Positional parameters (not one dict): gradio injects the progress tracker only into a positional
+    # parameter, and scripts (and tests) call the handler with the widget values in this order.
+    def on_generate(image: Optional[np.ndarray], sketch: ArrowSketch, arrow_strength_v: float, easing_v: str,
+                    preset_v: str, params_v: str, camera_file_v: Optional[str], arrows_file_v: Optional[str],
+                    drags_file_v: Optional[str], ref_video_v: Optional[str], strength_v: float, frames_v: float,
+                    fps_v: float, fill_v: str, prompt_v: Optional[str] = None, pose_file_v: Optional[str] = None,
+                    mask_file_v: Optional[str] = None, depth_file_v: Optional[str] = None, brush_v: Any = None,
+                    backend_v: Optional[str] = None, progress: Any = gr.Progress()) -> Any:
         prune_outputs(out_dir, OUTPUT_MAX_AGE_S)
+        v = {arrow_strength: arrow_strength_v, easing: easing_v, preset: preset_v, params: params_v,
+             camera_file: camera_file_v, arrows_file: arrows_file_v, drags_file: drags_file_v,
+             ref_video: ref_video_v, strength: strength_v, pose_file: pose_file_v, mask_file: mask_file_v,
+             depth_file: depth_file_v, brush: brush_v}
+        use_learned = pipeline is not None and (backend_v or backends[0]) != "warp"
         try:
-            controls = controls_of(v[source], v[sketch_state], v)
-            chosen = v[backend] if v[backend] in backends else "warp"
+            controls = controls_of(image, sketch, v)
             with warnings.catch_warnings(record=True) as caught:  # e.g. "no depth given: using a plane"
                 warnings.simplefilter("always")
-                path = generate(v[source], controls, frames=int(v[frames]), fps=float(v[fps]), fill=v[fill],
-                                out_dir=out_dir, pipeline=pipeline_for(chosen), prompt=v[prompt] or None,
+                path = generate(image, controls, frames=int(frames_v), fps=float(fps_v), fill=fill_v,
+                                out_dir=out_dir, pipeline=pipeline if use_learned else None,
+                                prompt=prompt_v or None,
                                 callback=lambda stage, done, total: progress((done, max(total, 1)), desc=stage))
         except FlowCtrlError as error:
             raise gr.Error(str(error)) from None
@@ -206,8 +200,9 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
                     mask_file = gr.File(label="motion mask (PNG, white = may move)", type="filepath")
                     depth_file = gr.File(label="depth map (PNG16 / .npy / .exr) for camera moves", type="filepath")
             with gr.Column():
-                backend = gr.Radio(backends, value="warp", label="backend", visible=len(backends) > 1)
-                prompt = gr.Textbox(label="prompt (learned backends; warp ignores it)", visible=len(backends) > 1)
+                backend = gr.Radio(backends, value=backends[0], label="backend (warp: instant CPU preview)",
+                                   visible=len(backends) > 1)
+                prompt = gr.Textbox(label="prompt (the warp backend ignores it)", visible=pipeline is not None)
                 frames = gr.Slider(2, 129, value=default_frames, step=1, label="frames", elem_id="frames")
                 fps = gr.Slider(1, 30, value=default_fps, step=1, label="frames per second", elem_id="fps")
                 fill = gr.Radio(["push-pull", "inpaint", "none"], value="push-pull", label="hole filling")
@@ -227,8 +222,12 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, model: Option
             widget.change(on_change, state | controls, [canvas], **ui_only)
         brush.input(on_change, state | controls, [canvas], **ui_only)  # strokes fire input (not change)
         brush_box.expand(on_brush_open, [source, brush], [brush], **ui_only)
-        run.click(on_generate, state | controls | {backend, prompt, frames, fps, fill}, [video],
-                  concurrency_limit=GENERATE_CONCURRENCY, concurrency_id="generate", **ui_only)
+        run.click(on_generate, [source, sketch_state, arrow_strength, easing, preset, params, camera_file, arrows_file,
+                                drags_file, ref_video, strength, frames, fps, fill, prompt, pose_file, mask_file,
+                                depth_file, brush, backend], [video],
+                  # one learned render at a time: the loaded model is shared and fills the GPU
+                  concurrency_limit=GENERATE_CONCURRENCY if pipeline is None else 1, concurrency_id="generate",
+                  **ui_only)
     return demo
 
 

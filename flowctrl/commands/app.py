@@ -9,6 +9,7 @@ EPILOG = """\
 examples:
   flowctrl app                         # http://127.0.0.1:7860 on this machine
   flowctrl app --host 0.0.0.0 --port 8000
+  flowctrl app --model THUDM/CogVideoX-5b-I2V --preset offload   # also the guided backend (GPU), prompt box added
 
 needs gradio: pip install "flowctrl[app]". The UI renders with the warp backend on the CPU (no weights);
 with --model it also offers the guided backend where this install has it. Renders are queued (a few
@@ -25,7 +26,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--frames", type=int, default=49, help="default number of frames in the UI (default 49)")
     p.add_argument("--fps", type=float, default=8.0, help="default frame rate in the UI (default 8)")
     p.add_argument("--model", metavar="PATH|HUB_ID",
-                   help="weights for the guided backend, offered in the UI beside warp when this install has it")
+                   help="also offer the guided backend with this image-to-video model (CogVideoX-I2V / Wan I2V; "
+                        "GPU), where this install has that backend")
+    p.add_argument("--preset", metavar="NAME", help="memory preset of the guided backend: full, offload, low, cpu")
     p.set_defaults(func=run)
 
 
@@ -40,6 +43,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError.at("--frames", None, f"is {args.frames}", f"give 2 to {min(MAX_FRAMES, 129)}")
     if not 1 <= args.fps <= 30:
         raise InputError.at("--fps", None, f"is {args.fps}", "give 1 to 30")
-    demo = build_demo(default_frames=args.frames, default_fps=args.fps, model=args.model)  # no gradio -> exit 2
+    if args.preset is not None and not args.model:
+        raise InputError.at("--preset", None, "is only used with --model", "add --model PATH_OR_HUB_ID")
+    pipeline = None
+    if args.model:  # loaded before the UI starts: a bad model is one line, exit 2
+        from flowctrl.pipelines.backends import available_backends
+        from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline
+
+        if "guided" not in available_backends():
+            raise InputError.at("--model", None, "the guided backend is not part of this install",
+                                "drop --model (the app renders with the warp backend) or update flowctrl")
+        options = {"preset": args.preset} if args.preset is not None else {}
+        pipeline = FlowCtrlPipeline(backend="guided", model=args.model, **options)
+    demo = build_demo(default_frames=args.frames, default_fps=args.fps, pipeline=pipeline)  # no gradio -> exit 2
     launch(demo, server_name=args.host, server_port=args.port, share=args.share)
     return 0
