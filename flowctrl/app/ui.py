@@ -10,6 +10,7 @@ positional parameters, so every handler takes the control widgets as one dict (i
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 import warnings
@@ -101,8 +102,8 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, pipeline: Any
             return None, ArrowSketch(), None, None, ArrowSketch().describe()
         try:
             chw = load_image(path)[0]  # (3, H, W) in [0, 1]; an unreadable file -> one line naming it
-        except FlowCtrlError as error:
-            raise gr.Error(str(error)) from None
+        except FlowCtrlError as error:  # named by the user's file name, not gradio's cache path
+            raise gr.Error(str(error).replace(path, os.path.basename(path))) from None
         image = np.ascontiguousarray((chw.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))
         editor = {"background": image, "layers": [], "composite": image}
         return image, ArrowSketch(), image, editor, ArrowSketch().describe()
