@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict
 
-from flowctrl.commands._common import cli_warning_text, same_file
+from flowctrl.commands._common import same_file
+from flowctrl.commands._messages import cli_warning_text
 from flowctrl.errors import InputError
 
 FLOW_SUFFIXES = (".safetensors", ".npy", ".flo")

@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from flowctrl.commands._common import cli_warning_text, same_file
+from flowctrl.commands._common import same_file
+from flowctrl.commands._messages import cli_warning_text
 from flowctrl.errors import InputError, MissingWeightsError
 
 # Flags of the diffusion backend: (argparse dest, flag, DiffusionBackend keyword). All default to None

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from flowctrl.commands._common import cli_warning_text
+from flowctrl.commands._messages import cli_warning_text
 from flowctrl.errors import ControlFileError, FlowCtrlError, InputError
 
 # Per-job keys that are render options, not controls: (json key, argparse dest)
