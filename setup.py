@@ -25,13 +25,15 @@ CORE = [
     "scipy>=1.10",  # PCHIP drags and rotation slerp (also needed by scikit-image)
 ]
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "scipy>=1.10", "pycolmap>=0.6", "peft>=0.12", "gradio>=6.0", "playwright>=1.40"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "scipy>=1.10", "pycolmap>=0.6", "peft>=0.12", "gradio>=6.0"],
     "bench": ["pycolmap>=0.6", "scipy>=1.10"],
     "raft": ["torchvision>=0.16"],
     "lora": ["peft>=0.12"],
     "text": ["sentencepiece>=0.2"],
     "app": ["gradio>=6.0"],
 }
+# the web app's browser tests drive Debian's chromium (installed by .ci/run) with playwright
+EXTRAS["test"] = EXTRAS["test"] + ["playwright>=1.40"]
 
 
 def _cuda_extension_kwargs() -> dict:
