@@ -185,7 +185,11 @@ class _Ticker:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=f"{prefix}jobs", file=sys.stderr, unit="job", dynamic_ncols=True)
+            from flowctrl.commands.generate import _terminal_size
+
+            cols, rows = _terminal_size(sys.stderr)  # explicit: a 0x0 pseudo-terminal would hide the bar
+            self.bar = tqdm(total=total, desc=f"{prefix}jobs", file=sys.stderr, unit="job", ncols=min(100, cols),
+                            nrows=rows)
 
     def line(self, text: str) -> None:
         if self.bar is not None:
