@@ -126,6 +126,9 @@ def test_drag_clicks_make_a_path_finished_by_a_double_click_or_the_button():
     done = s.drag_click(10.5, 8)  # a second click on (nearly) the last point: a double click
     assert done.path == () and done.drags == (s.path,) and done.history == ("drag",)
     assert s.finish_drag() == done
+    assert done.drag_click(10, 8) == done  # a double click's second click on the finished end: ignored
+    assert s.drag_click(20, 20).drag_click(20, 20).drag_click(20, 20).drags[-1][-1] == (20.0, 20.0)
+    assert s.drag_click(20, 20).drag_click(20, 20).drag_click(20, 20).path == ()  # double click at a new spot
     assert ArrowSketch().drag_click(3, 3).finish_drag() == ArrowSketch()  # one point is no drag
     assert s.undo().path == s.path[:-1]
     mixed = done.click(0, 0).click(5, 5)

@@ -170,6 +170,7 @@ def test_browser_drag_path_is_listed_and_finished_by_double_click(app_url, brows
     box = img.bounding_box()
     page.mouse.dblclick(box["x"] + 0.6 * box["width"], box["y"] + 0.5 * box["height"])
     _wait_listing(page, "drag 1:")
+    _wait_idle(page)  # both clicks of the double click have been handled
     text = page.locator("#sketch-list").inner_text()
     assert text.count("→") == 2 and "in progress" not in text, text
     page.close()

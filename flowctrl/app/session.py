@@ -56,10 +56,15 @@ class ArrowSketch:
 
     def drag_click(self, x: float, y: float) -> "ArrowSketch":
         """One click in drag mode: the next point of the open path; a click on the last point
-        (a double click) finishes the path instead."""
+        (a double click) finishes the path instead. A double click sends two clicks: on the last
+        point, the first finishes the path and the second is ignored; elsewhere, the first adds the
+        final point and the second finishes."""
         point = (float(x), float(y))
         if self.path and math.dist(point, self.path[-1]) <= DOUBLE_CLICK_PX:
             return self.finish_drag()
+        if (not self.path and self.history[-1:] == ("drag",)
+                and math.dist(point, self.drags[-1][-1]) <= DOUBLE_CLICK_PX):
+            return self  # the other click of a double click that just finished this drag, not a new path
         return dataclasses.replace(self, path=self.path + (point,))
 
     def finish_drag(self) -> "ArrowSketch":

@@ -74,8 +74,9 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0, pipeline: Any
     if out_dir is None:
         out_dir = tempfile.mkdtemp(prefix="flowctrl-app-")
         atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
-    learned = type(getattr(pipeline, "backend", None)).__name__.lower().replace("backend", "") or "learned"
-    backends = ([learned] if pipeline is not None else []) + ["warp"]
+    backends = ["warp"]
+    if pipeline is not None:  # e.g. GuidedBackend -> "guided"
+        backends.insert(0, type(pipeline.backend).__name__.lower().replace("backend", "") or "learned")
 
     def controls_of(image: Optional[np.ndarray], sketch: ArrowSketch, v: Dict[Any, Any]) -> Any:
         if image is None:
