@@ -35,6 +35,8 @@ EXTRAS = {
     "guided": ["ftfy>=6.0", "sentencepiece>=0.2"],
 }
 EXTRAS["test"] = EXTRAS["test"] + ["ftfy>=6.0"]  # the guided backend's Wan tests encode prompts
+# the web app's browser tests drive Debian's chromium (installed by .ci/run) with playwright
+EXTRAS["test"] = EXTRAS["test"] + ["playwright>=1.40"]
 
 
 def _cuda_extension_kwargs() -> dict:

@@ -76,9 +76,9 @@ def test_frame_counts_outside_8n_plus_1_are_padded_and_trimmed():
     video = backend.render(image, Unified(flow), num_frames=7, generator=torch.Generator().manual_seed(0)).video
     assert video.shape == (1, 7, 3, H, W)
     with pytest.raises(InputError, match="num_frames"):
-        backend.render(image, Unified(flow), num_frames=9).video
+        backend.render(image, Unified(flow), num_frames=9)
     with pytest.raises(InputError, match="no option"):
-        backend.render(image, Unified(flow), num_frames=7, bogus=1).video
+        backend.render(image, Unified(flow), num_frames=7, bogus=1)
 
 
 def test_sizes_not_divisible_by_the_latent_grid_are_resized_back():
@@ -117,7 +117,7 @@ def test_missing_weights_are_one_clear_line(tmp_path):
     pipe.register_modules(text_encoder=None, tokenizer=None)
     with pytest.raises(MissingWeightsError, match="prompt_embeds"):
         DiffusionBackend(pipe, num_inference_steps=1).render(*_inputs()[:1], Unified(_inputs()[1]), num_frames=9,
-                                                             prompt="a cat").video
+                                                             prompt="a cat")
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -288,9 +288,9 @@ def test_zero_valued_options_are_honoured_not_replaced_by_defaults(monkeypatch):
     monkeypatch.setattr(long_video, "generate_long_video", spy)
     backend = DiffusionBackend(tiny_pipeline(), num_inference_steps=1, guidance_scale=1.0, gamma=0.5)
     image, flow = _inputs()
-    backend.render(image, Unified(flow), num_frames=9, gamma=0.0).video
+    backend.render(image, Unified(flow), num_frames=9, gamma=0.0)
     assert seen["gamma"] == 0.0 and seen["num_inference_steps"] == 1
     with pytest.raises(InputError, match="num_inference_steps"):
-        backend.render(image, Unified(flow), num_frames=9, num_inference_steps=0).video
+        backend.render(image, Unified(flow), num_frames=9, num_inference_steps=0)
     with pytest.raises(InputError, match="no option"):
-        backend.render(image, Unified(flow), num_frames=9, strength_schedule=[1.0]).video
+        backend.render(image, Unified(flow), num_frames=9, strength_schedule=[1.0])

@@ -477,7 +477,7 @@ def test_app_auth_and_the_warning_beyond_loopback(monkeypatch):
     launched = {}
 
     class Demo:
-        def queue(self):
+        def queue(self, **kwargs):
             return self
 
         def launch(self, **kwargs):
@@ -507,7 +507,7 @@ def test_app_auth_and_the_warning_beyond_loopback(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, text", [
-    (["generate", "--image", "x.png"], "required: -o/--output"),
+    (["generate", "--image", "x.png"], "-o: is required"),
     (["generate", "--image", "x.png", "-o", "x.mp4", "--frames", "many"], "invalid int value"),
     (["generate", "--image", "x.png", "-o", "x.mp4", "--backend", "magic"], "invalid choice"),
     (["flow", "--image", "x.png", "-o", "f.npy", "--bogus"], "unrecognized arguments"),

@@ -1,4 +1,4 @@
-"""``flowctrl app``: start the local web UI (gradio) — upload an image, click arrows, pick a camera, generate."""
+"""``flowctrl app``: start the local web UI (gradio) — upload an image, click arrows and drags, paint a motion brush, generate."""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +6,17 @@ import os
 import sys
 from typing import Any, Optional, Tuple
 
-HELP = "start a local web UI: upload an image, click arrows onto it, pick a camera, generate"
+HELP = "start a local web UI: upload an image, click arrows and drags, paint a motion brush, pick a camera, generate"
 EPILOG = """\
 examples:
   flowctrl app                         # http://127.0.0.1:7860 on this machine
   flowctrl app --host 0.0.0.0 --port 8000 --auth alice:s3cret   # reachable from the network: log in
   FLOWCTRL_APP_AUTH=alice:s3cret flowctrl app --host 0.0.0.0     # the same, password not in `ps`
-  flowctrl app --model THUDM/CogVideoX-5b-I2V --preset offload   # the guided backend (GPU), prompt box added
+  flowctrl app --model THUDM/CogVideoX-5b-I2V --preset offload   # also the guided backend (GPU), prompt box added
 
-needs gradio: pip install "flowctrl[app]". The UI renders with the warp backend on the CPU (no weights).
+needs gradio: pip install "flowctrl[app]". The UI renders with the warp backend on the CPU (no weights);
+with --model it also offers the guided backend where this install has it. Renders are queued (a few
+at a time) and their files are removed after a while.
 """
 
 
@@ -30,13 +32,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--frames", type=int, default=49, help="default number of frames in the UI (default 49)")
     p.add_argument("--fps", type=float, default=8.0, help="default frame rate in the UI (default 8)")
     p.add_argument("--model", metavar="PATH|HUB_ID",
-                   help="render with the guided backend and this image-to-video model (CogVideoX-I2V / Wan I2V; GPU)")
+                   help="also offer the guided backend with this image-to-video model (CogVideoX-I2V / Wan I2V; "
+                        "GPU), where this install has that backend")
     p.add_argument("--preset", metavar="NAME", help="memory preset of the guided backend: full, offload, low, cpu")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowctrl.app.ui import build_demo
+    from flowctrl.app.ui import build_demo, launch
     from flowctrl.errors import InputError
     from flowctrl.render.warp_renderer import MAX_FRAMES
 
@@ -55,11 +58,16 @@ def run(args: argparse.Namespace) -> int:
               "and its CPU; add --auth USER:PASSWORD (or set FLOWCTRL_APP_AUTH)", file=sys.stderr)
     pipeline = None
     if args.model:  # loaded before the UI starts: a bad model is one line, exit 2
+        from flowctrl.pipelines.backends import available_backends
         from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline
 
-        pipeline = FlowCtrlPipeline(backend="guided", model=args.model, preset=args.preset)
+        if "guided" not in available_backends():
+            raise InputError.at("--model", None, "the guided backend is not part of this install",
+                                "drop --model (the app renders with the warp backend) or update flowctrl")
+        options = {"preset": args.preset} if args.preset is not None else {}
+        pipeline = FlowCtrlPipeline(backend="guided", model=args.model, **options)
     demo = build_demo(default_frames=args.frames, default_fps=args.fps, pipeline=pipeline)  # no gradio -> exit 2
-    demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth)
+    launch(demo, server_name=args.host, server_port=args.port, share=args.share, auth=auth)
     return 0
 
 

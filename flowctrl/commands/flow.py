@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from flowctrl.commands._common import same_file
+from flowctrl.commands._messages import cli_warning_text
 from flowctrl.errors import InputError
 
 FLOW_SUFFIXES = (".safetensors", ".npy", ".flo")
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     for w in caught:
         if issubclass(w.category, (FlatDepthWarning, ControlWarning, SegmentFallbackWarning)):
-            print(f"flowctrl flow: warning: {w.message}", file=sys.stderr)
+            print(f"flowctrl flow: warning: {cli_warning_text(w.message, w.category)}", file=sys.stderr)
 
     written = []
     try:

@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from flowctrl.commands._common import same_file
+from flowctrl.commands._common import same_file, terminal_size
+from flowctrl.commands._messages import cli_warning_text
 from flowctrl.errors import InputError, MissingWeightsError
 from flowctrl.pipelines.backend_options import BACKENDS, construction_options, flags_not_taken
 from flowctrl.pipelines.backend_options import FLAGS as BACKEND_FLAGS
@@ -36,6 +37,9 @@ examples:
   flowctrl generate --image photo.jpg --camera orbit:degrees=20 --side-by-side --gif -o orbit.mp4
   # only check how the controls land on the image (writes out.png, nothing else)
   flowctrl generate --image examples/astronaut.png --arrows examples/a.json --preview -o out.png
+  # many clips from one file (one JSON object per line: a control bundle + "image" + "output"),
+  # resumable; `accelerate launch -m flowctrl generate --jobs ...` splits the jobs across processes
+  flowctrl generate --jobs jobs.jsonl --frames 25
   # the learned renderer: 24 GB memory preset, 129 frames in phased windows, text + flow guidance, a LoRA
   flowctrl generate --image photo.jpg --arrows a.json --backend diffusion --model ckpt/flowctrl-5b \\
       --preset 24gb --prompt "a rocket lifts off" --negative-prompt "blurry, distorted" --steps 30 \\
@@ -44,8 +48,13 @@ examples:
   flowctrl generate --image photo.jpg --arrows a.json --camera orbit --backend guided \\
       --model THUDM/CogVideoX-5b-I2V --preset offload --prompt "a rocket lifts off" -o out.mp4
 
-outputs: .mp4/.mov/.mkv (H.264), .gif, or a folder path (PNG frames). Exit status 2 on bad input.
+outputs: {outputs}. Exit status 2 on bad input.
 """
+
+
+# = flowctrl.video_io.OUTPUT_TYPES_TEXT (what an unsupported -o suffix is told); spelled here so that
+# `flowctrl --help` does not import torch. tests/test_cli_jobs.py checks that the two agree.
+OUTPUT_TYPES = ".mp4/.mov/.mkv (H.264), .gif, or a folder path (PNG frames)"
 
 
 def register(subparsers: Any) -> None:
@@ -53,9 +62,9 @@ def register(subparsers: Any) -> None:
         "generate", help="animate an image with motion controls (arrows, drags, camera, ...)",
         description="Animate one image: every control becomes one dense optical flow, then the image is "
                     "rendered along it (warp backend: CPU, no weights; diffusion backend: --model).",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLE.replace("{outputs}", OUTPUT_TYPES), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--image", required=True, metavar="FILE", help="input image (PNG/JPEG)")
+    p.add_argument("--image", metavar="FILE", help="input image (PNG/JPEG); required unless --jobs")
     c = p.add_argument_group("controls (coordinates in pixels of the input image; formats: docs/controls.md)")
     c.add_argument("--controls", metavar="FILE", help="a control bundle JSON holding any of the controls below")
     c.add_argument("--camera", metavar="FILE|PRESET",
@@ -119,7 +128,7 @@ def register(subparsers: Any) -> None:
                    help="step index until which the motion region is re-imposed from the warp (default 9 of 50 "
                         "for CogVideoX, 7 for Wan, 5 for Wan camera-only)")
     w = p.add_argument_group("outputs")
-    w.add_argument("-o", "--output", required=True, metavar="PATH", help="output video (.mp4, .gif) or PNG folder")
+    w.add_argument("-o", "--output", metavar="PATH", help=f"output: {OUTPUT_TYPES}; required unless --jobs")
     w.add_argument("--side-by-side", action="store_true",
                    help="write input + controls | flow colours | result side by side")
     w.add_argument("--gif", nargs="?", const="", default=None, metavar="PATH",
@@ -129,6 +138,9 @@ def register(subparsers: Any) -> None:
     w.add_argument("--preview", action="store_true",
                    help="only draw the controls over the image and write a PNG (the output with .png)")
     w.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary line")
+    from flowctrl.commands.jobs import add_jobs_argument
+
+    add_jobs_argument(p)
     p.set_defaults(func=run)
 
 
@@ -299,7 +311,7 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
     inputs = {"--image": image_path}
     for dest in INPUT_FILE_FLAGS:
         value = getattr(args, dest)
-        if value and Path(value).exists():
+        if value and isinstance(value, (str, os.PathLike)) and Path(value).exists():
             inputs["--" + dest.replace("_", "-")] = Path(value)
 
     output = Path(args.output)
@@ -339,7 +351,8 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
                     strength=args.strength)
     controls = Controls.from_files(image_size=(h0, w0), **explicit)  # bad files -> ControlFileError
     if args.controls:  # the bundle fills in what the explicit flags did not give
-        bundle = Controls.from_bundle(args.controls, image_size=(h0, w0))
+        bundle = (args.controls.load((h0, w0)) if hasattr(args.controls, "load")  # an inline bundle (--jobs)
+                  else Controls.from_bundle(args.controls, image_size=(h0, w0)))
         overrides = {field: getattr(controls, field) for field in (
             "arrows", "drags", "camera", "ref_video", "pose", "motion_mask", "static_mask", "depth", "strength")
             if getattr(controls, field) not in (None, [])}
@@ -349,16 +362,6 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
 
 
 # --------------------------------------------------------------------------- progress
-
-
-def _terminal_size(file: TextIO) -> Tuple[int, int]:
-    """``(columns, lines)`` of the terminal behind ``file``; 80x24 where it reports none."""
-    try:
-        size = os.get_terminal_size(file.fileno())
-        cols, rows = size.columns, size.lines
-    except (AttributeError, OSError, ValueError):
-        cols = rows = 0
-    return cols if cols > 0 else 80, rows if rows > 0 else 24
 
 
 class StageProgress:
@@ -387,7 +390,7 @@ class StageProgress:
         bar = self.bars.get(stage)
         if bar is None:
             self.close()
-            cols, rows = _terminal_size(self.file)
+            cols, rows = terminal_size(self.file)
             # delay > 0: no 0% line before start_t is set; refresh() below draws the first one.
             bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>10}", file=self.file, leave=True,
                                           ncols=min(100, cols), nrows=rows, bar_format=self.BAR_FORMAT, delay=1e-9)
@@ -485,13 +488,20 @@ def run(args: argparse.Namespace) -> int:
 
     User errors propagate as ``FlowCtrlError`` (flowctrl.cli prints the one line and exits 2).
     """
+    if getattr(args, "jobs", None) is not None:  # batch mode: flowctrl/commands/jobs.py
+        from flowctrl.commands.jobs import run_jobs
+
+        return run_jobs(args, run_one=lambda job_args: _run(job_args, StageProgress(enabled=False)))
+    for flag, value in (("--image", args.image), ("-o", args.output)):
+        if value is None:
+            raise InputError.at(flag, None, "is required", "give --image FILE -o PATH, or --jobs FILE (flowctrl generate --help)")
     progress = StageProgress(enabled=not args.quiet and sys.stderr.isatty())
 
     def show(message: Any, category: Any = None, *_: Any, **__: Any) -> None:
         # Library warnings (e.g. "no depth given: using a plane") as one plain line each, above the bars.
         if args.quiet and getattr(category, "__name__", "") == "SegmentFallbackWarning":
             return  # -q: the working fallback is not worth a line; real problems still are
-        progress.write(f"flowctrl generate: warning: {' '.join(str(message).split())}")
+        progress.write(f"flowctrl generate: warning: {cli_warning_text(message, category)}")
 
     with warnings.catch_warnings():
         warnings.showwarning = show

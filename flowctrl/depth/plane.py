@@ -7,12 +7,13 @@ import torch
 
 PLANE_WARNING = (
     "no depth given: using a fronto-parallel plane at distance {distance:g}; camera rotation and zoom "
-    "are exact but translation parallax is flat (pass --depth FILE or --depth-model ID for real parallax)"
+    "are exact but translation parallax is flat (give a depth map or a depth model for real parallax)"
 )
 
 
 class FlatDepthWarning(UserWarning):
-    """Depth came from the plane fallback: translation parallax is flat."""
+    """Depth came from the plane fallback: translation parallax is flat. The message names no CLI flag
+    (the API and the app have none); the command line adds its own (``flowctrl.commands._common``)."""
 
 
 def plane_depth(height: int, width: int, distance: float = 1.0, warn: bool = True) -> torch.Tensor:
