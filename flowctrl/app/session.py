@@ -10,7 +10,7 @@ import dataclasses
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -64,10 +64,13 @@ def camera_spec(preset: Optional[str], parameters: str = "") -> Optional[str]:
 def build_controls(image_size: Tuple[int, int], sketch: ArrowSketch, *, arrow_strength: float = 1.0,
                    easing: str = "linear", camera: Optional[str] = None, camera_file: Optional[str] = None,
                    arrows_file: Optional[str] = None, drags_file: Optional[str] = None,
-                   ref_video: Optional[str] = None, strength: Optional[float] = None) -> Any:
+                   ref_video: Optional[str] = None, strength: Optional[float] = None,
+                   control_files: Optional[Dict[str, str]] = None) -> Any:
     """:class:`flowctrl.controls.Controls` from the app's inputs, in pixels of ``image_size (H, W)``.
 
     Clicked arrows and an uploaded arrows file add up; an uploaded camera file wins over the preset.
+    ``control_files``: uploaded files of any other local control kind by bundle field (``{"pose": path}``,
+    :mod:`flowctrl.controls.registry`).
     ``strength``: target motion strength M_s in px/frame, None or 0 = as the controls say.
     Bad files raise :class:`~flowctrl.errors.ControlFileError` (one line naming file and field).
     """
@@ -75,7 +78,7 @@ def build_controls(image_size: Tuple[int, int], sketch: ArrowSketch, *, arrow_st
 
     controls = Controls.from_files(image_size=image_size, arrows=arrows_file, drags=drags_file,
                                    camera=camera_file or camera, ref_video=ref_video,
-                                   strength=strength if strength else None)
+                                   strength=strength if strength else None, **(control_files or {}))
     return dataclasses.replace(controls, arrows=sketch.to_arrows(arrow_strength, easing) + list(controls.arrows))
 
 
