@@ -97,8 +97,8 @@ def _check_outputs(outputs: Dict[str, Path], inputs: Dict[str, Path]) -> None:
 def _controls(args: argparse.Namespace, image_size) -> Any:
     from flowctrl.controls import Controls
 
-    given = {k: getattr(args, k) for k in (*(kind.field for kind in local_control_entries()), "camera", "ref_video",
-                                           "mask", "static_mask", "depth")}
+    given = {k: getattr(args, k, None) for k in (*(kind.field for kind in local_control_entries()), "camera",
+                                                 "ref_video", "mask", "static_mask", "depth")}
     flags = Controls.from_files(**{k: v for k, v in given.items()}, strength=args.strength, image_size=image_size)
     if not args.bundle:
         return flags
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         outputs["--viz"] = Path(args.viz) if args.viz else out.with_name(out.stem + "_flow.mp4")
         outputs["--overlay"] = Path(args.overlay) if args.overlay else out.with_name(out.stem + "_controls.png")
     inputs = {name: Path(v) for name, v in (("--image", args.image), ("--controls", args.bundle),
-                                            *((kind.flag, getattr(args, kind.field)) for kind in local_control_entries()),
+                                            *((kind.flag, getattr(args, kind.field, None)) for kind in local_control_entries()),
                                             ("--camera", args.camera), ("--ref-video", args.ref_video),
                                             ("--mask", args.mask), ("--static-mask", args.static_mask),
                                             ("--depth", args.depth)) if v}

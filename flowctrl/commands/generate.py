@@ -253,7 +253,7 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
 
     inputs = {"--image": image_path}
     for dest in dict.fromkeys((*INPUT_FILE_FLAGS, *(kind.field for kind in local_control_entries()))):
-        value = getattr(args, dest)
+        value = getattr(args, dest, None)
         if value and Path(value).exists():
             inputs["--" + dest.replace("_", "-")] = Path(value)
 
@@ -291,7 +291,7 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
 
     explicit = dict(camera=args.camera, ref_video=args.ref_video, mask=args.mask, static_mask=args.static_mask,
                     depth=args.depth, strength=args.strength,
-                    **{kind.field: getattr(args, kind.field) for kind in local_control_entries()})
+                    **{kind.field: getattr(args, kind.field, None) for kind in local_control_entries()})
     controls = Controls.from_files(image_size=(h0, w0), **explicit)  # bad files -> ControlFileError
     if args.controls:  # the bundle fills in what the explicit flags did not give
         bundle = Controls.from_bundle(args.controls, image_size=(h0, w0))

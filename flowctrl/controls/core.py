@@ -117,10 +117,9 @@ class Controls:
         # only reached when normal lookup fails: a registered kind stored in extra_local
         extra = self.__dict__.get("extra_local")
         if extra is not None and not name.startswith("_"):
-            from flowctrl.controls.registry import _ENTRIES
-
-            if name in _ENTRIES:
-                return extra.get(name, [] if _ENTRIES[name].control.many else None)
+            for entry in local_control_entries():
+                if entry.field == name:
+                    return extra.get(name, [] if entry.control.many else None)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------------ queries
