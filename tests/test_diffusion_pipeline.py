@@ -272,3 +272,25 @@ def test_warped_image_branch_with_vae_runs_and_flow_drop_drops_the_warped_image_
     bad = _pixel_pipeline(5)                                           # pixel space gives 3 + 1 channels
     with pytest.raises(InputError, match="flow_warp_channels"):
         bad.encode_flow_condition(torch.zeros(1, 5, 2, H, W), torch.rand(1, 3, H, W))
+
+
+def test_zero_valued_options_are_honoured_not_replaced_by_defaults(monkeypatch):
+    """gamma=0.0 (no shared-noise mixing) reaches the long-video scheduler as 0.0; 0 steps is an error, not 50."""
+    import flowctrl.pipelines.long_video as long_video
+
+    seen = {}
+    real = long_video.generate_long_video
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(long_video, "generate_long_video", spy)
+    backend = DiffusionBackend(tiny_pipeline(), num_inference_steps=1, guidance_scale=1.0, gamma=0.5)
+    image, flow = _inputs()
+    backend.render(image, Unified(flow), num_frames=9, gamma=0.0)
+    assert seen["gamma"] == 0.0 and seen["num_inference_steps"] == 1
+    with pytest.raises(InputError, match="num_inference_steps"):
+        backend.render(image, Unified(flow), num_frames=9, num_inference_steps=0)
+    with pytest.raises(InputError, match="no option"):
+        backend.render(image, Unified(flow), num_frames=9, strength_schedule=[1.0])

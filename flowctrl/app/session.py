@@ -112,8 +112,8 @@ def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: i
 def generate(image: np.ndarray, controls: Any, *, frames: int = 49, fps: float = 8.0, fill: str = "push-pull",
              size: Optional[Tuple[int, int]] = None, out_dir: Optional[str] = None,
              callback: Optional[Callable[[str, int, int], None]] = None,
-             pipeline: Any = None) -> str:
-    """Render the video with the warp backend and write an mp4; returns its path.
+             pipeline: Any = None, prompt: Optional[str] = None) -> str:
+    """Render the video with the warp backend (or ``pipeline``'s, e.g. guided) and write an mp4; returns its path.
 
     image: ``(H, W, 3)`` uint8 (or anything :func:`flowctrl.pipelines.flowctrl_pipeline.load_image`
     takes). size: working ``(H, W)``, default the image's with the long side ≤ 512. The file appears
@@ -136,6 +136,16 @@ def generate(image: np.ndarray, controls: Any, *, frames: int = 49, fps: float =
     pipe = pipeline if pipeline is not None else FlowCtrlPipeline(backend="warp", fill=fill)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="flowctrl-app-"))
     name = str(folder / f"flowctrl-{uuid.uuid4().hex[:12]}.mp4")
+    from flowctrl.pipelines.backends import WarpBackend
+
+    if not isinstance(pipe.backend, WarpBackend):  # a learned backend renders the whole clip at once
+        import torch
+
+        out = pipe(img, controls=controls, num_frames=int(frames), height=H, width=W, callback=callback,
+                   generator=torch.Generator().manual_seed(0), **({"prompt": prompt} if prompt else {}))
+        with VideoWriter(name, fps=fps) as writer:
+            writer.write(out.frames)
+        return name
     with VideoWriter(name, fps=fps) as writer:  # the file appears only when complete
         for chunk in pipe.stream(img, controls=controls, num_frames=int(frames), height=H, width=W,
                                  callback=callback):

@@ -33,6 +33,15 @@ DIFFUSION_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ("lora", "--lora", "lora"),
     ("lora_scale", "--lora-scale", "lora_scale"),
 )
+# Flags the guided backend (Time-to-Move on a public I2V model) takes, and its own clocks.
+GUIDED_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
+    ("negative_prompt", "--negative-prompt", "negative_prompt"),
+    ("steps", "--steps", "num_inference_steps"),
+    ("guidance", "--guidance", "guidance_scale"),
+    ("preset", "--preset", "preset"),
+    ("t_weak", "--t-weak", "t_weak"),
+    ("t_strong", "--t-strong", "t_strong"),
+)
 # Input files whose paths no output may take (argparse dests; --image is always included).
 INPUT_FILE_FLAGS = ("controls", "camera", "arrows", "drags", "ref_video", "pose", "mask", "static_mask", "depth",
                     "model", "flow_model", "depth_model", "preset", "lora")
@@ -50,6 +59,9 @@ examples:
   flowctrl generate --image photo.jpg --arrows a.json --backend diffusion --model ckpt/flowctrl-5b \\
       --preset 24gb --prompt "a rocket lifts off" --negative-prompt "blurry, distorted" --steps 30 \\
       --guidance 6 --flow-guidance 1.5 --frames 129 --long-video phased --lora runs/motion/final/lora -o out.mp4
+  # a public image-to-video model follows the warp with no training (Time-to-Move; GPU)
+  flowctrl generate --image photo.jpg --arrows a.json --camera orbit --backend guided \\
+      --model THUDM/CogVideoX-5b-I2V --preset offload --prompt "a rocket lifts off" -o out.mp4
 
 outputs: .mp4/.mov/.mkv (H.264), .gif, or a folder path (PNG frames). Exit status 2 on bad input.
 """
@@ -89,9 +101,12 @@ def register(subparsers: Any) -> None:
     o.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default 8)")
     o.add_argument("--size", metavar="WxH",
                    help="working size, e.g. 512x512 (default: the image's, long side <= 512, multiples of 8)")
-    o.add_argument("--backend", default="warp", choices=["warp", "diffusion"],
-                   help="warp: softmax splatting, no weights (default); diffusion: learned renderer (--model)")
-    o.add_argument("--model", metavar="PATH|HUB_ID", help="weights of the diffusion backend (local folder)")
+    o.add_argument("--backend", default="warp", choices=["warp", "diffusion", "guided"],
+                   help="warp: softmax splatting, no weights (default); diffusion: learned renderer (--model); "
+                        "guided: a public image-to-video model follows the warp, no training (--model)")
+    o.add_argument("--model", metavar="PATH|HUB_ID",
+                   help="weights of the diffusion backend (local folder), or the image-to-video model of the guided "
+                        "backend (folder or hub id, e.g. THUDM/CogVideoX-5b-I2V; downloaded on request)")
     o.add_argument("--flow-model", metavar="PATH|HUB_ID", help="learned stage-1 flow model weights (optional)")
     o.add_argument("--fill", default="push-pull", choices=["push-pull", "inpaint", "none"],
                    help="hole filling of the warp backend (default push-pull; none shows holes black)")
@@ -106,13 +121,21 @@ def register(subparsers: Any) -> None:
     d.add_argument("--flow-guidance", type=float, metavar="G",
                    help="flow guidance scale (1 = plain flow conditioning, 0 = flow dropped, > 1 = stronger)")
     d.add_argument("--preset", metavar="NAME|FILE",
-                   help="memory/quality preset from configs/pipeline/ (24gb, 80gb, cpu) or a YAML file; "
+                   help="memory/quality preset from flowctrl/presets/pipeline/ (24gb, 80gb, cpu) or a YAML file; "
                         "the flags above override its values")
     d.add_argument("--long-video", choices=["phased", "chain"],
                    help="clips longer than the model's window: phased (shared early steps, paper 004) or "
                         "chain (each window starts from the last frame)")
     d.add_argument("--lora", metavar="PATH", help="LoRA weights folder to load (e.g. flowctrl train video's final/lora)")
     d.add_argument("--lora-scale", type=float, metavar="S", help="weight of --lora (default 1)")
+    g = p.add_argument_group("guided backend (--backend guided --model PATH|HUB_ID; also --prompt, "
+                             "--negative-prompt, --steps, --guidance, --preset full|offload|low|cpu)")
+    g.add_argument("--t-weak", type=int, metavar="I",
+                   help="step index where denoising starts from the noised warp (default per model family, "
+                        "e.g. 4 of 50 for CogVideoX, 3 for Wan; scaled with --steps)")
+    g.add_argument("--t-strong", type=int, metavar="I",
+                   help="step index until which the motion region is re-imposed from the warp (default 9 of 50 "
+                        "for CogVideoX, 7 for Wan, 5 for Wan camera-only)")
     w = p.add_argument_group("outputs")
     w.add_argument("-o", "--output", required=True, metavar="PATH", help="output video (.mp4, .gif) or PNG folder")
     w.add_argument("--side-by-side", action="store_true",
@@ -159,6 +182,12 @@ def _check_output(path: Path, flag: str, inputs: Dict[str, Path], *, folder: boo
 
 def _check_backend_options(args: argparse.Namespace) -> None:
     """``--model`` and the diffusion flags need ``--backend diffusion``; their values must make sense."""
+    if args.backend == "guided":
+        return _check_guided_options(args)
+    given = [flag for flag, value in (("--t-weak", args.t_weak), ("--t-strong", args.t_strong)) if value is not None]
+    if given:
+        raise InputError.at(None, None, f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used by the "
+                            "guided backend", "add --backend guided --model PATH_OR_HUB_ID")
     if args.model and args.backend != "diffusion":
         raise InputError.at("--model", None, "is only used by the diffusion backend", "add --backend diffusion")
     given = [flag for dest, flag, _ in DIFFUSION_OPTIONS if getattr(args, dest) is not None]
@@ -187,6 +216,42 @@ def _check_backend_options(args: argparse.Namespace) -> None:
         from flowctrl.pipelines.diffusion import load_memory_preset
 
         load_memory_preset(args.preset)  # unknown name / bad YAML -> InputError listing the presets
+
+
+def _check_guided_options(args: argparse.Namespace) -> None:
+    """``--backend guided``: a model, and only the flags it uses, with sensible values."""
+    guided = {flag for _, flag, _ in GUIDED_OPTIONS}
+    extra = [flag for dest, flag, _ in DIFFUSION_OPTIONS if getattr(args, dest) is not None and flag not in guided]
+    if extra:
+        raise InputError.at(None, None, f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} not used by the "
+                            "guided backend", "drop them (they belong to --backend diffusion)")
+    if not args.model:
+        raise MissingWeightsError.at("--backend guided", "--model", "no model given",
+                                     "pass --model PATH_OR_HUB_ID of an image-to-video pipeline, e.g. "
+                                     "THUDM/CogVideoX-5b-I2V or Wan-AI/Wan2.2-I2V-A14B-Diffusers")
+    if args.steps is not None and args.steps < 1:
+        raise InputError.at("--steps", None, f"is {args.steps}", "give at least 1 denoising step (default 50)")
+    if args.guidance is not None and not args.guidance >= 0:
+        raise InputError.at("--guidance", None, f"is {args.guidance}", "give a scale >= 0 (1 = no guidance)")
+    for flag, value in (("--t-weak", args.t_weak), ("--t-strong", args.t_strong)):
+        if value is not None and value < 0:
+            raise InputError.at(flag, None, f"is {value}", "give a step index >= 0")
+    steps = args.steps if args.steps is not None else 50  # every family's default
+    if args.t_weak is not None and args.t_weak >= steps:
+        raise InputError.at("--t-weak", None, f"is {args.t_weak}, not below --steps {steps}",
+                            f"give a step index in 0..{steps - 1}")
+    if args.t_strong is not None and args.t_strong > steps:
+        raise InputError.at("--t-strong", None, f"is {args.t_strong}, above --steps {steps}",
+                            f"give a step index in 0..{steps}")
+    if args.t_weak is not None and args.t_strong is not None and args.t_strong < args.t_weak:
+        raise InputError.at("--t-strong", None, f"is {args.t_strong}, below --t-weak {args.t_weak}",
+                            "give --t-strong >= --t-weak (equal = plain SDEdit from the warp)")
+    if args.preset is not None:
+        from flowctrl.pipelines.denoisers import MEMORY_PRESETS
+
+        if args.preset not in MEMORY_PRESETS:
+            raise InputError.at("--preset", None, f"unknown preset '{args.preset}' for the guided backend",
+                                f"use one of {', '.join(MEMORY_PRESETS)}")
 
 
 @dataclasses.dataclass
@@ -482,13 +547,17 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     if args.backend == "diffusion":
         options = {kw: getattr(args, dest) for dest, _, kw in DIFFUSION_OPTIONS if getattr(args, dest) is not None}
         pipe = FlowCtrlPipeline.from_pretrained(args.model, flow_model=args.flow_model, **options)
+    elif args.backend == "guided":
+        options = {kw: getattr(args, dest) for dest, _, kw in GUIDED_OPTIONS if getattr(args, dest) is not None}
+        pipe = FlowCtrlPipeline(backend="guided", flow_model=args.flow_model, model=args.model, fill=args.fill,
+                                **options)
     else:
         pipe = FlowCtrlPipeline(backend="warp", flow_model=args.flow_model, fill=args.fill)
     render_kwargs: Dict[str, Any] = {} if args.prompt is None else {"prompt": args.prompt}
     if args.prompt is not None and args.backend == "warp":
         # kept usable (scripts pass one prompt to both backends) but never silently dropped
         warnings.warn("--prompt is ignored by the warp backend (it only moves pixels); "
-                      "use --backend diffusion --model PATH for text guidance")
+                      "use --backend guided --model PATH_OR_HUB_ID for text guidance", stacklevel=2)
     t0 = time.perf_counter()
     progress.start()
     if _can_stream(args, plan):

@@ -13,8 +13,9 @@ from typing import Any
 
 _EXPORTS = {
     "flowctrl.controls.arrows": ("EASINGS", "Arrow", "ease", "load_arrows", "parse_arrows"),
-    "flowctrl.controls.camera": ("CameraTrajectory", "load_camera", "parse_camera_json", "parse_motionctrl",
-                                 "parse_re10k", "validate_poses"),
+    "flowctrl.controls.camera": ("CameraTrajectory", "parse_camera_json", "parse_motionctrl", "parse_re10k",
+                                 "validate_poses"),
+    "flowctrl.controls.camera_loader": ("load_camera",),
     "flowctrl.controls.core": ("Controls",),
     "flowctrl.controls.drags": ("Drag", "load_drags", "parse_drag_txt", "parse_drags"),
     "flowctrl.controls.local": ("LocalControl",),

@@ -1,7 +1,6 @@
 """Reading reference videos (any file PyAV/FFmpeg decodes) as float tensors."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np

@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import torch
 from kornia.geometry.depth import depth_to_3d_v2
 from flowctrl_cuda import camera_reprojection
+from flowctrl.flow.grid import pixel_grid
 from kornia.geometry.linalg import transform_points
 
 # A reference pixel is hidden at frame t when some other reference pixel lands on the same target
@@ -111,11 +112,7 @@ def homography_flow(K: torch.Tensor, R: torch.Tensor, height: int, width: int) -
         K: ``(B, 3, 3)`` pixels; R: ``(B, 3, 3)`` rotation part of w2c.
     """
     Hm = K @ R @ torch.linalg.inv(K)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=K.dtype, device=K.device),
-        torch.arange(width, dtype=K.dtype, device=K.device),
-        indexing="ij",
-    )
+    xs, ys = pixel_grid(height, width, dtype=K.dtype, device=K.device)
     p = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).reshape(3, -1)
     q = Hm @ p  # (B, 3, HW)
     q = q[:, :2] / q[:, 2:]
@@ -141,11 +138,7 @@ def plucker_rays(K: torch.Tensor, w2c: torch.Tensor, height: int, width: int) ->
     R = w2c[..., :3, :3]
     trans = w2c[..., :3, 3:]
     origin = -(R.transpose(-1, -2) @ trans)[..., 0]  # (B, T, 3)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64, device=w2c.device),
-        torch.arange(width, dtype=torch.float64, device=w2c.device),
-        indexing="ij",
-    )
+    xs, ys = pixel_grid(height, width, dtype=torch.float64, device=w2c.device)
     p = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).reshape(3, -1)
     dirs = R.transpose(-1, -2) @ torch.linalg.inv(Kt) @ p  # (B, T, 3, HW)
     dirs = dirs / torch.sqrt((dirs * dirs).sum(dim=2, keepdim=True))

@@ -25,6 +25,7 @@ import math
 from typing import Optional
 
 import torch
+from flowctrl.flow.grid import pixel_grid
 
 SIGMA_AT_512 = 170.0
 THRESHOLD_R = 0.05
@@ -122,12 +123,7 @@ def densify_points(
     # one weight row for all frames when every point acts at every frame (arrows, drags)
     shared = bool((pm == pm[:1]).all())
     pm_rows = pm[:1] if shared else pm
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=dtype, device=device),
-        torch.arange(w, dtype=dtype, device=device),
-        indexing="ij",
-    )
-    grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)  # (HW, 2)
+    grid = pixel_grid(h, w, dtype=dtype, device=device).reshape(2, -1).T  # (HW, 2)
     pts = grid[index]  # (N, 2)
     n = index.numel()
     num = torch.empty(t, 2, h * w, dtype=dtype, device=device)

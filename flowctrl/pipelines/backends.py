@@ -43,6 +43,7 @@ class RenderBackend(Protocol):
 # name -> factory (a callable returning a backend) or "module:attribute" resolved on first use
 _REGISTRY: Dict[str, Union[Callable[..., RenderBackend], str]] = {
     "diffusion": "flowctrl.pipelines.diffusion:DiffusionBackend",
+    "guided": "flowctrl.pipelines.guided:GuidedBackend",
 }
 
 
@@ -96,7 +97,7 @@ def get_backend(backend: Union[str, RenderBackend], **kwargs: Any) -> RenderBack
 
 
 # Options that only a learned backend uses; the warp backend accepts and ignores them.
-_LEARNED_ONLY = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength_schedule")
+_LEARNED_ONLY = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale")
 
 
 class WarpBackend:

@@ -34,9 +34,13 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.pipelines.flow_guidance import GuidanceConfig
+
 from flowctrl.models.transformer import FlowCtrlTransformer
 
 logger = logging.getLogger("flowctrl")
+# the memory / quality presets ship inside the package (package data), so wheel installs have them too
+PIPELINE_PRESETS = Path(__file__).resolve().parents[1] / "presets" / "pipeline"
 
 __all__ = ["FlowCtrlVideoPipeline", "DiffusionBackend", "GuidanceConfig", "load_memory_preset", "SCHEDULERS"]
 
@@ -47,63 +51,6 @@ WEIGHTS_HINT = (
     "`huggingface-cli download THUDM/CogVideoX-5b-I2V --local-dir ckpt/cogvideox-5b-i2v`"
 )
 ProgressCallback = Callable[[str, int, int], None]
-
-
-class GuidanceConfig:
-    """Classifier-free guidance on text and on flow.
-
-    With ``ε(text, flow)`` the model output (``∅`` = negative prompt / flow dropped)::
-
-        flow_scale == 0:              the flow is dropped (ε(·,∅) only, the unconditional model)
-        text only (flow_scale == 1):  ε = ε(∅,f) + g_t·(ε(c,f) − ε(∅,f))
-        flow only (text_scale <= 1):  ε = ε(c,∅) + g_f·(ε(c,f) − ε(c,∅))
-        both:                         ε = ε(∅,∅) + g_f·(ε(∅,f) − ε(∅,∅)) + g_t·(ε(c,f) − ε(∅,f))
-
-    All branches run as one batched transformer call per step.
-    """
-
-    def __init__(self, text_scale: float = 6.0, flow_scale: float = 1.0) -> None:
-        self.text_scale = float(text_scale)
-        self.flow_scale = float(flow_scale)
-
-    @property
-    def use_text(self) -> bool:
-        return self.text_scale > 1.0
-
-    @property
-    def use_flow(self) -> bool:
-        return self.flow_scale != 1.0
-
-    @property
-    def flow_off(self) -> bool:
-        """``flow_scale == 0``: the flow is dropped entirely (the unconditional model)."""
-        return self.flow_scale == 0.0
-
-    def rows(self) -> List[Tuple[bool, float]]:
-        """(use positive text, flow multiplier) per batched branch, in the order :meth:`combine` expects."""
-        if self.flow_off:
-            return [(False, 0.0), (True, 0.0)] if self.use_text else [(True, 0.0)]
-        if self.use_text and self.use_flow:
-            return [(False, 0.0), (False, 1.0), (True, 1.0)]
-        if self.use_text:
-            return [(False, 1.0), (True, 1.0)]
-        if self.use_flow:
-            return [(True, 0.0), (True, 1.0)]
-        return [(True, 1.0)]
-
-    def combine(self, out: torch.Tensor) -> torch.Tensor:
-        """``out (R·B, ...)`` branch outputs stacked as :meth:`rows` → guided ``(B, ...)``."""
-        parts = out.chunk(len(self.rows()))
-        if self.use_text and self.use_flow and not self.flow_off:
-            uu, uf, cf = parts
-            return uu + self.flow_scale * (uf - uu) + self.text_scale * (cf - uf)
-        if self.use_text:
-            uf, cf = parts
-            return uf + self.text_scale * (cf - uf)
-        if self.use_flow and not self.flow_off:
-            cu, cf = parts
-            return cu + self.flow_scale * (cf - cu)
-        return parts[0]
 
 
 class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
@@ -329,30 +276,22 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         eta: float = 0.0,
         on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor, Dict[str, Any]], None]] = None,
     ) -> Tuple[torch.Tensor, Dict[str, Any]]:
-        """Run scheduler steps ``start .. stop-1`` of ``timesteps``.
+        """Run scheduler steps ``start .. stop-1`` of ``timesteps`` on the loop every stage-2 model shares
+        (:func:`flowctrl.pipelines.denoisers.loop.run_steps`, with :class:`~flowctrl.pipelines.denoisers.trained.FlowCtrlDenoiser`).
 
         ``state`` carries the DPM solver's previous x0 estimate between calls (phased inference resumes
         mid-schedule). ``on_step(i, latents_before, model_out, state)`` is called before each update.
         Returns ``(latents, state)``.
         """
-        stop = len(timesteps) if stop is None else stop
-        state = dict(state or {})
-        extra = self.prepare_extra_step_kwargs(generator, eta)
-        for i in range(start, stop):
-            t = timesteps[i]
-            out = self.model_output(latents, t, cond)
-            if on_step is not None:
-                on_step(i, latents, out, state)
-            if isinstance(self.scheduler, CogVideoXDPMScheduler):
-                latents, state["old_x0"] = self.scheduler.step(
-                    out, state.get("old_x0"), t, timesteps[i - 1] if i > 0 else None, latents, **extra, return_dict=False
-                )
-            else:
-                latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
-            latents = latents.to(cond.image_latents.dtype)
+        from flowctrl.pipelines.denoisers.loop import run_steps
+        from flowctrl.pipelines.denoisers.trained import FlowCtrlDenoiser
+
+        def progress(i: int, t: torch.Tensor, x: torch.Tensor) -> None:
             if cond.callback is not None:
                 cond.callback("denoise", cond.progress_offset + i - start + 1, cond.progress_total)
-        return latents, state
+
+        return run_steps(FlowCtrlDenoiser(self, generator, eta), latents, cond, timesteps, start=start, stop=stop,
+                         state=dict(state or {}), on_output=on_step, after_step=progress)
 
     def x0_and_noise(self, latents: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Split ``z_t`` into the clean estimate and the noise estimate ``n(t)`` (paper 004 eq. 10)."""
@@ -617,21 +556,21 @@ def _codec_from_vae(vae: AutoencoderKLCogVideoX, root: Path) -> Any:
 
 
 def load_memory_preset(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read a preset from ``configs/pipeline/<name>.yaml`` (or a path): memory and quality options."""
+    """Read a preset from ``flowctrl/presets/pipeline/<name>.yaml`` (package data) or a path: memory and quality options."""
     import yaml
 
     path = Path(name_or_path)
     if not path.suffix:
-        path = Path(__file__).resolve().parents[2] / "configs" / "pipeline" / f"{name_or_path}.yaml"
+        path = PIPELINE_PRESETS / f"{name_or_path}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "pipeline").glob("*.yaml"))
+        available = sorted(p.stem for p in PIPELINE_PRESETS.glob("*.yaml"))
         raise InputError.at(name_or_path, "preset", "not found", f"use one of {', '.join(available) or 'a YAML file'}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise InputError.at(path, None, f"is not valid YAML ({type(error).__name__})", "fix the file") from None
     if not isinstance(data, dict):
-        raise InputError.at(path, None, "must hold a mapping of options", "see configs/pipeline/24gb.yaml")
+        raise InputError.at(path, None, "must hold a mapping of options", "see flowctrl/presets/pipeline/24gb.yaml")
     return data
 
 
@@ -752,7 +691,7 @@ class DiffusionBackend:
         if num_frames < 2:
             raise InputError.at(None, "num_frames", f"is {num_frames}", "use at least 2 frames")
         known = {"prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_inference_steps",
-                 "guidance_scale", "flow_guidance_scale", "long_video", "gamma", "omega", "strength_schedule", "fill"}
+                 "guidance_scale", "flow_guidance_scale", "long_video", "gamma", "omega", "fill"}
         unknown = sorted(set(kw) - known)
         if unknown:
             raise InputError.at(None, "backend options", f"the diffusion backend has no option(s) {', '.join(unknown)}",
@@ -761,7 +700,8 @@ class DiffusionBackend:
             prompt=kw.get("prompt") if kw.get("prompt") is not None else self.prompt,
             negative_prompt=kw.get("negative_prompt") if kw.get("negative_prompt") is not None else self.negative_prompt,
             prompt_embeds=kw.get("prompt_embeds"), negative_prompt_embeds=kw.get("negative_prompt_embeds"),
-            num_inference_steps=int(kw.get("num_inference_steps") or self.num_inference_steps),
+            num_inference_steps=int(kw["num_inference_steps"] if kw.get("num_inference_steps") is not None
+                                    else self.num_inference_steps),
             guidance_scale=float(kw["guidance_scale"]) if kw.get("guidance_scale") is not None else self.guidance_scale,
             flow_guidance_scale=float(kw["flow_guidance_scale"]) if kw.get("flow_guidance_scale") is not None else self.flow_guidance_scale,
         )
@@ -777,7 +717,7 @@ class DiffusionBackend:
                                                    align_corners=False).view(flow.shape[0], -1, 2, hh, ww) * scale
         result = generate_long_video(
             self.pipeline, image, flow, mode=kw.get("long_video") or self.long_video,
-            gamma=float(kw.get("gamma") or self.gamma), omega=float(kw["omega"]) if kw.get("omega") is not None else self.omega,
+            gamma=float(kw["gamma"]) if kw.get("gamma") is not None else self.gamma, omega=float(kw["omega"]) if kw.get("omega") is not None else self.omega,
             generator=generator, callback=callback, **args,
         )
         self.last_num_function_evals = result.num_function_evals

@@ -50,7 +50,8 @@ class FlowCtrlOutput:
     video: ``(1, T, 3, H, W)`` float32 in [0, 1].
     flow: ``(1, T, 2, H, W)`` the unified flow in pixels (None with ``return_flow=False``).
     depth: ``(1, 1, H, W)`` z-depth used by stage 1, or None.
-    masks: ``{"local": (1,T,1,H,W), "valid": (1,T,1,H,W), "holes": (1,T,1,H,W) bool}`` (those known).
+    masks: ``{"local": (1,T,1,H,W), "valid": (1,T,1,H,W), "holes": (1,T,1,H,W) bool}`` (those known;
+        the guided backend adds ``"motion"``, its Time-to-Move mask M).
     """
 
     frames: np.ndarray
@@ -314,6 +315,7 @@ class FlowCtrlPipeline:
         else:
             video = self.backend.render(img, unified, num_frames=T, generator=generator, callback=callback,
                                         **render_kwargs)
+            masks.update(getattr(self.backend, "last_masks", None) or {})  # e.g. the guided backend's motion mask
         if tuple(video.shape) != (1, T, 3) + tuple(img.shape[-2:]):
             raise FlowCtrlError(f"backend {type(self.backend).__name__} returned a video of shape "
                                 f"{tuple(video.shape)}, expected {(1, T, 3) + tuple(img.shape[-2:])}")

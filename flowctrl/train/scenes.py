@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from flowctrl.errors import InputError
 from flowctrl.flow.camera import default_intrinsics
+from flowctrl.flow.grid import pixel_grid
 
 __all__ = [
     "SceneConfig",
@@ -541,8 +542,7 @@ def render_scene(seed: int, config: SceneConfig = SceneConfig()) -> SyntheticCli
 
     # ray casting in float32 (hit points good to ~1e-5 units); reference points move in float64
     w2c, K = w2c64.float(), K64.float()
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
-    grid = torch.stack([xs, ys], -1).reshape(1, H * W, 2)
+    grid = pixel_grid(H, W).reshape(2, H * W).T[None]  # (1, HW, 2)
 
     # 1. render every frame
     centers, dirs = _rays(w2c, K, grid.expand(T, -1, -1))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from flowctrl.errors import ConfigError
+from flowctrl.flow.grid import pixel_grid
 
 
 class SyntheticVideoDataset(torch.utils.data.Dataset):
@@ -77,10 +78,8 @@ class TextureMotionDataset(torch.utils.data.Dataset):
         angle = math.pi * u()
         v = torch.tensor([speed * math.cos(angle), speed * math.sin(angle)])
         omega, zrate = self.max_rot * u(), self.max_zoom * u()
-        ys, xs = torch.meshgrid(torch.arange(self.h, dtype=torch.float32), torch.arange(self.w, dtype=torch.float32),
-                                indexing="ij")
         c = torch.tensor([(self.w - 1) / 2, (self.h - 1) / 2])
-        q = torch.stack([xs, ys]) - c.view(2, 1, 1)                                    # (2, H, W) about the centre
+        q = pixel_grid(self.h, self.w) - c.view(2, 1, 1)                                    # (2, H, W) about the centre
         frames, flows = [], []
         for t in range(self.t):
             s_t, th = (1 + zrate) ** t, omega * t
