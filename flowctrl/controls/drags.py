@@ -227,9 +227,9 @@ class DragControl(LocalControl):
         if item.radius is None:
             return None
         from flowctrl.flow.densify import THRESHOLD_R
+        from flowctrl.flow.grid import pixel_grid
 
-        ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                                indexing="ij")
+        xs, ys = pixel_grid(height, width)
         disc = ((xs - item.start[0]) ** 2 + (ys - item.start[1]) ** 2 <= item.radius ** 2)[None]
         # the drag's motion fades to R (eq. 7) at its radius: sigma = radius / sqrt(ln(1/R))
         return {"sigma": item.radius / math.sqrt(math.log(1.0 / THRESHOLD_R)), "radius": item.radius, "region": disc}
