@@ -172,3 +172,27 @@ def test_app_builds_controls_of_any_registered_kind(tmp_path, nudges):
     ctl = build_controls((32, 48), ArrowSketch().click(1, 1).click(5, 5),
                          control_files={"nudges": str(tmp_path / "n.json")})
     assert ctl.nudges == [Nudge(at=(10.0, 20.0), by=(6.0, -2.0))] and len(ctl.arrows) == 1
+
+
+def test_builtin_kinds_implement_the_interface():
+    from flowctrl.controls import Arrow, Drag, load_pose
+    from flowctrl.controls.registry import get_control
+
+    arrow, drag, pose = get_control("arrows"), get_control("drags"), get_control("pose")
+    tracks, starts, valid = arrow.tracks(Arrow(start=(3, 4), end=(13, 0), strength=0.5), 5)
+    assert tracks.shape == (1, 5, 2) and valid is None and torch.allclose(starts, torch.tensor([[3.0, 4.0]]))
+    assert torch.allclose(tracks[0, -1], torch.tensor([5.0, -2.0]))
+    assert arrow.region(Arrow(start=(3, 4), end=(13, 0)), 8, 16) is None
+    region = drag.region(Drag(points=[[8, 4], [10, 4]], radius=2.0), 8, 16)
+    disc = region["region"][0]
+    assert bool(disc[4, 8]) and bool(disc[4, 10]) and not bool(disc[4, 11]) and int(disc.sum()) == 13  # |p - c| <= 2
+    from flowctrl.flow.densify import THRESHOLD_R  # the drag's motion fades to R at its radius (eq. 7)
+
+    assert region["radius"] == 2.0 and np.exp(-(2.0 / region["sigma"]) ** 2) == pytest.approx(THRESHOLD_R)
+    seq = load_pose(REPO / "examples" / "pose.json")
+    tracks, starts, valid = pose.tracks(seq, 6)
+    n = len(seq.keypoints[0]) + 8 * len(seq.limbs)
+    assert tracks.shape == (n, 6, 2) and starts.shape == (n, 2) and valid.shape == (n, 6)
+    assert torch.allclose(tracks[:, 0], torch.zeros(n, 2))
+    assert len(pose.seeds(tracks, starts, valid)) == min(16, int(valid[:, 0].sum()))
+    assert arrow.many and drag.many and pose.many is False
