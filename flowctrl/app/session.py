@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -158,20 +158,23 @@ def build_controls(image_size: Tuple[int, int], sketch: ArrowSketch, *, arrow_st
                    arrows_file: Optional[str] = None, drags_file: Optional[str] = None,
                    ref_video: Optional[str] = None, strength: Optional[float] = None,
                    pose_file: Optional[str] = None, mask_file: Optional[str] = None,
-                   depth_file: Optional[str] = None, brush: Optional[Any] = None) -> Any:
+                   depth_file: Optional[str] = None, brush: Optional[Any] = None,
+                   control_files: Optional[Dict[str, str]] = None) -> Any:
     """:class:`flowctrl.controls.Controls` from the app's inputs, in pixels of ``image_size (H, W)``.
 
     Clicked arrows / drags and uploaded arrows / drags files add up; an uploaded camera file wins over
     the preset; the painted motion brush ``brush`` (bool ``(1, H, W)``, :func:`brush_mask`) and an
-    uploaded mask file add up to one motion mask. ``strength``: target motion strength M_s in px/frame,
-    None or 0 = as the controls say. Bad files raise :class:`~flowctrl.errors.ControlFileError` (one
-    line naming file and field).
+    uploaded mask file add up to one motion mask. ``control_files``: uploaded files of any other local
+    control kind by bundle field (``{"pose": path}``, :mod:`flowctrl.controls.registry`). ``strength``:
+    target motion strength M_s in px/frame, None or 0 = as the controls say. Bad files raise
+    :class:`~flowctrl.errors.ControlFileError` (one line naming file and field).
     """
     from flowctrl.controls import Controls
 
+    files = {"pose": pose_file, **(control_files or {})}
     controls = Controls.from_files(image_size=image_size, arrows=arrows_file, drags=drags_file,
-                                   camera=camera_file or camera, ref_video=ref_video, pose=pose_file,
-                                   mask=mask_file, depth=depth_file, strength=strength if strength else None)
+                                   camera=camera_file or camera, ref_video=ref_video, mask=mask_file,
+                                   depth=depth_file, strength=strength if strength else None, **files)
     motion_mask = controls.motion_mask
     if brush is not None:
         motion_mask = brush if motion_mask is None else (motion_mask | brush)

@@ -41,12 +41,15 @@ def user_facing(message: str, uploads: Iterable[Any] = ()) -> str:
 def guard_uploads(func: F) -> F:
     """Decorate an app loader (e.g. ``build_controls``): file paths inside uploads stay inside their
     folder, and a :class:`FlowCtrlError` is re-raised (same class) with :func:`user_facing` text.
-    Upload paths are the keyword arguments ending in ``_file`` and those in :data:`UPLOAD_KEYWORDS`."""
+    Upload paths are the keyword arguments ending in ``_file``, the values of dicts ending in ``_files``
+    and those in :data:`UPLOAD_KEYWORDS`."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         uploads = [v for k, v in kwargs.items() if isinstance(v, (str, os.PathLike))
                    and (k.endswith("_file") or k in UPLOAD_KEYWORDS)]
+        uploads += [v for k, d in kwargs.items() if k.endswith("_files") and isinstance(d, dict)  # control_files
+                    for v in d.values() if isinstance(v, (str, os.PathLike))]
         try:
             with confined_references():
                 return func(*args, **kwargs)

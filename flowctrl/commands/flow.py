@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import warnings
@@ -17,6 +16,7 @@ from typing import Any, Dict
 
 from flowctrl.commands._common import same_file
 from flowctrl.commands._messages import cli_warning_text
+from flowctrl.controls.registry import local_control_entries
 from flowctrl.errors import InputError
 
 FLOW_SUFFIXES = (".safetensors", ".npy", ".flo")
@@ -42,11 +42,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--controls", "--bundle", dest="bundle", metavar="FILE",
                    help="control bundle JSON (individual flags below override its entries); "
                         "--bundle is an alias")
-    p.add_argument("--arrows", help="arrows JSON")
-    p.add_argument("--drags", help="drags JSON or a Tora/MotionCtrl .txt trajectory")
+    for kind in local_control_entries():  # --arrows, --drags, --pose and every registered local control
+        p.add_argument(kind.flag, help=kind.flow_help or kind.help)
     p.add_argument("--camera", help="camera file (flowctrl JSON, RealEstate10K .txt, MotionCtrl JSON) or preset, e.g. orbit")
     p.add_argument("--ref-video", help="reference video whose motion is transferred")
-    p.add_argument("--pose", help="pose keypoints JSON (COCO-17 / OpenPose-18)")
     p.add_argument("--mask", help="motion-brush PNG: local motion only inside it")
     p.add_argument("--static-mask", help="PNG of regions that stay still (they follow only the camera)")
     p.add_argument("--depth", help="depth file: 16-bit PNG, .npy, or a disparity map (see --depth-kind)")
@@ -98,9 +97,8 @@ def _check_outputs(outputs: Dict[str, Path], inputs: Dict[str, Path]) -> None:
 def _controls(args: argparse.Namespace, image_size) -> Any:
     from flowctrl.controls import Controls
 
-    given = {k: getattr(args, a) for k, a in (("arrows", "arrows"), ("drags", "drags"), ("camera", "camera"),
-                                               ("ref_video", "ref_video"), ("pose", "pose"), ("mask", "mask"),
-                                               ("static_mask", "static_mask"), ("depth", "depth"))}
+    given = {k: getattr(args, k, None) for k in (*(kind.field for kind in local_control_entries()), "camera",
+                                                 "ref_video", "mask", "static_mask", "depth")}
     flags = Controls.from_files(**{k: v for k, v in given.items()}, strength=args.strength, image_size=image_size)
     if not args.bundle:
         return flags
@@ -113,7 +111,7 @@ def _controls(args: argparse.Namespace, image_size) -> Any:
             override[field] = getattr(flags, field)
     if args.strength is not None:
         override["strength"] = flags.strength
-    return dataclasses.replace(bundle, **override)
+    return bundle.updated(**override)
 
 
 class _Progress:
@@ -162,9 +160,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_viz:
         outputs["--viz"] = Path(args.viz) if args.viz else out.with_name(out.stem + "_flow.mp4")
         outputs["--overlay"] = Path(args.overlay) if args.overlay else out.with_name(out.stem + "_controls.png")
-    inputs = {name: Path(v) for name, v in (("--image", args.image), ("--controls", args.bundle), ("--arrows", args.arrows),
-                                            ("--drags", args.drags), ("--camera", args.camera), ("--ref-video", args.ref_video),
-                                            ("--pose", args.pose), ("--mask", args.mask), ("--static-mask", args.static_mask),
+    inputs = {name: Path(v) for name, v in (("--image", args.image), ("--controls", args.bundle),
+                                            *((kind.flag, getattr(args, kind.field, None)) for kind in local_control_entries()),
+                                            ("--camera", args.camera), ("--ref-video", args.ref_video),
+                                            ("--mask", args.mask), ("--static-mask", args.static_mask),
                                             ("--depth", args.depth)) if v}
     _check_outputs(outputs, inputs)
     if args.depth_model:

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 from flowctrl.commands._common import same_file, terminal_size
 from flowctrl.commands._messages import cli_warning_text
+from flowctrl.controls.registry import local_control_entries
 from flowctrl.errors import InputError, MissingWeightsError
 from flowctrl.pipelines.backend_options import BACKENDS, construction_options, flags_not_taken
 from flowctrl.pipelines.backend_options import FLAGS as BACKEND_FLAGS
@@ -70,10 +71,9 @@ def register(subparsers: Any) -> None:
     c.add_argument("--camera", metavar="FILE|PRESET",
                    help="camera trajectory file (.json, RealEstate10K .txt, MotionCtrl .json) or preset, "
                         "e.g. orbit, pan-left, zoom-in, orbit:degrees=30")
-    c.add_argument("--arrows", metavar="FILE", help="arrows JSON (e.g. examples/a.json)")
-    c.add_argument("--drags", metavar="FILE", help="drag trajectories JSON or txt")
+    for kind in local_control_entries():  # --arrows, --drags, --pose and every registered local control
+        c.add_argument(kind.flag, metavar="FILE", help=kind.help)
     c.add_argument("--ref-video", metavar="FILE", help="reference video whose motion is transferred")
-    c.add_argument("--pose", metavar="FILE", help="pose keypoint sequence JSON")
     c.add_argument("--mask", metavar="FILE", help="motion brush mask PNG (where local motion may act)")
     c.add_argument("--static-mask", metavar="FILE", help="mask PNG of regions that must stay still")
     c.add_argument("--depth", metavar="FILE", help="depth map (PNG16/npy/exr) for camera controls")
@@ -309,8 +309,8 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
                       field=None if size is not None else "size")
 
     inputs = {"--image": image_path}
-    for dest in INPUT_FILE_FLAGS:
-        value = getattr(args, dest)
+    for dest in dict.fromkeys((*INPUT_FILE_FLAGS, *(kind.field for kind in local_control_entries()))):
+        value = getattr(args, dest, None)
         if value and isinstance(value, (str, os.PathLike)) and Path(value).exists():
             inputs["--" + dest.replace("_", "-")] = Path(value)
 
@@ -346,17 +346,18 @@ def _validate_recorded(args: argparse.Namespace) -> Tuple[Plan, Dict[str, Path]]
 
     from flowctrl.controls import Controls
 
-    explicit = dict(arrows=args.arrows, drags=args.drags, camera=args.camera, ref_video=args.ref_video,
-                    pose=args.pose, mask=args.mask, static_mask=args.static_mask, depth=args.depth,
-                    strength=args.strength)
+    explicit = dict(camera=args.camera, ref_video=args.ref_video, mask=args.mask, static_mask=args.static_mask,
+                    depth=args.depth, strength=args.strength,
+                    **{kind.field: getattr(args, kind.field, None) for kind in local_control_entries()})
     controls = Controls.from_files(image_size=(h0, w0), **explicit)  # bad files -> ControlFileError
     if args.controls:  # the bundle fills in what the explicit flags did not give
         bundle = (args.controls.load((h0, w0)) if hasattr(args.controls, "load")  # an inline bundle (--jobs)
                   else Controls.from_bundle(args.controls, image_size=(h0, w0)))
         overrides = {field: getattr(controls, field) for field in (
-            "arrows", "drags", "camera", "ref_video", "pose", "motion_mask", "static_mask", "depth", "strength")
+            "camera", "ref_video", "motion_mask", "static_mask", "depth", "strength",
+            *(kind.field for kind in local_control_entries()))
             if getattr(controls, field) not in (None, [])}
-        controls = dataclasses.replace(bundle, **overrides)
+        controls = bundle.updated(**overrides)
     plan.controls = controls
     return plan, inputs
 

@@ -26,6 +26,7 @@ from flowctrl.controls._common import (
     PathLike, Size, err, expect_list, expect_object, number, number_list, parse_units, read_json,
     reject_unknown, require, rescale_points, resolve_path, to_pixels,
 )
+from flowctrl.controls.local import LocalControl
 
 __all__ = ["Arrow", "EASINGS", "ease", "load_arrows", "parse_arrows"]
 
@@ -157,3 +158,44 @@ def arrows_to_json(arrows: Sequence[Arrow]) -> dict:
     """The JSON object (pixel units) that :func:`parse_arrows` reads back to ``arrows``; masks are dropped."""
     return {"units": "px", "arrows": [
         {"start": list(a.start), "end": list(a.end), "strength": a.strength, "easing": a.easing} for a in arrows]}
+
+
+class ArrowControl(LocalControl):
+    """Arrows as a local control kind (``Controls.arrows``): one track per arrow, its mask its region."""
+
+    many = True
+    label = "arrow"
+
+    def parse(self, value: Any, source: Any, image_size: Optional[Size], base_dir: Optional[Path]) -> List[Arrow]:
+        return parse_arrows(value, source, image_size, base_dir)
+
+    def load(self, path: Path, image_size: Optional[Size]) -> List[Arrow]:
+        return load_arrows(path, image_size)
+
+    def tracks(self, item: Arrow, num_frames: int) -> Tuple[torch.Tensor, torch.Tensor, None]:
+        track = torch.as_tensor(item.track(num_frames), dtype=torch.float32)
+        return track[None], torch.tensor(item.start, dtype=torch.float32)[None], None
+
+    def region(self, item: Arrow, height: int, width: int) -> Optional[dict]:
+        return None if item.mask is None else {"region": torch.as_tensor(item.mask).bool(), "sigma": None}
+
+    def anchor(self, item: Arrow) -> Tuple[float, float]:
+        return item.start
+
+    def own_mask(self, item: Arrow) -> Optional[torch.Tensor]:
+        return item.mask
+
+    def draw(self, canvas: np.ndarray, item: Arrow, thick: int, num_frames: int) -> None:
+        """Red arrow with a white halo (visible on any colour), strength applied."""
+        import cv2
+
+        track = torch.as_tensor(item.track(num_frames), dtype=torch.float64)
+        s = torch.as_tensor(item.start, dtype=torch.float64)
+        e = s + track[-1]
+        a0 = (int(round(float(s[0]))), int(round(float(s[1]))))
+        a1 = (int(round(float(e[0]))), int(round(float(e[1]))))
+        cv2.arrowedLine(canvas, a0, a1, (255, 255, 255), thick + 2, cv2.LINE_AA, tipLength=0.2)
+        cv2.arrowedLine(canvas, a0, a1, (230, 30, 30), thick, cv2.LINE_AA, tipLength=0.2)
+
+
+CONTROL = ArrowControl()

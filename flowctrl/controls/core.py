@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,20 +28,27 @@ from flowctrl.controls._common import (
     PathLike, Size, check_image_size, err, expect_object, number, read_json, reject_unknown, resolve_path,
     type_name,
 )
-from flowctrl.controls.arrows import Arrow, load_arrows, parse_arrows
+from flowctrl.controls.arrows import Arrow
 from flowctrl.controls.camera import CameraTrajectory, parse_camera_json, parse_motionctrl
 from flowctrl.controls.camera_loader import load_camera
-from flowctrl.controls.drags import Drag, load_drags, parse_drags
+from flowctrl.controls.drags import Drag
 from flowctrl.controls.masks import load_mask, resize_mask
-from flowctrl.controls.pose import PoseSequence, load_pose, parse_pose
+from flowctrl.controls.pose import PoseSequence
+from flowctrl.controls.registry import local_control_entries
 from flowctrl.errors import ControlFileError
 
-__all__ = ["Controls", "BUNDLE_FIELDS"]
+__all__ = ["Controls", "BUNDLE_FIELDS", "bundle_fields"]
 
 MAX_STRENGTH = 1000.0     # target motion strength M_s, px/frame: beyond this every pixel leaves the image
 MAX_IMAGE_SIDE = 65536    # image_size entries (pixels)
 BUNDLE_FIELDS = ("image_size", "image", "arrows", "drags", "camera", "ref_video", "pose", "mask",
                  "static_mask", "depth", "strength")
+BUILTIN_LOCAL = ("arrows", "drags", "pose")  # registered kinds stored in their own dataclass field
+
+
+def bundle_fields() -> Tuple[str, ...]:
+    """:data:`BUNDLE_FIELDS` plus the fields of local control kinds registered beyond the built-in ones."""
+    return BUNDLE_FIELDS + tuple(e.field for e in local_control_entries() if e.field not in BUNDLE_FIELDS)
 
 
 def _image_size_of(path: Path, source: Any) -> Size:
@@ -70,6 +77,8 @@ class Controls:
     strength: target motion strength M_s (seed 004 eq. 8, px/frame at ``image_size``) or None.
     depth: a depth file path (for :func:`flowctrl.depth.resolve_depth`) or a tensor ``(1, H, W)``.
     image_size: ``(H, W)`` of the original image, or None when unknown.
+    extra_local: items of registered local control kinds beyond arrows / drags / pose, by field
+        (:mod:`flowctrl.controls.registry`); read as attributes too (``controls.shake``).
     """
 
     arrows: List[Arrow] = field(default_factory=list)
@@ -82,10 +91,12 @@ class Controls:
     strength: Optional[float] = None
     depth: Optional[Union[str, Path, torch.Tensor]] = None
     image_size: Optional[Size] = None
+    extra_local: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.arrows = list(self.arrows)
         self.drags = list(self.drags)
+        self.extra_local = dict(self.extra_local)
         self.image_size = check_image_size(self.image_size)
         for name in ("motion_mask", "static_mask"):
             mask = getattr(self, name)
@@ -103,11 +114,57 @@ class Controls:
         if isinstance(self.camera, str):
             self.camera = load_camera(self.camera)
 
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: a registered kind stored in extra_local
+        extra = self.__dict__.get("extra_local")
+        if extra is not None and not name.startswith("_"):
+            for entry in local_control_entries():
+                if entry.field == name:
+                    return extra.get(name, [] if entry.control.many else None)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ------------------------------------------------------------------ queries
+    def local_items(self) -> List[Tuple[Any, Any]]:
+        """``(LocalControl, item)`` of every point-track control (arrows, drags, pose and registered
+        kinds), in registration order."""
+        out = []
+        for entry in local_control_entries():
+            control = entry.control
+            value = getattr(self, entry.field)
+            items = list(value) if control.many else ([] if value is None else [value])
+            out.extend((control, item) for item in items)
+        return out
+
+    def _map_local(self, fn: Any) -> Dict[str, Any]:
+        """``{field: value}`` of every registered kind with ``fn(control, item)`` applied per item;
+        kinds beyond the built-in ones are gathered under ``extra_local``."""
+        out: Dict[str, Any] = {}
+        extra: Dict[str, Any] = {}
+        for entry in local_control_entries():
+            control, value = entry.control, getattr(self, entry.field)
+            if control.many:
+                value = [fn(control, item) for item in value]
+            elif value is not None:
+                value = fn(control, value)
+            (out if entry.field in BUILTIN_LOCAL else extra)[entry.field] = value
+        out["extra_local"] = extra
+        return out
+
+    def updated(self, **changes: Any) -> "Controls":
+        """``dataclasses.replace`` that also takes registered local kinds beyond arrows / drags / pose
+        by field (``controls.updated(shake=[...])``), storing them in ``extra_local``."""
+        extra = {k: changes.pop(k) for k in list(changes) if k not in self.__dataclass_fields__}
+        if extra:
+            unknown = set(extra) - {entry.field for entry in local_control_entries()}
+            if unknown:
+                raise TypeError(f"Controls has no local control kind {sorted(unknown)[0]!r}")
+            changes["extra_local"] = {**changes.get("extra_local", self.extra_local), **extra}
+        return replace(self, **changes)
+
     @property
     def has_local(self) -> bool:
-        """Whether any local control (arrows, drags, pose, reference video) is present."""
-        return bool(self.arrows or self.drags or self.pose is not None or self.ref_video is not None)
+        """Whether any local control (arrows, drags, pose, a registered kind, reference video) is present."""
+        return bool(self.local_items() or self.ref_video is not None)
 
     def is_empty(self) -> bool:
         return not (self.has_local or self.camera is not None)
@@ -120,7 +177,7 @@ class Controls:
         are resolution-free and are shared."""
         new = (int(height), int(width))
         if self.image_size is None:
-            has_pixels = self.arrows or self.drags or self.pose is not None or self.strength is not None
+            has_pixels = self.local_items() or self.strength is not None
             if has_pixels:
                 raise err("controls", "image_size", "is unknown, pixel coordinates cannot be rescaled",
                           "build the controls with image_size=(H, W) of the input image")
@@ -131,7 +188,7 @@ class Controls:
         else:
             old = self.image_size
         if old == new:
-            return replace(self, arrows=list(self.arrows), drags=list(self.drags), image_size=new)
+            return replace(self, **self._map_local(lambda control, item: item), image_size=new)
         scale = 0.5 * (new[0] / old[0] + new[1] / old[1])
 
         def resize_tensor(x: Any) -> Any:
@@ -144,9 +201,7 @@ class Controls:
 
         return replace(
             self,
-            arrows=[a.resized(old, new) for a in self.arrows],
-            drags=[d.resized(old, new) for d in self.drags],
-            pose=None if self.pose is None else self.pose.resized(old, new),
+            **self._map_local(lambda control, item: control.resized(item, old, new)),
             motion_mask=None if self.motion_mask is None else resize_mask(self.motion_mask, new),
             static_mask=None if self.static_mask is None else resize_mask(self.static_mask, new),
             strength=None if self.strength is None else self.strength * scale,
@@ -161,11 +216,13 @@ class Controls:
                    camera: Optional[Union[PathLike, CameraTrajectory]] = None, ref_video: Optional[PathLike] = None,
                    pose: Optional[PathLike] = None, mask: Optional[PathLike] = None,
                    static_mask: Optional[PathLike] = None, depth: Optional[PathLike] = None,
-                   strength: Optional[float] = None, image_size: Optional[Size] = None) -> "Controls":
+                   strength: Optional[float] = None, image_size: Optional[Size] = None,
+                   **local_files: Optional[PathLike]) -> "Controls":
         """Read every given control file (formats: docs/controls.md). ``camera`` may be a file or
         a preset spec; ``ref_video`` and ``depth`` are checked to exist and kept as paths (the
         pipeline reads them at the working size). ``image_size`` (H, W) is needed for normalized
-        coordinates and to check pixel coordinates lie on the image."""
+        coordinates and to check pixel coordinates lie on the image. ``local_files``: files of
+        registered local control kinds beyond arrows / drags / pose, by field."""
         image_size = check_image_size(image_size, "controls")
         from flowctrl.io_safety import check_regular
 
@@ -175,12 +232,19 @@ class Controls:
                                 missing="reference video does not exist")
         if depth is not None:
             depth_path = check_regular(depth, "depth", ControlFileError, fix="check the --depth path")
+        given = dict(local_files, arrows=arrows, drags=drags, pose=pose)
+        local, extra = {}, {}
+        for entry in local_control_entries():
+            path, control = given.pop(entry.field, None), entry.control
+            value = control.load(Path(path), image_size) if path is not None else ([] if control.many else None)
+            (local if entry.field in BUILTIN_LOCAL else extra)[entry.field] = value
+        if given:
+            raise TypeError(f"from_files() got an unexpected keyword argument {next(iter(given))!r}")
         return cls(
-            arrows=load_arrows(arrows, image_size) if arrows is not None else [],
-            drags=load_drags(drags, image_size) if drags is not None else [],
+            **local,
+            extra_local=extra,
             camera=load_camera(camera) if camera is not None else None,
             ref_video=ref,
-            pose=load_pose(pose, image_size) if pose is not None else None,
             motion_mask=load_mask(mask, image_size, "motion mask") if mask is not None else None,
             static_mask=load_mask(static_mask, image_size, "static mask") if static_mask is not None else None,
             strength=_check_strength(strength, "controls", "strength"),
@@ -200,7 +264,7 @@ class Controls:
                   image_size: Optional[Size] = None) -> "Controls":
         """Build from a parsed bundle object; file paths inside resolve against ``base_dir``."""
         data = expect_object(data, source, "(top level)", '{"arrows": "a.json", "camera": "orbit"}')
-        reject_unknown(data, BUNDLE_FIELDS, source, "")
+        reject_unknown(data, bundle_fields(), source, "")
 
         def path_of(key: str) -> Path:
             from flowctrl.io_safety import check_regular
@@ -227,21 +291,16 @@ class Controls:
                 note_input(image_path)
         image_size = check_image_size(image_size, source)
 
-        def inline_or_file(key: str, parse: Any, load: Any) -> Any:
-            value = data.get(key)
-            if value is None:
-                return None
+        local, extra = {}, {}
+        for entry in local_control_entries():  # each kind inline (a JSON object or list) or a file
+            value, control = data.get(entry.field), entry.control
             if isinstance(value, (dict, list)):
-                return parse(value, f"{source}: {key}", image_size)
-            return load(path_of(key), image_size)
-
-        arrows = data.get("arrows")
-        if isinstance(arrows, (dict, list)):
-            arrows = parse_arrows(arrows, f"{source}: arrows", image_size, base_dir)
-        elif arrows is not None:
-            arrows = load_arrows(path_of("arrows"), image_size)
-        drags = inline_or_file("drags", parse_drags, load_drags)
-        pose = inline_or_file("pose", parse_pose, load_pose)
+                value = control.parse(value, f"{source}: {entry.field}", image_size, base_dir)
+            elif value is not None:
+                value = control.load(path_of(entry.field), image_size)
+            if control.many:
+                value = value or []
+            (local if entry.field in BUILTIN_LOCAL else extra)[entry.field] = value
 
         camera = data.get("camera")
         if isinstance(camera, dict):
@@ -267,11 +326,10 @@ class Controls:
             if data.get(key) is not None:
                 masks[key] = load_mask(path_of(key), image_size, "motion mask" if key == "mask" else "static mask")
         return cls(
-            arrows=arrows or [],
-            drags=drags or [],
+            **local,
+            extra_local=extra,
             camera=camera,
             ref_video=path_of("ref_video") if data.get("ref_video") is not None else None,
-            pose=pose,
             motion_mask=masks.get("mask"),
             static_mask=masks.get("static_mask"),
             strength=_check_strength(data.get("strength"), source),

@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from flowctrl.controls._common import (
     PathLike, Size, err, expect_list, expect_object, number, number_list, parse_units, read_json,
     read_text, reject_unknown, require, rescale_points, to_pixels,
 )
+from flowctrl.controls.local import LocalControl
 
 __all__ = ["Drag", "load_drags", "parse_drags", "parse_drag_txt"]
 
@@ -204,3 +205,46 @@ def drags_to_json(drags: Sequence[Drag]) -> dict:
             item["times"] = d.times.tolist()
         out.append(item)
     return {"units": "px", "drags": out}
+
+
+class DragControl(LocalControl):
+    """Drags as a local control kind (``Controls.drags``): one track per drag; a drag with a radius
+    moves only the disc of that radius, fading to the densifier's threshold at its edge."""
+
+    many = True
+    label = "drag"
+
+    def parse(self, value: Any, source: Any, image_size: Optional[Size], base_dir: Optional[Path]) -> List[Drag]:
+        return parse_drags(value, source, image_size)
+
+    def load(self, path: Path, image_size: Optional[Size]) -> List[Drag]:
+        return load_drags(path, image_size)
+
+    def tracks(self, item: Drag, num_frames: int) -> Tuple[torch.Tensor, torch.Tensor, None]:
+        return item.track(num_frames)[None], torch.tensor(item.start, dtype=torch.float32)[None], None
+
+    def region(self, item: Drag, height: int, width: int) -> Optional[dict]:
+        if item.radius is None:
+            return None
+        from flowctrl.flow.densify import THRESHOLD_R
+        from flowctrl.flow.grid import pixel_grid
+
+        xs, ys = pixel_grid(height, width)
+        disc = ((xs - item.start[0]) ** 2 + (ys - item.start[1]) ** 2 <= item.radius ** 2)[None]
+        # the drag's motion fades to R (eq. 7) at its radius: sigma = radius / sqrt(ln(1/R))
+        return {"sigma": item.radius / math.sqrt(math.log(1.0 / THRESHOLD_R)), "radius": item.radius, "region": disc}
+
+    def anchor(self, item: Drag) -> np.ndarray:
+        return item.points[0]
+
+    def draw(self, canvas: np.ndarray, item: Drag, thick: int, num_frames: int) -> None:
+        """Blue polyline through the points with a dot on each."""
+        import cv2
+
+        pts = np.round(np.asarray(item.points, np.float64)).astype(np.int32).reshape(-1, 2)
+        cv2.polylines(canvas, [pts], False, (30, 90, 230), thick, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(canvas, tuple(int(v) for v in p), thick + 1, (30, 90, 230), -1, cv2.LINE_AA)
+
+
+CONTROL = DragControl()

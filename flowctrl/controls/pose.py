@@ -25,6 +25,7 @@ from flowctrl.controls._common import (
     PathLike, Size, err, expect_list, expect_object, number, parse_units, read_json, reject_unknown,
     require, rescale_points, to_pixels,
 )
+from flowctrl.controls.local import LocalControl
 
 __all__ = ["PoseSequence", "SKELETONS", "KEYPOINT_NAMES", "load_pose", "parse_pose"]
 
@@ -167,3 +168,46 @@ def load_pose(path: PathLike, image_size: Optional[Size] = None) -> PoseSequence
     """Read a pose keypoint JSON file (module docstring) into a pixel-unit :class:`PoseSequence`."""
     path = Path(path)
     return parse_pose(read_json(path, "pose"), path, image_size)
+
+
+class PoseControl(LocalControl):
+    """A pose sequence as a local control kind (``Controls.pose``, one item or None): one track per
+    keypoint plus ``samples_per_limb`` along each limb; with segmentation it moves the person under
+    up to ``max_seeds`` of its visible reference points."""
+
+    many = False
+    label = "pose"
+    samples_per_limb = 8
+    max_seeds = 16
+
+    def parse(self, value: Any, source: Any, image_size: Optional[Size], base_dir: Optional[Path]) -> PoseSequence:
+        return parse_pose(value, source, image_size)
+
+    def load(self, path: Path, image_size: Optional[Size]) -> PoseSequence:
+        return load_pose(path, image_size)
+
+    def tracks(self, item: PoseSequence, num_frames: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from flowctrl.flow.sparse import pose_tracks
+
+        seq = item.resample(num_frames)
+        return pose_tracks(seq.keypoints, seq.confidence, seq.limbs, samples_per_limb=self.samples_per_limb,
+                           min_confidence=1e-6)
+
+    def seeds(self, tracks: torch.Tensor, starts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        seeds = starts[valid[:, 0]] if bool(valid[:, 0].any()) else starts
+        pick = torch.linspace(0, len(seeds) - 1, min(len(seeds), self.max_seeds)).round().long()
+        return seeds[pick]
+
+    def draw(self, canvas: np.ndarray, item: PoseSequence, thick: int, num_frames: int) -> None:
+        """Green limbs of the reference frame's pose (keypoints with confidence > 0.1)."""
+        import cv2
+
+        kp = torch.as_tensor(item.keypoints)[0].numpy()
+        conf = torch.as_tensor(item.confidence)[0].numpy()
+        for j1, j2 in item.limbs:
+            if j1 < len(kp) and j2 < len(kp) and conf[j1] > 0.1 and conf[j2] > 0.1:
+                cv2.line(canvas, tuple(int(round(v)) for v in kp[j1]), tuple(int(round(v)) for v in kp[j2]),
+                         (30, 200, 60), thick, cv2.LINE_AA)
+
+
+CONTROL = PoseControl()

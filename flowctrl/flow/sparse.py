@@ -6,13 +6,13 @@ is the *displacement* ``(x_j - x_i, y_j - y_i) * M_o^s``, which is what we store
 control becomes a track: the displacement of one reference-frame pixel at each frame ``t``
 (``track[0] == 0``), and the sparse field holds ``track[t]`` at the start pixel of frame ``t``.
 
-Arrows and drags provide ``.track(T) -> (T, 2)`` (easing / PCHIP and strength already applied,
-:mod:`flowctrl.controls`); pose keypoints become one track per keypoint plus tracks sampled along
-each limb (:func:`pose_tracks`).
+Every local control kind turns its items into tracks itself (``LocalControl.tracks``,
+:mod:`flowctrl.controls.registry`); pose keypoints become one track per keypoint plus tracks sampled
+along each limb (:func:`pose_tracks`).
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 
@@ -93,28 +93,6 @@ def sparse_flow_from_tracks(
             sparse[bi, :, :, index] = values
             mask[bi, :, :, index] = hit
     return sparse.view(b, t, 2, height, width), mask.view(b, t, 1, height, width)
-
-
-def tracks_from_controls(items: Sequence[object], num_frames: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``.track(T)`` of arrows / drags into ``tracks (N, T, 2)`` and ``starts (N, 2)`` pixels.
-
-    An arrow starts at ``arrow.start``; a drag at ``drag.points[0]``. ``track`` must be the per-frame
-    displacement with ``track[0] == 0`` (strength and easing applied).
-    """
-    tracks, starts = [], []
-    for item in items:
-        track = torch.as_tensor(item.track(num_frames), dtype=torch.float32)
-        if track.shape != (num_frames, 2):
-            raise ValueError(f"{type(item).__name__}.track({num_frames}) returned shape {tuple(track.shape)}")
-        if hasattr(item, "start"):
-            start = torch.as_tensor(item.start, dtype=torch.float32).reshape(2)
-        else:
-            start = torch.as_tensor(item.points, dtype=torch.float32).reshape(-1, 2)[0]
-        tracks.append(track)
-        starts.append(start)
-    if not tracks:
-        return torch.zeros(0, num_frames, 2), torch.zeros(0, 2)
-    return torch.stack(tracks), torch.stack(starts)
 
 
 def pose_tracks(

@@ -121,9 +121,9 @@ def draw_controls(image: torch.Tensor, controls: object, flow: Optional[torch.Te
                   num_frames: int = 16, moving: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Draw the controls over ``image (3, H, W)`` → ``(3, H', W')`` in [0, 1].
 
-    Arrows (red, with strength applied), drag paths (blue polylines with a dot per point), pose of the
-    reference frame (green limbs), the motion mask outline (yellow), and the camera path as a small
-    top-down inset with frustum wedges. With ``flow (T, 2, H, W)`` (or ``(1, T, 2, H, W)``) the color
+    Every local control as its kind draws it (arrows red with strength applied, drag paths blue
+    polylines with a dot per point, the reference frame's pose green limbs), the motion mask outline
+    (yellow), and the camera path as a small top-down inset with frustum wedges. With ``flow (T, 2, H, W)`` (or ``(1, T, 2, H, W)``) the color
     wheel of its last frame is placed to the right (``W' = 2W``). Coordinates are in pixels of the
     image (call ``controls.resized(H, W)`` first when they refer to another size). ``moving`` ``(H, W)``
     (bool or [0, 1], e.g. :func:`moving_region`) is the region that will move: tinted cyan and outlined.
@@ -140,28 +140,9 @@ def draw_controls(image: torch.Tensor, controls: object, flow: Optional[torch.Te
             canvas = np.round(canvas * (1 - a) + np.array(MOVING_TINT, np.float64) * a).astype(np.uint8)
             contours, _ = cv2.findContours((m > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(canvas, contours, -1, MOVING_TINT, thick, cv2.LINE_AA)
-    for arrow in getattr(controls, "arrows", None) or []:
-        track = torch.as_tensor(arrow.track(num_frames), dtype=torch.float64)
-        s = torch.as_tensor(arrow.start, dtype=torch.float64)
-        e = s + track[-1]
-        a0 = (int(round(float(s[0]))), int(round(float(s[1]))))
-        a1 = (int(round(float(e[0]))), int(round(float(e[1]))))
-        cv2.arrowedLine(canvas, a0, a1, (255, 255, 255), thick + 2, cv2.LINE_AA, tipLength=0.2)  # halo: visible on any colour
-        cv2.arrowedLine(canvas, a0, a1, (230, 30, 30), thick, cv2.LINE_AA, tipLength=0.2)
-    for drag in getattr(controls, "drags", None) or []:
-        pts = np.round(np.asarray(drag.points, np.float64)).astype(np.int32).reshape(-1, 2)
-        cv2.polylines(canvas, [pts], False, (30, 90, 230), thick, cv2.LINE_AA)
-        for p in pts:
-            cv2.circle(canvas, tuple(int(v) for v in p), thick + 1, (30, 90, 230), -1, cv2.LINE_AA)
-    pose = getattr(controls, "pose", None)
-    if pose is not None:
-        kp = torch.as_tensor(pose.keypoints)[0].numpy()
-        conf = getattr(pose, "confidence", None)
-        conf = np.ones(len(kp)) if conf is None else torch.as_tensor(conf)[0].numpy()
-        for j1, j2 in getattr(pose, "limbs", ()):
-            if j1 < len(kp) and j2 < len(kp) and conf[j1] > 0.1 and conf[j2] > 0.1:
-                cv2.line(canvas, tuple(int(round(v)) for v in kp[j1]), tuple(int(round(v)) for v in kp[j2]),
-                         (30, 200, 60), thick, cv2.LINE_AA)
+    # every local control kind draws itself (flowctrl.controls.registry); flow/ does not import controls/
+    for control, item in (controls.local_items() if hasattr(controls, "local_items") else []):
+        control.draw(canvas, item, thick, num_frames)
     mask = getattr(controls, "motion_mask", None)
     if mask is not None:
         m = (torch.as_tensor(mask).reshape(-1, *torch.as_tensor(mask).shape[-2:])[0].cpu().numpy() > 0).astype(np.uint8)

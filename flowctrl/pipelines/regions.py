@@ -21,7 +21,7 @@ def local_motion_region(image: torch.Tensor, controls: Any, num_frames: int = 16
     All False when there is no such control.
     """
     H, W = image.shape[-2:]
-    if controls is None or not (controls.arrows or controls.drags or controls.pose is not None):
+    if controls is None or not controls.local_items():
         return torch.zeros(H, W, dtype=torch.bool)
     local_only = dataclasses.replace(controls, camera=None, ref_video=None, depth=None, strength=None)
     work = image

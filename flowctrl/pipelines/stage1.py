@@ -29,8 +29,8 @@ import torch
 from flowctrl.errors import InputError
 from flowctrl.flow.camera import camera_flow
 from flowctrl.flow.compose import compose_with_visibility
-from flowctrl.flow.densify import THRESHOLD_R, default_sigma, densify_points
-from flowctrl.flow.sparse import pose_tracks, sparse_flow_from_tracks, sparse_points_from_tracks, tracks_from_controls
+from flowctrl.flow.densify import default_sigma, densify_points
+from flowctrl.flow.sparse import sparse_flow_from_tracks, sparse_points_from_tracks
 from flowctrl.flow.strength import motion_strength, rescale_to_strength
 
 if TYPE_CHECKING:  # controls import the flow math, not the other way round at import time
@@ -40,8 +40,6 @@ logger = logging.getLogger("flowctrl")
 
 Callback = Callable[[str, int, int], None]
 DENSIFY_MODES = ("normalized", "gaussian")
-POSE_SAMPLES_PER_LIMB = 8
-SAM_MAX_POSE_SEEDS = 16
 
 
 class ControlWarning(UserWarning):
@@ -110,11 +108,6 @@ def report_progress(callback: Optional[Callback], stage: str, done: int, total: 
         callback(stage, done, total)
 
 
-def _disc(center: Tuple[float, float], radius: float, height: int, width: int) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
-    return ((xs - center[0]) ** 2 + (ys - center[1]) ** 2 <= radius ** 2)[None]
-
-
 def _acting(local: torch.Tensor, smask: torch.Tensor) -> torch.Tensor:
     """``(1, 1, 1, H, W)`` bool: where ``local (1, T, 2, H, W)`` is non-zero or ``smask (1, T, 1, H, W)`` > 0 at some frame.
 
@@ -147,43 +140,31 @@ def _warn_outside(name: str, start, mask: Optional[torch.Tensor], what: str, fix
 def _local_groups(controls, num_frames: int, height: int, width: int, segmented: bool = False) -> List[dict]:
     """Tracks grouped by the region they act in (None = densified together, unrestricted).
 
-    With ``segmented``, arrows without a mask, drags without a radius and the pose each get a group
-    with ``"seeds"`` ``(N, 2)``: their region is the object under those points (filled in by the caller).
+    Every local control kind of :mod:`flowctrl.controls.registry` in turn (``controls.local_items()``):
+    an item with its own region (an arrow's mask, a drag's radius) is a group of its own; with
+    ``segmented`` every other item is a group with ``"seeds"`` ``(N, 2)``: its region is the object
+    under those points (filled in by the caller).
     """
     free_tracks, free_starts, free_valid = [], [], []
     groups: List[dict] = []
-    for i, arrow in enumerate(controls.arrows):
-        tr, st = tracks_from_controls([arrow], num_frames)
-        _warn_outside(f"arrow {i}", arrow.start, arrow.mask, "its own mask", "move its start into the mask or fix the mask")
-        _warn_outside(f"arrow {i}", arrow.start, controls.motion_mask, "the motion brush", "paint the brush over it")
-        if arrow.mask is not None:
-            groups.append({"tracks": tr, "starts": st, "valid": None, "region": torch.as_tensor(arrow.mask).bool(), "sigma": None})
+    counts: Dict[str, int] = {}
+    for control, item in controls.local_items():
+        i = counts[control.label] = counts.get(control.label, -1) + 1
+        tr, st, va = control.tracks(item, num_frames)
+        anchor = control.anchor(item)
+        if anchor is not None:
+            _warn_outside(f"{control.label} {i}", anchor, control.own_mask(item), "its own mask",
+                          "move its start into the mask or fix the mask")
+            _warn_outside(f"{control.label} {i}", anchor, controls.motion_mask, "the motion brush", "paint the brush over it")
+        own = control.region(item, height, width)
+        if own is not None:
+            groups.append({"tracks": tr, "starts": st, "valid": va, "sigma": None, **own})
         elif segmented:
-            groups.append({"tracks": tr, "starts": st, "valid": None, "region": None, "sigma": None, "seeds": st})
+            groups.append({"tracks": tr, "starts": st, "valid": va, "region": None, "sigma": None,
+                           "seeds": control.seeds(tr, st, va)})
         else:
-            free_tracks.append(tr), free_starts.append(st), free_valid.append(torch.ones(1, num_frames, dtype=torch.bool))
-    for i, drag in enumerate(controls.drags):
-        tr, st = tracks_from_controls([drag], num_frames)
-        _warn_outside(f"drag {i}", drag.points[0], controls.motion_mask, "the motion brush", "paint the brush over it")
-        if drag.radius is not None:
-            # the drag's motion fades to R (eq. 7) at its radius: sigma = radius / sqrt(ln(1/R))
-            sigma = drag.radius / math.sqrt(math.log(1.0 / THRESHOLD_R))
-            groups.append({"tracks": tr, "starts": st, "valid": None, "sigma": sigma, "radius": drag.radius,
-                           "region": _disc(drag.start, drag.radius, height, width)})
-        elif segmented:
-            groups.append({"tracks": tr, "starts": st, "valid": None, "region": None, "sigma": None, "seeds": st})
-        else:
-            free_tracks.append(tr), free_starts.append(st), free_valid.append(torch.ones(1, num_frames, dtype=torch.bool))
-    if controls.pose is not None:
-        seq = controls.pose.resample(num_frames)
-        tr, st, va = pose_tracks(seq.keypoints, seq.confidence, seq.limbs, samples_per_limb=POSE_SAMPLES_PER_LIMB,
-                                 min_confidence=1e-6)
-        if segmented:
-            seeds = st[va[:, 0]] if bool(va[:, 0].any()) else st
-            pick = torch.linspace(0, len(seeds) - 1, min(len(seeds), SAM_MAX_POSE_SEEDS)).round().long()
-            groups.append({"tracks": tr, "starts": st, "valid": va, "region": None, "sigma": None, "seeds": seeds[pick]})
-        else:
-            free_tracks.append(tr), free_starts.append(st), free_valid.append(va)
+            free_tracks.append(tr), free_starts.append(st)
+            free_valid.append(va if va is not None else torch.ones(tr.shape[:2], dtype=torch.bool))
     if free_tracks:
         groups.insert(0, {"tracks": torch.cat(free_tracks), "starts": torch.cat(free_starts),
                           "valid": torch.cat(free_valid), "region": None, "sigma": None})
@@ -389,7 +370,7 @@ def plan_unified_flow(
     # 1. local motion --------------------------------------------------------------------------
     report_progress(callback, "local", 0, 1)
     segmenter = None
-    if (controls.arrows or controls.drags or controls.pose is not None) and segment not in (None, "none"):
+    if controls.local_items() and segment not in (None, "none"):
         from flowctrl.segment import resolve_segmenter
 
         segmenter = resolve_segmenter(segment)
