@@ -518,3 +518,17 @@ def test_usage_errors_are_one_line(argv, text):
     rc, lines = run_cli(*argv)
     assert_refused(rc, lines, contains=text)
     assert "usage:" not in lines[0] and "--help" in lines[0]
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["bench", "camera", "--frames", "100000"], "--frames"), (["bench", "reconstruct", "--size", "5", "5"], "--size"),
+    (["bench", "camera", "--plane-distance", "nan"], "--plane-distance"), (["bench", "camera", "--trials", "0"], "--trials"),
+])
+def test_bench_numbers_and_outputs_are_checked(tmp_path, argv, text):
+    rc, lines = run_cli(*argv, "-o", tmp_path / "bench")
+    assert_refused(rc, lines, contains=text)
+    assert not (tmp_path / "bench").exists()
+    (tmp_path / "file").write_text("x")
+    rc, lines = run_cli("bench", "camera", "--suite", "basic", "-o", tmp_path / "file")
+    assert_refused(rc, lines, contains="not a folder")
+    assert (tmp_path / "file").read_text() == "x"
