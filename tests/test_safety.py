@@ -532,3 +532,20 @@ def test_bench_numbers_and_outputs_are_checked(tmp_path, argv, text):
     rc, lines = run_cli("bench", "camera", "--suite", "basic", "-o", tmp_path / "file")
     assert_refused(rc, lines, contains="not a folder")
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_atomic_folder_replaces_a_saved_folder_only_when_complete(tmp_path):
+    from flowctrl.io_safety import atomic_path
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "old.safetensors").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "final", folder=True, replace=True) as tmp:
+            (tmp / "new.safetensors").write_text("half")
+            raise RuntimeError("killed mid-save")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert [p.name for p in (tmp_path / "final").iterdir()] == ["old.safetensors"]
+    with atomic_path(tmp_path / "final", folder=True, replace=True) as tmp:
+        (tmp / "new.safetensors").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert [p.name for p in (tmp_path / "final").iterdir()] == ["new.safetensors"]
