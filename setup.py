@@ -31,7 +31,10 @@ EXTRAS = {
     "lora": ["peft>=0.12"],
     "text": ["sentencepiece>=0.2"],
     "app": ["gradio>=6.0"],
+    # diffusers' Wan pipelines clean prompts with ftfy (a NameError without it); CogVideoX's T5 tokenizer is sentencepiece
+    "guided": ["ftfy>=6.0", "sentencepiece>=0.2"],
 }
+EXTRAS["test"] = EXTRAS["test"] + ["ftfy>=6.0"]  # the guided backend's Wan tests encode prompts
 
 
 def _cuda_extension_kwargs() -> dict:
@@ -61,7 +64,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["flowctrl", "flowctrl.*", "flowctrl_cuda", "flowctrl_cuda.*"]),
-    package_data={"flowctrl_cuda": ["csrc/*.cu", "csrc/*.cpp", "csrc/*.h", "csrc/*.cuh"]},
+    package_data={"flowctrl_cuda": ["csrc/*.cu", "csrc/*.cpp", "csrc/*.h", "csrc/*.cuh"],
+                  "flowctrl": ["presets/pipeline/*.yaml"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require=EXTRAS,

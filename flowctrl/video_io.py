@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from flowctrl.errors import InputError
+from flowctrl_cuda import to_uint8_hwc
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -87,30 +88,8 @@ def to_uint8_frames(video: Union[torch.Tensor, np.ndarray, Sequence[np.ndarray]]
         tensor = tensor[0]
     if tensor.ndim != 4 or tensor.shape[1] != 3:
         raise InputError.at(None, "video", f"has shape {tuple(tensor.shape)}", "give (T, 3, H, W) floats in [0, 1]")
-    if tensor.dtype == torch.float32 and tensor.device.type == "cpu" and _compiled_available():
-        return _compiled_to_uint8(tensor).numpy()  # the steps below fused into one C++ pass
-    return to_uint8_reference(tensor)
-
-
-def to_uint8_reference(tensor: torch.Tensor) -> np.ndarray:
-    """Tensor conversion of float ``(T, 3, H, W)`` in [0, 1] to ``(T, H, W, 3)`` uint8 (any dtype/device)."""
-    # x*255 + 0.5 truncated = rounding to nearest (half up); two passes fewer than clamp/round/cast
-    frames = tensor.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
-    return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
-def _compiled_available() -> bool:
-    try:
-        from flowctrl_cuda import _cpu
-    except ImportError:  # pragma: no cover - partial install
-        return False
-    return _cpu.available()
-
-
-def _compiled_to_uint8(tensor: torch.Tensor) -> torch.Tensor:
-    from flowctrl_cuda import _cpu
-
-    return _cpu.to_uint8_hwc(tensor)
+    # float32 CPU frames: the steps of flowctrl_cuda.reference.to_uint8_hwc fused into one C++ pass
+    return to_uint8_hwc(tensor.detach()).cpu().numpy()
 
 
 def write_video(path: PathLike, video: Union[torch.Tensor, np.ndarray], fps: float = 8,

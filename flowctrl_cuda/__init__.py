@@ -1,6 +1,7 @@
 """flowctrl_cuda: flow warping, softmax splatting and the FFT adaptor, with exact references.
 
-The three public ops dispatch on their inputs:
+The public ops (``backward_warp``, ``splat``, ``freq_adaptor``; and the fused CPU passes of the
+pipeline: ``camera_reprojection``, ``compose_visibility``, ``to_uint8_hwc``) dispatch on their inputs:
 
 * CUDA tensors → the CUDA kernels (``csrc/*.cu``), built just in time on first use (or at install
   with ``FLOWCTRL_BUILD_CUDA=1``); if the build fails, the reference runs after one warning.
@@ -14,9 +15,10 @@ Set ``FLOWCTRL_KERNELS=reference`` to force the reference everywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -28,6 +30,10 @@ __all__ = [
     "splat",
     "freq_adaptor",
     "freq_adaptor_matrix",
+    "camera_reprojection",
+    "compose_visibility",
+    "to_uint8_hwc",
+    "thread_limit",
     "implementation",
     "SPLAT_MODES",
     "PADDING_MODES",
@@ -151,3 +157,64 @@ def freq_adaptor(x: torch.Tensor, weight: torch.Tensor, dim: int = 1) -> torch.T
 
         return _cuda.freq_adaptor(x, weight, dim)
     return reference.freq_adaptor(x, weight, dim)
+
+
+def camera_reprojection(z0: torch.Tensor, E: torch.Tensor, q: torch.Tensor, height: int, width: int,
+                        min_depth: float, tolerance: float, occlusion: bool = True
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel reprojection flow and visibility; see :func:`flowctrl_cuda.reference.camera_reprojection`.
+
+    Args:
+        z0: ``(B, H*W)``; E: ``(B, T, 3, 3)``; q: ``(B, T, 3)``.
+    Returns:
+        ``flow (B, T, 2, H, W)`` and ``valid (B, T, 1, H, W)`` bool.
+    """
+    impl = implementation("camera_reprojection", z0, E, q)
+    _announce("camera_reprojection", impl)
+    if impl != "cpu":
+        return reference.camera_reprojection(z0, E, q, height, width, min_depth, tolerance, occlusion)
+    from flowctrl_cuda import _cpu
+
+    outs = [_cpu.camera_flow(z0[i], E[i], q[i], height, width, min_depth, tolerance, occlusion)
+            for i in range(z0.shape[0])]
+    if len(outs) == 1:  # a view, not a copy of a whole clip's flow
+        return outs[0][0][None], outs[0][1][None]
+    return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+
+
+def compose_visibility(local: torch.Tensor, camera: torch.Tensor, cam_valid: torch.Tensor
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Composed flow and its visibility; see :func:`flowctrl_cuda.reference.compose_visibility`.
+
+    Args:
+        local, camera: ``(N, 2, H, W)`` pixels; cam_valid: ``(N, 1, H, W)`` bool.
+    """
+    impl = implementation("compose_visibility", local, camera)
+    _announce("compose_visibility", impl)
+    if impl == "cpu":
+        from flowctrl_cuda import _cpu
+
+        return _cpu.compose(local, camera, cam_valid.bool())
+    return reference.compose_visibility(local, camera, cam_valid)
+
+
+def to_uint8_hwc(video: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` frames in [0, 1] → ``(N, H, W, C)`` uint8; see :func:`flowctrl_cuda.reference.to_uint8_hwc`."""
+    impl = implementation("to_uint8_hwc", video)
+    if impl == "cpu":
+        from flowctrl_cuda import _cpu
+
+        return _cpu.to_uint8_hwc(video)
+    return reference.to_uint8_hwc(video)
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int) -> Iterator[None]:
+    """Run the compiled CPU ops of this thread with at most ``threads`` OpenMP threads (no-op elsewhere)."""
+    try:
+        from flowctrl_cuda import _cpu
+    except ImportError:  # pragma: no cover - partial install
+        yield
+        return
+    with _cpu.thread_limit(threads):
+        yield

@@ -151,8 +151,8 @@ def available() -> bool:
 
 
 def supports(op: str, *tensors: Optional[torch.Tensor]) -> bool:
-    """Whether the compiled path handles these inputs (float32 CPU tensors of splat / warp)."""
-    if op not in ("splat", "backward_warp"):
+    """Whether the compiled path handles these inputs (float32 CPU tensors of the ops it has)."""
+    if op not in ("splat", "backward_warp", "camera_reprojection", "compose_visibility", "to_uint8_hwc"):
         return False
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
 

@@ -282,3 +282,93 @@ def freq_adaptor_via_matrix(x: torch.Tensor, weight: torch.Tensor, dim: int = 1)
     xm = x.to(cdt).movedim(d, -2)  # (..., S, C)
     y = torch.einsum("cts,...sc->...tc", m, xm)
     return y.movedim(-2, d).to(x.dtype)
+
+
+def occluded(proj: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Z-buffer test: ``(B, T, H, W)`` true where a nearer reference pixel lands on the same target pixel.
+
+    Args:
+        proj: ``(B, T, H, W, 2)`` target positions in pixels; z: ``(B, T, H, W)`` depth at the target
+            camera; valid: ``(B, T, H, W)`` bool (invalid points never occlude); tolerance: relative
+            depth margin (a point is hidden when farther than ``nearest * (1 + tolerance)``).
+    """
+    b, t, h, w = z.shape
+    col = torch.round(proj[..., 0]).long().clamp(0, w - 1)
+    row = torch.round(proj[..., 1]).long().clamp(0, h - 1)
+    target = (row * w + col).reshape(b * t, h * w)
+    depth = torch.where(valid, z, torch.full_like(z, float("inf"))).reshape(b * t, h * w)
+    zbuf = torch.full((b * t, h * w), float("inf"), dtype=z.dtype, device=z.device)
+    zbuf = zbuf.scatter_reduce(1, target, depth, reduce="amin", include_self=True)
+    nearest = torch.gather(zbuf, 1, target)
+    return (depth > nearest * (1.0 + tolerance)).reshape(b, t, h, w)
+
+
+def camera_reprojection(z0: torch.Tensor, E: torch.Tensor, q: torch.Tensor, height: int, width: int,
+                        min_depth: float, tolerance: float, occlusion: bool = True
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel part of :func:`flowctrl.flow.camera.camera_flow`; differentiable in ``z0``, ``E``, ``q``.
+
+    Written as a deviation from the identity so small motions keep full float32 precision (no
+    cancellation of ``p·z`` against itself): with ``E = K_t R_t K_0⁻¹ − I`` and ``q = K_t t_t``,
+    ``z_t = z0 + dz``, ``dz = z0 (E p̃)_z + q_z`` and ``flow = (z0 (E p̃)_xy + q_xy − p dz) / z_t``.
+
+    Args:
+        z0: ``(B, H*W)`` reference z-depth; E: ``(B, T, 3, 3)``; q: ``(B, T, 3)`` (all in one dtype,
+            the working precision); height, width: image size in pixels; min_depth: points with
+            ``z <= min_depth`` are behind the camera; tolerance: the z-buffer margin (:func:`occluded`).
+    Returns:
+        ``flow (B, T, 2, H, W)`` pixels (float32, float64 for float64 inputs) and ``valid (B, T, 1, H, W)``
+        bool: false behind the camera, outside the frame or (with ``occlusion``) hidden.
+    """
+    b, t = E.shape[:2]
+    h, w = height, width
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=z0.dtype, device=z0.device),
+                            torch.arange(w, dtype=z0.dtype, device=z0.device), indexing="ij")
+    ones = torch.ones_like(xs)
+    pix = torch.stack([xs, ys, ones], dim=0).reshape(3, h * w)
+    grid = pix[:2]
+    out_dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
+    flows, valids = [], []
+    for i in range(t):
+        Ep = E[:, i] @ pix  # (B, 3, HW)
+        dz = z0 * Ep[:, 2] + q[:, i, 2:3]
+        z = z0 + dz
+        safe_z = torch.where(z > min_depth, z, ones.reshape(1, -1))  # no division by ~0 behind the camera
+        flow = (z0[:, None] * Ep[:, :2] + q[:, i, :2, None] - grid * dz[:, None]) / safe_z[:, None]  # (B, 2, HW)
+        proj = grid + flow
+        valid = (z > min_depth) & (proj[:, 0] > -0.5) & (proj[:, 0] < w - 0.5)
+        valid = valid & (proj[:, 1] > -0.5) & (proj[:, 1] < h - 0.5)
+        if occlusion:
+            occ = occluded(proj.detach().transpose(1, 2).reshape(b, 1, h, w, 2), z.detach().reshape(b, 1, h, w),
+                           valid.reshape(b, 1, h, w), tolerance)
+            valid = valid & ~occ.reshape(b, h * w)
+        flows.append(flow.reshape(b, 2, h, w).to(out_dtype))
+        valids.append(valid.reshape(b, 1, h, w))
+    return torch.stack(flows, dim=1), torch.stack(valids, dim=1)
+
+
+def compose_visibility(local: torch.Tensor, camera: torch.Tensor, cam_valid: torch.Tensor
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``F(p) = local(p) + camera(p + local(p))`` and where the composed motion is seen.
+
+    Args:
+        local, camera: ``(N, 2, H, W)`` pixels; cam_valid: ``(N, 1, H, W)`` bool visibility of the camera motion.
+    Returns:
+        ``flow (N, 2, H, W)`` and ``valid (N, 1, H, W)`` bool: ``cam_valid`` sampled bilinearly at
+        ``p + local(p)`` (zeros padding) ``> 0.5``, and ``p + flow(p)`` inside ``(-0.5, W-0.5) × (-0.5, H-0.5)``.
+    """
+    _, _, h, w = local.shape
+    flow = local + backward_warp(camera, local.to(camera.dtype), padding="border")
+    moved = backward_warp(cam_valid.to(local.dtype), local, padding="zeros")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype, device=flow.device),
+                            torch.arange(w, dtype=flow.dtype, device=flow.device), indexing="ij")
+    tx, ty = xs + flow[:, 0], ys + flow[:, 1]
+    in_view = ((tx > -0.5) & (tx < w - 0.5) & (ty > -0.5) & (ty < h - 0.5))[:, None]
+    return flow, (moved > 0.5) & in_view
+
+
+def to_uint8_hwc(video: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` float frames in [0, 1] → ``(N, H, W, C)`` contiguous uint8 (round half up, clamped)."""
+    # x*255 + 0.5 truncated = rounding to nearest (half up)
+    frames = video.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+    return frames.permute(0, 2, 3, 1).contiguous()

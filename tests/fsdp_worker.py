@@ -2,7 +2,6 @@
 sharded with FSDP2 (``fully_shard``; one CogVideoX block = one unit, as in configs/accelerate/fsdp.yaml), then the
 full weights gathered and saved the way the trainer saves them. Rank 0 also takes the same step unsharded on the
 whole batch and writes both results to ``OUT/result.pt``. Not a test module itself (no ``test_`` prefix)."""
-import os
 import sys
 from pathlib import Path
 

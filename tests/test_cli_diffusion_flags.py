@@ -109,7 +109,7 @@ def test_preset_supplies_defaults_and_flags_override_it(tiny_model, tmp_path, ba
     model, _ = tiny_model
     assert _diffusion(model, tmp_path / "o/", "--preset", "cpu", "--steps", "2", "-q") == 0
     b = backends[-1]
-    # configs/pipeline/cpu.yaml: 25 steps, guidance 6, DPM scheduler; --steps 2 wins over its 25
+    # flowctrl/presets/pipeline/cpu.yaml: 25 steps, guidance 6, DPM scheduler; --steps 2 wins over its 25
     assert b.num_inference_steps == 2 and b.guidance_scale == 6.0
     assert isinstance(b.pipeline.scheduler, CogVideoXDPMScheduler)
     assert b.last_num_function_evals == 2
@@ -139,7 +139,7 @@ def test_negative_prompt_without_a_text_encoder_is_one_line(tiny_model, tmp_path
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--negative-prompt", "blurry"], "--negative-prompt is only used by the diffusion backend"),
+    (["--negative-prompt", "blurry"], "--negative-prompt is only used by the diffusion and guided backends"),
     (["--steps", "3"], "--steps is only used"),
     (["--guidance", "2"], "--guidance is only used"),
     (["--flow-guidance", "2"], "--flow-guidance is only used"),
@@ -199,7 +199,8 @@ def test_progress_bars_per_stage_on_a_terminal_and_silent_otherwise(tmp_path, mo
     monkeypatch.undo()
     capsys.readouterr()
     (tmp_path / "o.mp4").unlink()
-    assert _warp(tmp_path) == 0  # stderr captured = not a terminal: no bars, only the summary line
+    # stderr captured = not a terminal: no bars, only the summary line (an explicit --segment: no fallback notice)
+    assert _warp(tmp_path, "--segment", "edges") == 0
     err = capsys.readouterr().err
     assert "%|" not in err and err.startswith("wrote ") and len(err.splitlines()) == 1
 
@@ -239,5 +240,5 @@ def test_prompt_with_the_warp_backend_is_ignored_with_one_warning_line(tmp_path,
     assert _warp(tmp_path, "--prompt", "a cat") == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "--prompt" in line]
-    assert len(lines) == 1 and "ignored by the warp backend" in lines[0] and "--backend diffusion" in lines[0]
+    assert len(lines) == 1 and "ignored by the warp backend" in lines[0] and "--backend guided" in lines[0]
     assert (tmp_path / "o.mp4").exists()

@@ -109,11 +109,11 @@ def test_backend_long_video_through_render():
 
     u = U()
     u.flow = flow
-    video = backend.render(image, u, num_frames=21, generator=torch.Generator().manual_seed(0))
+    video = backend.render(image, u, num_frames=21, generator=torch.Generator().manual_seed(0)).video
     assert video.shape == (1, 21, 3, 16, 16)
     assert len(backend.last_result.windows) == 3
     assert backend.last_num_function_evals == 5 + 2 * (5 - 4)
-    chain = backend.render(image, u, num_frames=21, long_video="chain", generator=torch.Generator().manual_seed(0))
+    chain = backend.render(image, u, num_frames=21, long_video="chain", generator=torch.Generator().manual_seed(0)).video
     assert backend.last_num_function_evals == 15 and chain.shape == video.shape
 
 

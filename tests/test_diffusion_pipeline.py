@@ -57,15 +57,15 @@ def test_backend_renders_requested_frames_with_prompt_embeds(scheduler):
     image, flow = _inputs()
     calls = []
     video = backend.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(1),
-                           callback=lambda *a: calls.append(a), prompt_embeds=EMB, negative_prompt_embeds=-EMB)
+                           callback=lambda *a: calls.append(a), prompt_embeds=EMB, negative_prompt_embeds=-EMB).video
     assert video.shape == (1, 9, 3, H, W) and video.dtype == torch.float32
     assert 0.0 <= float(video.min()) and float(video.max()) <= 1.0
     assert [c for c in calls if c[0] == "denoise"][-1] == ("denoise", 3, 3)
     assert backend.last_num_function_evals == 3                       # one batched call per step
     again = backend.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(1),
-                           prompt_embeds=EMB, negative_prompt_embeds=-EMB)
+                           prompt_embeds=EMB, negative_prompt_embeds=-EMB).video
     other = backend.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(2),
-                           prompt_embeds=EMB, negative_prompt_embeds=-EMB)
+                           prompt_embeds=EMB, negative_prompt_embeds=-EMB).video
     assert torch.equal(video, again)                                  # same seed → same video
     assert not torch.equal(video, other)
 
@@ -73,19 +73,19 @@ def test_backend_renders_requested_frames_with_prompt_embeds(scheduler):
 def test_frame_counts_outside_8n_plus_1_are_padded_and_trimmed():
     backend = DiffusionBackend(tiny_pipeline(), num_inference_steps=2, guidance_scale=1.0)
     image, flow = _inputs(t=7)
-    video = backend.render(image, Unified(flow), num_frames=7, generator=torch.Generator().manual_seed(0))
+    video = backend.render(image, Unified(flow), num_frames=7, generator=torch.Generator().manual_seed(0)).video
     assert video.shape == (1, 7, 3, H, W)
     with pytest.raises(InputError, match="num_frames"):
-        backend.render(image, Unified(flow), num_frames=9)
+        backend.render(image, Unified(flow), num_frames=9).video
     with pytest.raises(InputError, match="no option"):
-        backend.render(image, Unified(flow), num_frames=7, bogus=1)
+        backend.render(image, Unified(flow), num_frames=7, bogus=1).video
 
 
 def test_sizes_not_divisible_by_the_latent_grid_are_resized_back():
     backend = DiffusionBackend(tiny_pipeline(), num_inference_steps=1, guidance_scale=1.0)
     g = torch.Generator().manual_seed(0)
     image, flow = torch.rand(1, 3, 12, 20, generator=g), torch.zeros(1, 5, 2, 12, 20)
-    assert backend.render(image, Unified(flow), num_frames=5).shape == (1, 5, 3, 12, 20)
+    assert backend.render(image, Unified(flow), num_frames=5).video.shape == (1, 5, 3, 12, 20)
 
 
 def test_flow_changes_the_video_and_guidance_math():
@@ -117,7 +117,7 @@ def test_missing_weights_are_one_clear_line(tmp_path):
     pipe.register_modules(text_encoder=None, tokenizer=None)
     with pytest.raises(MissingWeightsError, match="prompt_embeds"):
         DiffusionBackend(pipe, num_inference_steps=1).render(*_inputs()[:1], Unified(_inputs()[1]), num_frames=9,
-                                                             prompt="a cat")
+                                                             prompt="a cat").video
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -128,8 +128,8 @@ def test_save_pretrained_round_trip(tmp_path):
     assert isinstance(loaded.pipeline.flow_codec, FlowCodec)
     image, flow = _inputs()
     ref = DiffusionBackend(pipe, num_inference_steps=2, guidance_scale=1.0).render(
-        image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(0))
-    out = loaded.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(0))
+        image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(0)).video
+    out = loaded.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(0)).video
     assert torch.equal(ref, out)
 
 
@@ -150,7 +150,7 @@ def test_bf16_checkpoint_renders_float32_video_close_to_the_float32_one(tmp_path
     kw = dict(num_inference_steps=3, guidance_scale=2.0, flow_guidance_scale=1.5)
     image, flow = _inputs()
     render = lambda b: b.render(image, Unified(flow), num_frames=9, generator=torch.Generator().manual_seed(1),  # noqa: E731
-                                prompt_embeds=EMB, negative_prompt_embeds=-EMB)
+                                prompt_embeds=EMB, negative_prompt_embeds=-EMB).video
     ref = render(DiffusionBackend.from_pretrained(tmp_path / "ckpt", **kw))
     half = DiffusionBackend.from_pretrained(tmp_path / "ckpt", dtype="bf16", **kw)
     assert {half.pipeline.transformer.dtype, half.pipeline.vae.dtype, half.pipeline.flow_codec.dtype} == {torch.bfloat16}
@@ -272,3 +272,25 @@ def test_warped_image_branch_with_vae_runs_and_flow_drop_drops_the_warped_image_
     bad = _pixel_pipeline(5)                                           # pixel space gives 3 + 1 channels
     with pytest.raises(InputError, match="flow_warp_channels"):
         bad.encode_flow_condition(torch.zeros(1, 5, 2, H, W), torch.rand(1, 3, H, W))
+
+
+def test_zero_valued_options_are_honoured_not_replaced_by_defaults(monkeypatch):
+    """gamma=0.0 (no shared-noise mixing) reaches the long-video scheduler as 0.0; 0 steps is an error, not 50."""
+    import flowctrl.pipelines.long_video as long_video
+
+    seen = {}
+    real = long_video.generate_long_video
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(long_video, "generate_long_video", spy)
+    backend = DiffusionBackend(tiny_pipeline(), num_inference_steps=1, guidance_scale=1.0, gamma=0.5)
+    image, flow = _inputs()
+    backend.render(image, Unified(flow), num_frames=9, gamma=0.0).video
+    assert seen["gamma"] == 0.0 and seen["num_inference_steps"] == 1
+    with pytest.raises(InputError, match="num_inference_steps"):
+        backend.render(image, Unified(flow), num_frames=9, num_inference_steps=0).video
+    with pytest.raises(InputError, match="no option"):
+        backend.render(image, Unified(flow), num_frames=9, strength_schedule=[1.0]).video

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from flowctrl.errors import ConfigError
-from flowctrl.train.video_loop import (build_pipeline, encode_batch, load_video_config, main, save_lora,
+from flowctrl.train.video_loop import (build_pipeline, encode_batch, load_video_config, save_lora,
                                        setup_trainable, train, training_loss)
 
 
@@ -135,7 +135,7 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="data.shards"):
         load_video_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
-        main(["--config", str(tmp_path / "missing.yaml")])
+        load_video_config(tmp_path / "missing.yaml")
 
 
 def test_repo_configs_parse(repo_dir):
@@ -191,7 +191,7 @@ def test_latent_space_training_with_3d_vae_and_flow_codec(tmp_path):
     class U:
         flow = torch.zeros(1, 5, 2, 16, 16)
 
-    video = backend.render(torch.rand(1, 3, 16, 16, generator=g), U(), num_frames=5, generator=g)
+    video = backend.render(torch.rand(1, 3, 16, 16, generator=g), U(), num_frames=5, generator=g).video
     assert video.shape == (1, 5, 3, 16, 16)
 
 

@@ -101,13 +101,14 @@ def test_dispatch_only_float32_cpu_without_grad() -> None:
 
 
 def test_compiled_uint8_conversion_equals_tensor_conversion() -> None:
-    from flowctrl.video_io import to_uint8_frames, to_uint8_reference
+    from flowctrl.video_io import to_uint8_frames
+    from flowctrl_cuda.reference import to_uint8_hwc
 
     g = torch.Generator().manual_seed(11)
     video = torch.rand(3, 3, 13, 17, generator=g) * 1.4 - 0.2  # values outside [0, 1] are clamped
     video[0, 0, 0, :4] = torch.tensor([0.5 / 255, 1.5 / 255, 254.5 / 255, 1.0])  # rounding boundaries
     got = to_uint8_frames(video)
-    ref = to_uint8_reference(video)
+    ref = to_uint8_hwc(video).numpy()
     assert got.dtype == np.uint8 and got.shape == (3, 13, 17, 3)
     assert np.array_equal(got, ref)
     assert np.array_equal(to_uint8_frames(video[None]), ref)  # (1, T, 3, H, W) too

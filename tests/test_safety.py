@@ -399,7 +399,7 @@ def test_resume_refuses_a_checkpoint_whose_random_state_cannot_be_read(tmp_path)
     import torch
     from accelerate.utils import save
 
-    from flowctrl.train.flow_loop import check_restorable
+    from flowctrl.train.engine import check_restorable
 
     ckpt = tmp_path / "checkpoint-3"
     ckpt.mkdir()

@@ -132,3 +132,29 @@ def test_scene_cache_round_trips_and_datasets_agree(tmp_path):
     b = SyntheticFlowDataset(SyntheticConfig(num_scenes=1, seed=7, num_frames=4, height=32, width=32, cache_dir=str(tmp_path)))
     ia, ib = a[0], b[0]
     assert all(torch.equal(ia[k], ib[k]) for k in ia)
+
+
+def test_prepare_shards_stores_the_poses_of_the_given_estimator(tmp_path):
+    """prepare_shards takes the pose estimator as a callable (the command passes pycolmap's): its w2c for
+    registered frames land in the shard, unregistered frames get the identity."""
+    from types import SimpleNamespace
+
+    from flowctrl.train.shards import prepare_shards
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _write_mp4(videos / "a.mp4", render_scene(3, SceneConfig(num_frames=8, height=48, width=48, num_layers=(1, 1))).video)
+    w2c = torch.eye(4).repeat(8, 1, 1)
+    w2c[:, 0, 3] = torch.arange(8.0) * 0.1
+    registered = torch.tensor([True] * 7 + [False])
+    seen = []
+
+    def estimator(clip, K):
+        seen.append((tuple(clip.shape), tuple(K.shape)))
+        return SimpleNamespace(w2c=w2c.double(), registered=registered)
+
+    counts = prepare_shards(videos, tmp_path / "out", num_frames=8, size=(48, 48), pose_estimator=estimator,
+                            progress=False)
+    assert counts["ok"] == 1 and seen == [((8, 3, 48, 48), (3, 3))]
+    item = ShardDataset(tmp_path / "out")[0]
+    assert torch.allclose(item["w2c"][:7], w2c[:7]) and torch.allclose(item["w2c"][7], torch.eye(4))

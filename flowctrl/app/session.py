@@ -79,9 +79,11 @@ def build_controls(image_size: Tuple[int, int], sketch: ArrowSketch, *, arrow_st
     return dataclasses.replace(controls, arrows=sketch.to_arrows(arrow_strength, easing) + list(controls.arrows))
 
 
-def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: int = 16) -> np.ndarray:
-    """``image (H, W, 3)`` uint8 with the controls drawn (arrows, drags, camera inset) and the pending
-    arrow start as a ring → ``(H, W, 3)`` uint8 at the same size, so clicks on it are image pixels."""
+def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: int = 16,
+            segment: Any = "auto") -> np.ndarray:
+    """``image (H, W, 3)`` uint8 with the controls drawn (arrows, drags, camera inset), the region that
+    will move tinted (``segment`` as in generation) and the pending arrow start as a ring →
+    ``(H, W, 3)`` uint8 at the same size, so clicks on it are image pixels."""
     import cv2
     import torch
 
@@ -89,7 +91,12 @@ def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: i
 
     rgb = _as_rgb_uint8(image)
     chw = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
-    drawn = draw_controls(chw, controls, num_frames=num_frames)
+    moving = None
+    if controls is not None:
+        from flowctrl.pipelines.regions import local_motion_region
+
+        moving = local_motion_region(chw[None], controls, num_frames, segment=segment)
+    drawn = draw_controls(chw, controls, num_frames=num_frames, moving=moving)
     out = np.ascontiguousarray((drawn.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))
     if sketch.pending is not None:
         radius = max(3, round(max(out.shape[:2]) / 96))
@@ -103,8 +110,8 @@ def preview(image: np.ndarray, controls: Any, sketch: ArrowSketch, num_frames: i
 def generate(image: np.ndarray, controls: Any, *, frames: int = 49, fps: float = 8.0, fill: str = "push-pull",
              size: Optional[Tuple[int, int]] = None, out_dir: Optional[str] = None,
              callback: Optional[Callable[[str, int, int], None]] = None,
-             pipeline: Any = None) -> str:
-    """Render the video with the warp backend and write an mp4; returns its path.
+             pipeline: Any = None, prompt: Optional[str] = None) -> str:
+    """Render the video with the warp backend (or ``pipeline``'s, e.g. guided) and write an mp4; returns its path.
 
     image: ``(H, W, 3)`` uint8 (or anything :func:`flowctrl.pipelines.flowctrl_pipeline.load_image`
     takes). size: working ``(H, W)``, default the image's with the long side ≤ 512. The file appears
@@ -127,6 +134,14 @@ def generate(image: np.ndarray, controls: Any, *, frames: int = 49, fps: float =
     pipe = pipeline if pipeline is not None else FlowCtrlPipeline(backend="warp", fill=fill)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="flowctrl-app-"))
     name = str(folder / f"flowctrl-{uuid.uuid4().hex[:12]}.mp4")
+    if not getattr(pipe.backend, "streams", False):  # a learned backend renders the whole clip at once
+        import torch
+
+        out = pipe(img, controls=controls, num_frames=int(frames), height=H, width=W, callback=callback,
+                   generator=torch.Generator().manual_seed(0), **({"prompt": prompt} if prompt else {}))
+        with VideoWriter(name, fps=fps) as writer:
+            writer.write(out.frames)
+        return name
     with VideoWriter(name, fps=fps) as writer:  # the file appears only when complete
         for chunk in pipe.stream(img, controls=controls, num_frames=int(frames), height=H, width=W,
                                  callback=callback):

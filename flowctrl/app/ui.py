@@ -30,8 +30,9 @@ def import_gradio() -> Any:
     return gradio
 
 
-def build_demo(default_frames: int = 49, default_fps: float = 8.0) -> Any:
-    """The app as a ``gradio.Blocks`` (call ``.launch()`` on it)."""
+def build_demo(default_frames: int = 49, default_fps: float = 8.0, pipeline: Any = None) -> Any:
+    """The app as a ``gradio.Blocks`` (call ``.launch()`` on it). ``pipeline``: a ``FlowCtrlPipeline`` with a
+    learned backend (``flowctrl app --model``: guided) rendering instead of the warp backend; adds a prompt box."""
     gr = import_gradio()
     from flowctrl.controls.presets import list_camera_presets
 
@@ -73,12 +74,16 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0) -> Any:
 
     def on_generate(source: Optional[np.ndarray], sketch: ArrowSketch, *rest: Any,
                     progress: Any = gr.Progress()) -> Any:
+        prompt = None
+        if pipeline is not None:
+            *rest, prompt = rest
         *control_inputs, frames, fps, fill = rest
         try:
             controls = controls_of(source, sketch, *control_inputs)
             with warnings.catch_warnings(record=True) as caught:  # e.g. "no depth given: using a plane"
                 warnings.simplefilter("always")
                 path = generate(source, controls, frames=int(frames), fps=float(fps), fill=fill,
+                                pipeline=pipeline, prompt=prompt,
                                 callback=lambda stage, done, total: progress((done, max(total, 1)), desc=stage))
         except FlowCtrlError as error:
             raise gr.Error(str(error)) from None
@@ -111,6 +116,7 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0) -> Any:
                 frames = gr.Slider(2, 129, value=default_frames, step=1, label="frames")
                 fps = gr.Slider(1, 30, value=default_fps, step=1, label="frames per second")
                 fill = gr.Radio(["push-pull", "inpaint", "none"], value="push-pull", label="hole filling")
+                prompt = gr.Textbox(label="prompt", visible=pipeline is not None)
                 run = gr.Button("Generate", variant="primary")
                 video = gr.Video(label="result", autoplay=True)
 
@@ -125,5 +131,6 @@ def build_demo(default_frames: int = 49, default_fps: float = 8.0) -> Any:
         clear.click(on_edit("clear"), [source, sketch, *control_inputs], [sketch, canvas], **ui_only)
         for widget in control_inputs:
             widget.change(redraw, [source, sketch, *control_inputs], [canvas], **ui_only)
-        run.click(on_generate, [source, sketch, *control_inputs, frames, fps, fill], [video], **ui_only)
+        run.click(on_generate, [source, sketch, *control_inputs, frames, fps, fill] + ([prompt] if pipeline else []),
+                  [video], **ui_only)
     return demo

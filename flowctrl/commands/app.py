@@ -12,6 +12,7 @@ examples:
   flowctrl app                         # http://127.0.0.1:7860 on this machine
   flowctrl app --host 0.0.0.0 --port 8000 --auth alice:s3cret   # reachable from the network: log in
   FLOWCTRL_APP_AUTH=alice:s3cret flowctrl app --host 0.0.0.0     # the same, password not in `ps`
+  flowctrl app --model THUDM/CogVideoX-5b-I2V --preset offload   # the guided backend (GPU), prompt box added
 
 needs gradio: pip install "flowctrl[app]". The UI renders with the warp backend on the CPU (no weights).
 """
@@ -28,6 +29,9 @@ def register(subparsers: Any) -> None:
                         "is not 127.0.0.1 or --share is on")
     p.add_argument("--frames", type=int, default=49, help="default number of frames in the UI (default 49)")
     p.add_argument("--fps", type=float, default=8.0, help="default frame rate in the UI (default 8)")
+    p.add_argument("--model", metavar="PATH|HUB_ID",
+                   help="render with the guided backend and this image-to-video model (CogVideoX-I2V / Wan I2V; GPU)")
+    p.add_argument("--preset", metavar="NAME", help="memory preset of the guided backend: full, offload, low, cpu")
     p.set_defaults(func=run)
 
 
@@ -43,11 +47,18 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.fps <= 30:
         raise InputError.at("--fps", None, f"is {args.fps}", "give 1 to 30")
     auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
+    if args.preset is not None and not args.model:
+        raise InputError.at("--preset", None, "is only used with --model", "add --model PATH_OR_HUB_ID")
     if auth is None and (args.share or not is_loopback(args.host)):
         where = "a public share link" if args.share else f"--host {args.host}"
         print(f"flowctrl app: WARNING: {where} without --auth: ANYONE who can reach this address can use the app "
               "and its CPU; add --auth USER:PASSWORD (or set FLOWCTRL_APP_AUTH)", file=sys.stderr)
-    demo = build_demo(default_frames=args.frames, default_fps=args.fps)  # no gradio -> one line, exit 2
+    pipeline = None
+    if args.model:  # loaded before the UI starts: a bad model is one line, exit 2
+        from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline
+
+        pipeline = FlowCtrlPipeline(backend="guided", model=args.model, preset=args.preset)
+    demo = build_demo(default_frames=args.frames, default_fps=args.fps, pipeline=pipeline)  # no gradio -> exit 2
     demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth)
     return 0
 

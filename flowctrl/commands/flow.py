@@ -63,6 +63,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--size", help="working size WIDTHxHEIGHT (default: image scaled to a long side <= 512, multiple of 8)")
     p.add_argument("--densify", choices=("normalized", "gaussian"), default="normalized",
                    help="normalized Nadaraya-Watson (default) or eq. 6-7 as written")
+    p.add_argument("--segment", default="auto", metavar="auto|sam|edges|none|PATH|HUB_ID",
+                   help="where an arrow/drag/pose moves: the object under its start point (sam: Segment Anything, "
+                        "downloaded on request, or a SAM folder / hub id; edges: no weights); auto = SAM when cached, "
+                        "else edges (default); none = spread by distance only")
     p.add_argument("--flow-method", choices=("dis", "raft"), default="dis", help="reference-video flow estimator")
     p.add_argument("-o", "--output", required=True, help="flow file: .safetensors, .npy or .flo")
     p.add_argument("--viz", help="color-wheel video path (.mp4/.gif/folder); default <output stem>_flow.mp4")
@@ -181,11 +185,15 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlatDepthWarning)
         uf = compute_unified_flow(work, controls, args.frames, depth_model=args.depth_model, densify=args.densify,
+                                  segment=args.segment,
                                   callback=_Progress(not args.quiet), flow_method=args.flow_method,
                                   depth_kind=args.depth_kind, depth_scale=args.depth_scale,
                                   plane_distance=args.plane_distance)
+    from flowctrl.pipelines.stage1 import ControlWarning
+    from flowctrl.segment import SegmentFallbackWarning
+
     for w in caught:
-        if issubclass(w.category, FlatDepthWarning):
+        if issubclass(w.category, (FlatDepthWarning, ControlWarning, SegmentFallbackWarning)):
             print(f"flowctrl flow: warning: {w.message}", file=sys.stderr)
 
     written = []
@@ -195,8 +203,10 @@ def run(args: argparse.Namespace) -> int:
 
             write_video(outputs["--viz"], flow_video(uf.flow), fps=args.fps)
             written.append(outputs["--viz"])
+            from flowctrl.flow.viz import moving_region
+
             overlay = draw_controls(work[0], controls.resized(H, W) if controls.image_size else controls, flow=uf.flow,
-                                    num_frames=args.frames)
+                                    num_frames=args.frames, moving=moving_region(uf.local_flow[0]))
             _write_png(outputs["--overlay"], overlay)
             written.append(outputs["--overlay"])
         extras = _extras(uf, args.all_tensors)

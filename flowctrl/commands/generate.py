@@ -19,19 +19,10 @@ from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 from flowctrl.commands._common import same_file
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.pipelines.backend_options import BACKENDS, construction_options, flags_not_taken
+from flowctrl.pipelines.backend_options import FLAGS as BACKEND_FLAGS
+from flowctrl.pipelines.backend_options import backends_taking
 
-# Flags of the diffusion backend: (argparse dest, flag, DiffusionBackend keyword). All default to None
-# ("not given"), so the backend's preset / defaults apply and the warp backend can refuse them.
-DIFFUSION_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ("negative_prompt", "--negative-prompt", "negative_prompt"),
-    ("steps", "--steps", "num_inference_steps"),
-    ("guidance", "--guidance", "guidance_scale"),
-    ("flow_guidance", "--flow-guidance", "flow_guidance_scale"),
-    ("preset", "--preset", "preset"),
-    ("long_video", "--long-video", "long_video"),
-    ("lora", "--lora", "lora"),
-    ("lora_scale", "--lora-scale", "lora_scale"),
-)
 # Input files whose paths no output may take (argparse dests; --image is always included).
 INPUT_FILE_FLAGS = ("controls", "camera", "arrows", "drags", "ref_video", "pose", "mask", "static_mask", "depth",
                     "model", "flow_model", "depth_model", "preset", "lora")
@@ -49,6 +40,9 @@ examples:
   flowctrl generate --image photo.jpg --arrows a.json --backend diffusion --model ckpt/flowctrl-5b \\
       --preset 24gb --prompt "a rocket lifts off" --negative-prompt "blurry, distorted" --steps 30 \\
       --guidance 6 --flow-guidance 1.5 --frames 129 --long-video phased --lora runs/motion/final/lora -o out.mp4
+  # a public image-to-video model follows the warp with no training (Time-to-Move; GPU)
+  flowctrl generate --image photo.jpg --arrows a.json --camera orbit --backend guided \\
+      --model THUDM/CogVideoX-5b-I2V --preset offload --prompt "a rocket lifts off" -o out.mp4
 
 outputs: .mp4/.mov/.mkv (H.264), .gif, or a folder path (PNG frames). Exit status 2 on bad input.
 """
@@ -80,14 +74,21 @@ def register(subparsers: Any) -> None:
                    help="distance of the flat depth plane used when no depth is given, in camera-translation "
                         "units (default: the trajectory's scene depth, e.g. an orbit's look-at distance, else 1)")
     c.add_argument("--strength", type=float, metavar="S", help="target motion strength M_s in px/frame")
+    c.add_argument("--segment", default="auto", metavar="auto|sam|edges|none|PATH|HUB_ID",
+                   help="where an arrow/drag/pose moves: the object under its start point, from Segment Anything "
+                        "(sam: downloads facebook/sam-vit-base; or a SAM folder / hub id) or image edges (edges, no "
+                        "weights); auto = SAM when cached, else edges (default); none = spread by distance only")
     o = p.add_argument_group("rendering")
     o.add_argument("--frames", type=int, default=49, metavar="T", help="number of frames T >= 2 (default 49)")
     o.add_argument("--fps", type=float, default=8.0, help="frames per second of the output (default 8)")
     o.add_argument("--size", metavar="WxH",
                    help="working size, e.g. 512x512 (default: the image's, long side <= 512, multiples of 8)")
-    o.add_argument("--backend", default="warp", choices=["warp", "diffusion"],
-                   help="warp: softmax splatting, no weights (default); diffusion: learned renderer (--model)")
-    o.add_argument("--model", metavar="PATH|HUB_ID", help="weights of the diffusion backend (local folder)")
+    o.add_argument("--backend", default="warp", choices=["warp", "diffusion", "guided"],
+                   help="warp: softmax splatting, no weights (default); diffusion: learned renderer (--model); "
+                        "guided: a public image-to-video model follows the warp, no training (--model)")
+    o.add_argument("--model", metavar="PATH|HUB_ID",
+                   help="weights of the diffusion backend (local folder), or the image-to-video model of the guided "
+                        "backend (folder or hub id, e.g. THUDM/CogVideoX-5b-I2V; downloaded on request)")
     o.add_argument("--flow-model", metavar="PATH|HUB_ID", help="learned stage-1 flow model weights (optional)")
     o.add_argument("--fill", default="push-pull", choices=["push-pull", "inpaint", "none"],
                    help="hole filling of the warp backend (default push-pull; none shows holes black)")
@@ -102,13 +103,21 @@ def register(subparsers: Any) -> None:
     d.add_argument("--flow-guidance", type=float, metavar="G",
                    help="flow guidance scale (1 = plain flow conditioning, 0 = flow dropped, > 1 = stronger)")
     d.add_argument("--preset", metavar="NAME|FILE",
-                   help="memory/quality preset from configs/pipeline/ (24gb, 80gb, cpu) or a YAML file; "
+                   help="memory/quality preset from flowctrl/presets/pipeline/ (24gb, 80gb, cpu) or a YAML file; "
                         "the flags above override its values")
     d.add_argument("--long-video", choices=["phased", "chain"],
                    help="clips longer than the model's window: phased (shared early steps, paper 004) or "
                         "chain (each window starts from the last frame)")
     d.add_argument("--lora", metavar="PATH", help="LoRA weights folder to load (e.g. flowctrl train video's final/lora)")
     d.add_argument("--lora-scale", type=float, metavar="S", help="weight of --lora (default 1)")
+    g = p.add_argument_group("guided backend (--backend guided --model PATH|HUB_ID; also --prompt, "
+                             "--negative-prompt, --steps, --guidance, --preset full|offload|low|cpu)")
+    g.add_argument("--t-weak", type=int, metavar="I",
+                   help="step index where denoising starts from the noised warp (default per model family, "
+                        "e.g. 4 of 50 for CogVideoX, 3 for Wan; scaled with --steps)")
+    g.add_argument("--t-strong", type=int, metavar="I",
+                   help="step index until which the motion region is re-imposed from the warp (default 9 of 50 "
+                        "for CogVideoX, 7 for Wan, 5 for Wan camera-only)")
     w = p.add_argument_group("outputs")
     w.add_argument("-o", "--output", required=True, metavar="PATH", help="output video (.mp4, .gif) or PNG folder")
     w.add_argument("--side-by-side", action="store_true",
@@ -154,15 +163,22 @@ def _check_output(path: Path, flag: str, inputs: Dict[str, Path], *, folder: boo
 
 
 def _check_backend_options(args: argparse.Namespace) -> None:
-    """``--model`` and the diffusion flags need ``--backend diffusion``; their values must make sense."""
-    if args.model and args.backend != "diffusion":
-        raise InputError.at("--model", None, "is only used by the diffusion backend", "add --backend diffusion")
-    given = [flag for dest, flag, _ in DIFFUSION_OPTIONS if getattr(args, dest) is not None]
-    if given and args.backend != "diffusion":
-        raise InputError.at(None, None, f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used by "
-                            "the diffusion backend",
-                            "add --backend diffusion --model PATH, or drop "
-                            f"{'it' if len(given) == 1 else 'them'} for the warp backend")
+    """Only the flags the chosen backend takes (:mod:`flowctrl.pipelines.backend_options`), with sensible values."""
+    given = [o.keyword for o in BACKEND_FLAGS if getattr(args, o.dest, None) is not None]
+    extra = flags_not_taken(args.backend, given)
+    if extra:
+        flags = ", ".join(o.flag for o in extra)
+        verb = "is" if len(extra) == 1 else "are"
+        users = [name for name in BACKENDS if all(name in backends_taking(o.keyword) for o in extra)]
+        drop = "it" if len(extra) == 1 else "them"
+        if users:
+            hints = " or ".join(BACKENDS[name].hint.replace("add ", "", 1) for name in users)
+            raise InputError.at(None, None, f"{flags} {verb} only used by the {' and '.join(users)} "
+                                f"backend{'s' if len(users) > 1 else ''}", f"add {hints}, or drop {drop}")
+        raise InputError.at(None, None, f"{flags} {verb} not used by the {args.backend} backend",
+                            f"drop {drop} (flowctrl generate --help lists each backend's flags)")
+    if args.backend == "guided":
+        return _check_guided_options(args)
     if args.backend != "diffusion":
         return
     if not args.model:
@@ -183,6 +199,37 @@ def _check_backend_options(args: argparse.Namespace) -> None:
         from flowctrl.pipelines.diffusion import load_memory_preset
 
         load_memory_preset(args.preset)  # unknown name / bad YAML -> InputError listing the presets
+
+
+def _check_guided_options(args: argparse.Namespace) -> None:
+    """``--backend guided``: a model and sensible values (which flags it takes is checked before)."""
+    if not args.model:
+        raise MissingWeightsError.at("--backend guided", "--model", "no model given",
+                                     "pass --model PATH_OR_HUB_ID of an image-to-video pipeline, e.g. "
+                                     "THUDM/CogVideoX-5b-I2V or Wan-AI/Wan2.2-I2V-A14B-Diffusers")
+    if args.steps is not None and args.steps < 1:
+        raise InputError.at("--steps", None, f"is {args.steps}", "give at least 1 denoising step (default 50)")
+    if args.guidance is not None and not args.guidance >= 0:
+        raise InputError.at("--guidance", None, f"is {args.guidance}", "give a scale >= 0 (1 = no guidance)")
+    for flag, value in (("--t-weak", args.t_weak), ("--t-strong", args.t_strong)):
+        if value is not None and value < 0:
+            raise InputError.at(flag, None, f"is {value}", "give a step index >= 0")
+    steps = args.steps if args.steps is not None else 50  # every family's default
+    if args.t_weak is not None and args.t_weak >= steps:
+        raise InputError.at("--t-weak", None, f"is {args.t_weak}, not below --steps {steps}",
+                            f"give a step index in 0..{steps - 1}")
+    if args.t_strong is not None and args.t_strong > steps:
+        raise InputError.at("--t-strong", None, f"is {args.t_strong}, above --steps {steps}",
+                            f"give a step index in 0..{steps}")
+    if args.t_weak is not None and args.t_strong is not None and args.t_strong < args.t_weak:
+        raise InputError.at("--t-strong", None, f"is {args.t_strong}, below --t-weak {args.t_weak}",
+                            "give --t-strong >= --t-weak (equal = plain SDEdit from the warp)")
+    if args.preset is not None:
+        from flowctrl.pipelines.denoisers import MEMORY_PRESETS
+
+        if args.preset not in MEMORY_PRESETS:
+            raise InputError.at("--preset", None, f"unknown preset '{args.preset}' for the guided backend",
+                                f"use one of {', '.join(MEMORY_PRESETS)}")
 
 
 @dataclasses.dataclass
@@ -440,8 +487,10 @@ def run(args: argparse.Namespace) -> int:
     """
     progress = StageProgress(enabled=not args.quiet and sys.stderr.isatty())
 
-    def show(message: Any, *_: Any, **__: Any) -> None:
+    def show(message: Any, category: Any = None, *_: Any, **__: Any) -> None:
         # Library warnings (e.g. "no depth given: using a plane") as one plain line each, above the bars.
+        if args.quiet and getattr(category, "__name__", "") == "SegmentFallbackWarning":
+            return  # -q: the working fallback is not worth a line; real problems still are
         progress.write(f"flowctrl generate: warning: {' '.join(str(message).split())}")
 
     with warnings.catch_warnings():
@@ -465,33 +514,40 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     if plan.preview is not None:
         from flowctrl.flow.viz import draw_controls
 
-        _write_png(plan.preview, draw_controls(image[0], controls.resized(H, W), num_frames=args.frames))
+        from flowctrl.pipelines.regions import local_motion_region
+
+        local = controls.resized(H, W)
+        moving = local_motion_region(image, local, args.frames, segment=args.segment)
+        _write_png(plan.preview, draw_controls(image[0], local, num_frames=args.frames, moving=moving))
         if not args.quiet:
             print(f"wrote {plan.preview}", file=sys.stderr)
         return 0
 
+    options = construction_options(args.backend, vars(args))
     if args.backend == "diffusion":
-        options = {kw: getattr(args, dest) for dest, _, kw in DIFFUSION_OPTIONS if getattr(args, dest) is not None}
-        pipe = FlowCtrlPipeline.from_pretrained(args.model, flow_model=args.flow_model, **options)
+        pipe = FlowCtrlPipeline.from_pretrained(options.pop("model"), flow_model=args.flow_model, **options)
+    elif args.backend == "guided":
+        pipe = FlowCtrlPipeline(backend="guided", flow_model=args.flow_model, fill=args.fill, **options)
     else:
         pipe = FlowCtrlPipeline(backend="warp", flow_model=args.flow_model, fill=args.fill)
     render_kwargs: Dict[str, Any] = {} if args.prompt is None else {"prompt": args.prompt}
     if args.prompt is not None and args.backend == "warp":
         # kept usable (scripts pass one prompt to both backends) but never silently dropped
         warnings.warn("--prompt is ignored by the warp backend (it only moves pixels); "
-                      "use --backend diffusion --model PATH for text guidance")
+                      "use --backend guided --model PATH_OR_HUB_ID for text guidance", stacklevel=2)
     t0 = time.perf_counter()
     progress.start()
     if _can_stream(args, plan):
         # the warp renderer a few frames at a time, straight into the encoder (same frames as below)
         chunks = pipe.stream(plan.image, controls=controls, num_frames=args.frames, height=H, width=W,
-                             callback=progress, depth_model=args.depth_model, plane_distance=args.plane_distance)
+                             callback=progress, depth_model=args.depth_model, plane_distance=args.plane_distance,
+                             segment=args.segment)
         _stream_outputs(plan, chunks, args.fps, progress)
         _report(args, plan, W, H, t0, progress)
         return 0
     out = pipe(plan.image, controls=controls, num_frames=args.frames, height=H, width=W,
                generator=torch.Generator().manual_seed(args.seed), callback=progress,
-               depth_model=args.depth_model, plane_distance=args.plane_distance, **render_kwargs)
+               depth_model=args.depth_model, plane_distance=args.plane_distance, segment=args.segment, **render_kwargs)
     if args.side_by_side:
         video = side_by_side(image, controls.resized(H, W), out.flow, out.video[0])
     else:
@@ -535,4 +591,6 @@ def _report(args: argparse.Namespace, plan: Plan, W: int, H: int, t0: float, pro
     progress.close()
     if not args.quiet:
         names = ", ".join(str(p) for _, p in plan.outputs)
-        print(f"wrote {names} ({args.frames} frames {W}x{H}, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        # clip length and render time side by side, so neither is mistaken for the other
+        print(f"wrote {names} ({args.frames} frames {W}x{H} = {args.frames / args.fps:.1f} s of video at "
+              f"{args.fps:g} fps; rendered in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)

@@ -51,9 +51,16 @@ def run(args: argparse.Namespace) -> int:
             raise InputError.at(None, flag, f"is {value}", "give 1 to 1000")
     if not 1.0 <= args.fov <= 179.0:
         raise InputError.at(None, "--fov", f"is {args.fov}", "give a horizontal field of view in [1, 179] degrees")
+    pose_estimator = None
+    if args.poses:
+        try:
+            from flowctrl.eval.camera import estimate_poses as pose_estimator
+        except ImportError as err:
+            raise InputError.at(None, "--poses", f"camera-pose estimation is unavailable ({err})",
+                                "install pycolmap and the eval extras, or drop --poses") from None
     counts = prepare_shards(args.video_dir, args.output, num_frames=args.num_frames, size=args.size,
                             stride=args.stride, clips_per_video=args.clips_per_video, flow_method=args.flow,
-                            poses=args.poses, fov_deg=args.fov, captions=args.captions,
+                            pose_estimator=pose_estimator, fov_deg=args.fov, captions=args.captions,
                             progress=not args.no_progress)
     print(f"prepare-data: {counts['ok']} video(s) → {counts['clips']} clip(s) in {args.output}; "
           f"{counts['failed']} failed, {counts['skipped']} already done")

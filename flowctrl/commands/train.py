@@ -1,5 +1,5 @@
 """``flowctrl train flow|video``: train the learned stage 1 (FGM + CRM, refinement net T, flow codec) or
-the stage-2 video model (dispatched to ``flowctrl.train.video_loop.main``).
+the stage-2 video model.
 
 examples:
   single process:           flowctrl train flow --config configs/train/fgm_tiny.yaml
@@ -10,6 +10,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from flowctrl.errors import ConfigError
 
@@ -33,52 +34,47 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
+    from flowctrl.train.tasks import COMMANDS
+
     parser = subparsers.add_parser("train", help="train the learned models (flow: stage 1, video: stage 2)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="train_target", metavar="TARGET")
-    raw = argparse.RawDescriptionHelpFormatter
-    flow = sub.add_parser(
-        "flow", help="FGM + CRM, refinement net T or flow codec (model: in the config)", formatter_class=raw,
-        description="Train a learned stage-1 model; the config's `model:` picks FGM + CRM, the refinement net T "
-                    "or the flow codec.",
-        epilog="examples:\n"
-               "  flowctrl train flow --config configs/train/fgm_tiny.yaml --output-dir runs/fgm_tiny\n"
-               "  flowctrl train flow --config configs/train/refiner_tiny.yaml --max-steps 200\n"
-               "  flowctrl train flow --config configs/train/fgm_tiny.yaml --output-dir runs/fgm_tiny --resume latest\n"
-               "  accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \\\n"
-               "      -m flowctrl train flow --config configs/train/fgm_tiny.yaml")
-    _common(flow)
-    flow.set_defaults(func=run)
-    video = sub.add_parser(
-        "video", help="the flow-conditioned video DiT (stage 2)", formatter_class=raw,
-        description="Train the stage-2 flow-conditioned video DiT (full fine-tuning or LoRA, per the config).",
-        epilog="examples:\n"
-               "  flowctrl train video --config configs/train/video_tiny.yaml --output-dir runs/video_tiny\n"
-               "  flowctrl train video --config configs/train/video_motion_lora.yaml   # rank-16 LoRA (GPU)\n"
-               "  flowctrl train video --config configs/train/video_tiny.yaml --resume latest")
-    _common(video)
-    video.set_defaults(func=run)
+    # one subcommand per entry of flowctrl.train.tasks.COMMANDS, each run by the one engine (flowctrl.train.engine)
+    for name, command in COMMANDS.items():
+        target = sub.add_parser(name, help=command.help, description=command.description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n" + "\n".join("  " + e for e in command.examples))
+        _common(target)
+        target.set_defaults(func=run)
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.train_target == "video":
-        try:
-            from flowctrl.train.video_loop import main as video_main
-        except ModuleNotFoundError as err:
-            raise ConfigError.at(None, "train video", f"the video trainer is not installed ({err.name})",
-                                 "install the complete flowctrl package") from None
-        return int(video_main(args) or 0)
-    from flowctrl.train.config import load_config
-    from flowctrl.train.flow_loop import train
-
     from flowctrl.train.config import check_run_outputs
+    from flowctrl.train.tasks import COMMANDS, resolve
+
+    command = COMMANDS[args.train_target]
+    try:
+        load_config, make_task = resolve(command.load_config), resolve(command.make_task)
+    except ModuleNotFoundError as err:
+        raise ConfigError.at(None, f"train {args.train_target}", f"the {args.train_target} trainer is not installed ({err.name})",
+                             "install the complete flowctrl package") from None
+    from flowctrl.train.engine import run as run_task
 
     cfg = load_config(args.config, {"output_dir": args.output_dir, "max_steps": args.max_steps, "seed": args.seed},
                       args.set)
-    check_run_outputs(args.config, cfg.output_dir, [cfg.data.shards, cfg.codec_path, cfg.image_codec_path,
-                                                   cfg.pretrained_cogvideox, cfg.data.latent_cache_file], str(args.config))
-    result = train(cfg, resume=args.resume)
+    check_run_outputs(args.config, cfg.output_dir, _run_inputs(args.train_target, cfg), str(args.config or "<defaults>"))
+    task = make_task(cfg)
+    result = run_task(task, resume=args.resume)
     if result.get("final"):
-        print(f"trained {cfg.model}: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
+        print(f"trained {task.title}: step {result['step']} loss {result['loss']:.5f} -> {result['final']}")
     return 0
+
+
+def _run_inputs(target: str, cfg) -> list:
+    """The files a training run reads (its outputs may not resolve to any of them)."""
+    if target == "video":
+        init = cfg.model.init if cfg.model.init != "tiny" and Path(cfg.model.init).exists() else None
+        return [cfg.data.shards, init]
+    return [getattr(cfg.data, "shards", None), getattr(cfg, "codec_path", None), getattr(cfg, "image_codec_path", None),
+            getattr(cfg, "pretrained_cogvideox", None), getattr(cfg.data, "latent_cache_file", None)]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from flowctrl.controls.arrows import EASINGS, Arrow, ease, load_arrows, parse_arrows
 from flowctrl.controls.camera import (
-    CameraTrajectory, load_camera, parse_camera_json, parse_motionctrl, parse_re10k, validate_poses,
+    CameraTrajectory, parse_camera_json, parse_motionctrl, parse_re10k, validate_poses,
 )
+from flowctrl.controls.camera_loader import load_camera
 from flowctrl.controls.core import Controls
 from flowctrl.controls.drags import Drag, load_drags, parse_drag_txt, parse_drags
 from flowctrl.controls.masks import load_mask, resize_mask

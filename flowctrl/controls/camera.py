@@ -27,22 +27,23 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
 
+from flowctrl.flow.camera import DEFAULT_FOV_DEG
+
 from flowctrl.controls._common import (
-    PathLike, err, expect_list, expect_object, number, number_list, read_json, read_text, reject_unknown,
+    err, expect_list, expect_object, number, number_list, reject_unknown,
     require, type_name,
 )
 
 __all__ = [
-    "CameraTrajectory", "DEFAULT_FOV_DEG", "load_camera", "parse_camera_json", "parse_motionctrl",
+    "CameraTrajectory", "DEFAULT_FOV_DEG", "parse_camera_json", "parse_motionctrl",
     "parse_re10k", "validate_poses",
 ]
 
-DEFAULT_FOV_DEG = 60.0
 ORTHO_TOL = 1e-3  # max |R^T R - I| accepted before re-orthonormalizing (4-5 printed decimals pass)
 
 
@@ -431,37 +432,3 @@ def parse_re10k(text: str, source: Any = "camera.txt") -> CameraTrajectory:
     w2c = validate_poses(arr[:, 7:].reshape(-1, 3, 4), source, "poses")
     return CameraTrajectory(w2c=w2c, K_normalized=K_t, timestamps=torch.from_numpy(timestamps - timestamps[0]),
                             name=Path(str(source)).stem)
-
-
-def load_camera(path_or_preset: Union[PathLike, CameraTrajectory], num_frames: Optional[int] = None) -> CameraTrajectory:
-    """A camera trajectory from a file (flowctrl ``.json``, MotionCtrl ``.json``, RealEstate10K
-    ``.txt``) or a preset spec (``orbit``, ``orbit:degrees=30,depth=2``; see
-    :func:`flowctrl.controls.presets.camera_preset`); resampled to ``num_frames`` when given."""
-    from flowctrl.controls.presets import is_preset_spec, preset_from_spec
-
-    if isinstance(path_or_preset, CameraTrajectory):
-        traj = path_or_preset
-    else:
-        spec = str(path_or_preset)
-        path = Path(spec).expanduser()
-        if path.exists() or spec.lower().endswith((".json", ".txt")) or not is_preset_spec(spec):
-            traj = _load_camera_file(path)
-        else:
-            traj = preset_from_spec(spec)
-    if num_frames is not None:
-        traj = traj.resample(num_frames)
-    return traj
-
-
-def _load_camera_file(path: Path) -> CameraTrajectory:
-    from flowctrl.controls.presets import list_camera_presets
-
-    if not path.exists():
-        raise err(path, None, "camera file does not exist and is not a preset name",
-                  f"give a camera file or a preset ({', '.join(list_camera_presets())})")
-    if path.suffix.lower() == ".txt":
-        return parse_re10k(read_text(path, "camera"), path)
-    data = read_json(path, "camera")
-    if isinstance(data, list):
-        return parse_motionctrl(data, path)
-    return parse_camera_json(data, path)

@@ -29,7 +29,8 @@ from flowctrl.controls._common import (
     type_name,
 )
 from flowctrl.controls.arrows import Arrow, load_arrows, parse_arrows
-from flowctrl.controls.camera import CameraTrajectory, load_camera, parse_camera_json, parse_motionctrl
+from flowctrl.controls.camera import CameraTrajectory, parse_camera_json, parse_motionctrl
+from flowctrl.controls.camera_loader import load_camera
 from flowctrl.controls.drags import Drag, load_drags, parse_drags
 from flowctrl.controls.masks import load_mask, resize_mask
 from flowctrl.controls.pose import PoseSequence, load_pose, parse_pose

@@ -190,7 +190,7 @@ def render_with_backend(case: CameraCase, backend: Any = "warp", plane_distance:
             plane_distance = fit_plane_distance(case.video, case.K, case.w2c)
             logger.info("%s: plane distance %.3g fitted to the clip's flow", case.name, plane_distance)
         depth = torch.full((1, 1, H, W), float(plane_distance))
-    pipe = backend if callable(getattr(backend, "__call__", None)) and not isinstance(backend, str) else None
+    pipe = backend if callable(backend) and not isinstance(backend, str) else None
     if pipe is None:
         pipe = FlowCtrlPipeline(backend=backend, **backend_kwargs)
     out = pipe(case.video[:1], controls=controls, num_frames=T, height=H, width=W, depth=depth, return_flow=False)

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F_nn
+from flowctrl.flow.grid import pixel_grid
 
 
 def _grid_sample_warp(x: torch.Tensor, flow: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
     n, _, h, w = x.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=flow.dtype, device=flow.device),
-        torch.arange(w, dtype=flow.dtype, device=flow.device),
-        indexing="ij",
-    )
+    xs, ys = pixel_grid(h, w, dtype=flow.dtype, device=flow.device)
     gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
     gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1)

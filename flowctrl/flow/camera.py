@@ -11,16 +11,30 @@ moves to camera ``t`` as ``X_t = R_t X + t_t`` and projects (with ``K_t``) to ``
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
 from kornia.geometry.depth import depth_to_3d_v2
+from flowctrl_cuda import camera_reprojection
+from flowctrl.flow.grid import pixel_grid
 from kornia.geometry.linalg import transform_points
 
 # A reference pixel is hidden at frame t when some other reference pixel lands on the same target
 # pixel more than this fraction closer to the camera.
 ZBUFFER_TOLERANCE = 0.02
 MIN_DEPTH = 1e-6
+
+
+DEFAULT_FOV_DEG = 60.0  # horizontal field of view assumed wherever a camera carries no intrinsics
+
+
+def default_intrinsics(height: int, width: int, fov_deg: float = DEFAULT_FOV_DEG,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Pinhole ``K`` ``(3, 3)`` in pixels of ``height x width``: square pixels, horizontal field of view
+    ``fov_deg`` (degrees), principal point at the image centre ``((W-1)/2, (H-1)/2)``."""
+    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    return torch.tensor([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]], dtype=dtype)
 
 
 def _per_frame_K(K: torch.Tensor, t: int) -> torch.Tensor:
@@ -82,76 +96,13 @@ def camera_flow(
     # The 3x3 products are composed in float64; the per-pixel work runs in float32 (half the memory
     # traffic), except when the caller passes float64 depth.
     work = torch.float64 if depth.dtype == torch.float64 else torch.float32
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=work, device=depth.device),
-        torch.arange(w, dtype=work, device=depth.device),
-        indexing="ij",
-    )
-    ones = torch.ones_like(xs)
-    pix = torch.stack([xs, ys, ones], dim=0).reshape(3, h * w)
-    z0 = depth[:, 0].reshape(b, h * w).to(work)
-    grid = pix[:2]
     K0_inv = torch.linalg.inv(Kt[:, 0] if K_ref is None else K_ref.to(torch.float64))
     eye = torch.eye(3, dtype=torch.float64, device=depth.device)
-    if _compiled_ok(depth, Kt, w2c):
-        # inference on float32 CPU: the per-pixel work (flow, visibility, z-buffer) in one compiled
-        # pass per frame instead of ~30 tensor passes; same formulas in the same order.
-        from flowctrl_cuda import _cpu
-
-        E = torch.stack([Kt[:, i] @ w2c[:, i, :3, :3] @ K0_inv - eye for i in range(t)], dim=1)  # (B, T, 3, 3)
-        q = torch.stack([(Kt[:, i] @ w2c[:, i, :3, 3:])[..., 0] for i in range(t)], dim=1)  # (B, T, 3)
-        outs = [_cpu.camera_flow(z0[bi], E[bi].to(work), q[bi].to(work), h, w, MIN_DEPTH, ZBUFFER_TOLERANCE, occlusion)
-                for bi in range(b)]
-        if b == 1:  # a view, not a 100 MB copy
-            return outs[0][0][None], outs[0][1][None]
-        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
-    flows, valids = [], []
-    for i in range(t):
-        # Written as a deviation from the identity so small motions keep full float32 precision
-        # (no cancellation of p·z against itself): with E = K_t R_t K_0⁻¹ − I and q = K_t t_t,
-        # z_t = z0 + dz, dz = z0 (E p̃)_z + q_z and flow = (z0 (E p̃)_xy + q_xy − p dz) / z_t.
-        E = (Kt[:, i] @ w2c[:, i, :3, :3] @ K0_inv - eye).to(work)
-        q = (Kt[:, i] @ w2c[:, i, :3, 3:]).to(work)[..., 0]  # (B, 3)
-        Ep = E @ pix  # (B, 3, HW)
-        dz = z0 * Ep[:, 2] + q[:, 2:3]
-        z = z0 + dz
-        safe_z = torch.where(z > MIN_DEPTH, z, ones.reshape(1, -1))  # no division by ~0 behind the camera
-        flow = (z0[:, None] * Ep[:, :2] + q[:, :2, None] - grid * dz[:, None]) / safe_z[:, None]  # (B, 2, HW)
-        proj = grid + flow
-        valid = (z > MIN_DEPTH) & (proj[:, 0] > -0.5) & (proj[:, 0] < w - 0.5)
-        valid = valid & (proj[:, 1] > -0.5) & (proj[:, 1] < h - 0.5)
-        if occlusion:
-            occ = _occluded(proj.detach().transpose(1, 2).reshape(b, 1, h, w, 2), z.detach().reshape(b, 1, h, w),
-                            valid.reshape(b, 1, h, w))
-            valid = valid & ~occ.reshape(b, h * w)
-        flows.append(flow.reshape(b, 2, h, w).to(torch.float32))
-        valids.append(valid.reshape(b, 1, h, w))
-    return torch.stack(flows, dim=1), torch.stack(valids, dim=1)
-
-
-def _compiled_ok(depth: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor) -> bool:
-    if depth.dtype != torch.float32 or depth.device.type != "cpu":
-        return False
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (depth, K, w2c)):
-        return False
-    try:
-        from flowctrl_cuda import _cpu
-    except ImportError:  # pragma: no cover - partial install
-        return False
-    return _cpu.available()
-
-
-def _occluded(proj: torch.Tensor, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Z-buffer test: ``(B, T, H, W)`` true where a nearer reference pixel lands on the same target pixel."""
-    b, t, h, w = z.shape
-    col = torch.round(proj[..., 0]).long().clamp(0, w - 1)
-    row = torch.round(proj[..., 1]).long().clamp(0, h - 1)
-    target = (row * w + col).reshape(b * t, h * w)
-    depth = torch.where(valid, z, torch.full_like(z, float("inf"))).reshape(b * t, h * w)
-    zbuf = torch.full((b * t, h * w), float("inf"), dtype=z.dtype, device=z.device)
-    zbuf = zbuf.scatter_reduce(1, target, depth, reduce="amin", include_self=True)
-    nearest = torch.gather(zbuf, 1, target)
-    return (depth > nearest * (1.0 + ZBUFFER_TOLERANCE)).reshape(b, t, h, w)
+    E = torch.stack([Kt[:, i] @ w2c[:, i, :3, :3] @ K0_inv - eye for i in range(t)], dim=1)  # (B, T, 3, 3)
+    q = torch.stack([(Kt[:, i] @ w2c[:, i, :3, 3:])[..., 0] for i in range(t)], dim=1)  # (B, T, 3)
+    z0 = depth[:, 0].reshape(b, h * w).to(work)
+    # float32 CPU inference runs one compiled pass per frame; autograd and other devices the reference
+    return camera_reprojection(z0, E.to(work), q.to(work), h, w, MIN_DEPTH, ZBUFFER_TOLERANCE, occlusion)
 
 
 def homography_flow(K: torch.Tensor, R: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -161,11 +112,7 @@ def homography_flow(K: torch.Tensor, R: torch.Tensor, height: int, width: int) -
         K: ``(B, 3, 3)`` pixels; R: ``(B, 3, 3)`` rotation part of w2c.
     """
     Hm = K @ R @ torch.linalg.inv(K)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=K.dtype, device=K.device),
-        torch.arange(width, dtype=K.dtype, device=K.device),
-        indexing="ij",
-    )
+    xs, ys = pixel_grid(height, width, dtype=K.dtype, device=K.device)
     p = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).reshape(3, -1)
     q = Hm @ p  # (B, 3, HW)
     q = q[:, :2] / q[:, 2:]
@@ -191,11 +138,7 @@ def plucker_rays(K: torch.Tensor, w2c: torch.Tensor, height: int, width: int) ->
     R = w2c[..., :3, :3]
     trans = w2c[..., :3, 3:]
     origin = -(R.transpose(-1, -2) @ trans)[..., 0]  # (B, T, 3)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64, device=w2c.device),
-        torch.arange(width, dtype=torch.float64, device=w2c.device),
-        indexing="ij",
-    )
+    xs, ys = pixel_grid(height, width, dtype=torch.float64, device=w2c.device)
     p = torch.stack([xs, ys, torch.ones_like(xs)], dim=0).reshape(3, -1)
     dirs = R.transpose(-1, -2) @ torch.linalg.inv(Kt) @ p  # (B, T, 3, HW)
     dirs = dirs / torch.sqrt((dirs * dirs).sum(dim=2, keepdim=True))

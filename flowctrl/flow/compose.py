@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from flowctrl.flow._sampling import backward_warp
+from flowctrl_cuda import compose_visibility
 
 
 def _warp_seq(x: torch.Tensor, flow: torch.Tensor, padding: str = "border") -> torch.Tensor:
@@ -70,31 +71,10 @@ def compose_with_visibility(
         if sm.dim() == 4:
             sm = sm[:, None]
         local = local * (1.0 - (sm > 0.5).to(local.dtype))
-    if _compiled_ok(local, camera):
-        from flowctrl_cuda import _cpu
-
-        flow, vis = _cpu.compose(local.reshape(b * t, 2, h, w), camera.reshape(b * t, 2, h, w),
-                                 valid.reshape(b * t, 1, h, w).bool())
-        return flow.reshape(b, t, 2, h, w), vis.reshape(b, t, 1, h, w)
-    flow = local + _warp_seq(camera, local, padding="border")
-    moved = backward_warp(valid.reshape(b * t, 1, h, w).to(local.dtype), local.reshape(b * t, 2, h, w), padding="zeros")
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype, device=flow.device),
-                            torch.arange(w, dtype=flow.dtype, device=flow.device), indexing="ij")
-    tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
-    in_view = ((tx > -0.5) & (tx < w - 0.5) & (ty > -0.5) & (ty < h - 0.5))[:, :, None]
-    return flow, (moved.reshape(b, t, 1, h, w) > 0.5) & in_view
-
-
-def _compiled_ok(*tensors: torch.Tensor) -> bool:
-    if any(x.dtype != torch.float32 or x.device.type != "cpu" for x in tensors):
-        return False
-    if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
-        return False
-    try:
-        from flowctrl_cuda import _cpu
-    except ImportError:  # pragma: no cover - partial install
-        return False
-    return _cpu.available()
+    # float32 CPU inference runs one compiled pass; autograd and other devices the reference
+    flow, vis = compose_visibility(local.reshape(b * t, 2, h, w), camera.reshape(b * t, 2, h, w).to(local.dtype),
+                                   valid.reshape(b * t, 1, h, w).bool())
+    return flow.reshape(b, t, 2, h, w), vis.reshape(b, t, 1, h, w)
 
 
 def to_reference(consecutive: torch.Tensor) -> torch.Tensor:

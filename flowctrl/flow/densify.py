@@ -25,6 +25,7 @@ import math
 from typing import Optional
 
 import torch
+from flowctrl.flow.grid import pixel_grid
 
 SIGMA_AT_512 = 170.0
 THRESHOLD_R = 0.05
@@ -90,6 +91,7 @@ def densify_points(
     normalized: bool = True,
     threshold: float = THRESHOLD_R,
     max_chunk_elements: int = 1 << 24,
+    min_mass: float = 1.0,
 ) -> torch.Tensor:
     """:func:`gaussian_densify` of one batch item given only its control pixels.
 
@@ -102,6 +104,9 @@ def densify_points(
         values: ``(T, 2, N)`` sparse flow at those pixels (pixels); mask: ``(T, 1, N)`` in {0, 1}.
         height, width, sigma, radius, normalized, threshold, max_chunk_elements: as in
             :func:`gaussian_densify`.
+        min_mass: the normalized form divides by ``max(Σ w_i, min_mass)``; 1 fades far from the points
+            (eq. 6), a tiny value gives the plain weighted average everywhere the weights reach (a
+            rigid copy of a single point's motion, used inside an object's region).
 
     Returns:
         ``(T, 2, H, W)`` dense flow in pixels; differentiable with respect to ``values``.
@@ -118,12 +123,7 @@ def densify_points(
     # one weight row for all frames when every point acts at every frame (arrows, drags)
     shared = bool((pm == pm[:1]).all())
     pm_rows = pm[:1] if shared else pm
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=dtype, device=device),
-        torch.arange(w, dtype=dtype, device=device),
-        indexing="ij",
-    )
-    grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)  # (HW, 2)
+    grid = pixel_grid(h, w, dtype=dtype, device=device).reshape(2, -1).T  # (HW, 2)
     pts = grid[index]  # (N, 2)
     n = index.numel()
     num = torch.empty(t, 2, h * w, dtype=dtype, device=device)
@@ -144,7 +144,7 @@ def densify_points(
         num[:, :, s:s + chunk] = pv @ wgt
         den[:, :, s:s + chunk] = pm_rows @ wgt
     if normalized:
-        dense = num.div_(den.clamp_min_(1.0)) if not num.requires_grad else num / den.clamp_min(1.0)
+        dense = num.div_(den.clamp_min_(min_mass)) if not num.requires_grad else num / den.clamp_min(min_mass)
         # control pixels interpolate exactly
         at = dense[:, :, index]
         dense[:, :, index] = torch.where(pm > 0, values, at)

@@ -104,21 +104,42 @@ def _camera_inset(w2c: torch.Tensor, size: int) -> np.ndarray:
     return inset
 
 
+MOVING_TINT = (0, 200, 255)  # RGB of the region that will move
+
+
+def moving_region(local_flow: torch.Tensor, min_px: float = 0.5, min_fraction: float = 0.05) -> torch.Tensor:
+    """``(H, W)`` bool: where the local (object) flow ``(T, 2, H, W)`` or ``(1, T, 2, H, W)`` (pixels) moves a
+    pixel by more than ``max(min_px, min_fraction ·`` the largest local motion ``)`` at some frame."""
+    f = torch.as_tensor(local_flow).detach().float()
+    f = f.reshape(-1, *f.shape[-3:])
+    mag = torch.hypot(f[:, 0], f[:, 1]).amax(dim=0)
+    peak = float(mag.max()) if mag.numel() else 0.0
+    return mag > max(min_px, min_fraction * peak)
+
+
 def draw_controls(image: torch.Tensor, controls: object, flow: Optional[torch.Tensor] = None,
-                  num_frames: int = 16) -> torch.Tensor:
+                  num_frames: int = 16, moving: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Draw the controls over ``image (3, H, W)`` → ``(3, H', W')`` in [0, 1].
 
     Arrows (red, with strength applied), drag paths (blue polylines with a dot per point), pose of the
     reference frame (green limbs), the motion mask outline (yellow), and the camera path as a small
     top-down inset with frustum wedges. With ``flow (T, 2, H, W)`` (or ``(1, T, 2, H, W)``) the color
     wheel of its last frame is placed to the right (``W' = 2W``). Coordinates are in pixels of the
-    image (call ``controls.resized(H, W)`` first when they refer to another size).
+    image (call ``controls.resized(H, W)`` first when they refer to another size). ``moving`` ``(H, W)``
+    (bool or [0, 1], e.g. :func:`moving_region`) is the region that will move: tinted cyan and outlined.
     """
     import cv2
 
     canvas = _to_uint8_hwc(image).copy()
     h, w = canvas.shape[:2]
     thick = max(1, round(max(h, w) / 256))
+    if moving is not None:
+        m = torch.as_tensor(moving).detach().float().reshape(-1, *torch.as_tensor(moving).shape[-2:])[0].cpu().numpy()
+        if m.shape == (h, w):
+            a = 0.35 * np.clip(m, 0, 1)[..., None]
+            canvas = np.round(canvas * (1 - a) + np.array(MOVING_TINT, np.float64) * a).astype(np.uint8)
+            contours, _ = cv2.findContours((m > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(canvas, contours, -1, MOVING_TINT, thick, cv2.LINE_AA)
     for arrow in getattr(controls, "arrows", None) or []:
         track = torch.as_tensor(arrow.track(num_frames), dtype=torch.float64)
         s = torch.as_tensor(arrow.start, dtype=torch.float64)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from einops import rearrange
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import (
     CogVideoXPatchEmbed,
@@ -366,8 +367,7 @@ class FlowGenerationModel(_CogVideoXTrunk, ConfigMixin):
         tokens = self.norm_out(tokens, temb=emb)
         tokens = self.proj_out(tokens)
         p = cfg.patch_size
-        out = tokens.reshape(b, tl, h // p, w // p, -1, p, p)
-        out = out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+        out = rearrange(tokens, "b (t h w) (c ph pw) -> b t c (h ph) (w pw)", t=tl, h=h // p, w=w // p, ph=p, pw=p)
         if not return_dict:
             return (out,)
         if return_tokens:

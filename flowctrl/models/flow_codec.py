@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple
 
 import torch
+from einops import rearrange
 from diffusers import AutoencoderKLCogVideoX
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -94,15 +95,15 @@ class FlowCodec(ModelMixin, ConfigMixin):
 
     def encode_channels(self, ch: torch.Tensor, sample: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(B, T, 3, H, W) bounded channels (or an RGB video in [-1, 1]) → latent (B, T', C, h, w)."""
-        x = self._pad_frames(ch).permute(0, 2, 1, 3, 4)
+        x = rearrange(self._pad_frames(ch), "b t c h w -> b c t h w")
         dist = self.vae.encode(x).latent_dist
         z = dist.sample(generator) if sample else dist.mode()
-        return (z * self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4)
+        return rearrange(z * self.vae.config.scaling_factor, "b c t h w -> b t c h w")
 
     def decode_channels(self, latent: torch.Tensor, num_frames: int) -> torch.Tensor:
         """latent (B, T', C, h, w) → channels (B, num_frames, 3, H, W)."""
-        z = latent.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor
-        out = self.vae.decode(z).sample.permute(0, 2, 1, 3, 4)
+        z = rearrange(latent, "b t c h w -> b c t h w") / self.vae.config.scaling_factor
+        out = rearrange(self.vae.decode(z).sample, "b c t h w -> b t c h w")
         return out[:, :num_frames]
 
     def encode(self, flow: torch.Tensor, sample: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -129,14 +130,14 @@ class FlowCodec(ModelMixin, ConfigMixin):
         fresh VAE's posterior std is ~1, noise that swamps a tiny codec's latents early in training.
         flow (B, T, 2, H, W) px → scalar."""
         ch = flow_to_channels(flow, self.config.flow_scale)
-        x = self._pad_frames(ch).permute(0, 2, 1, 3, 4)
+        x = rearrange(self._pad_frames(ch), "b t c h w -> b c t h w")
         dist = self.vae.encode(x).latent_dist
         rec = self.vae.decode(dist.sample(generator) if sample_latent else dist.mode()).sample
         rec = rec[:, :, : x.shape[2]]
         loss = (rec - x).abs().mean() + kl_weight * dist.kl().mean()
         if epe_weight > 0:
             t = flow.shape[1]
-            dec = channels_to_flow(rec.permute(0, 2, 1, 3, 4)[:, 1:t], self.config.flow_scale)
+            dec = channels_to_flow(rearrange(rec, "b c t h w -> b t c h w")[:, 1:t], self.config.flow_scale)
             err = (dec - flow[:, 1:]).pow(2).sum(dim=2).add(1e-8).sqrt().mean()
             loss = loss + epe_weight * err / self.config.flow_scale
         return loss

@@ -29,6 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from flowctrl.models.control_tokens import true_indices
+from flowctrl.flow.grid import pixel_grid
 
 
 def _norm(ch: int) -> nn.Module:
@@ -55,8 +56,7 @@ def robust_affine_fit(sparse: torch.Tensor, mask: torch.Tensor, ridge: float = 0
     dt = sparse.dtype
     m = (mask > 0).to(dt).reshape(b * t, h * w)                          # (N, P) point weights
     v = (sparse * (mask > 0)).reshape(b * t, 2, h * w).transpose(1, 2)    # (N, P, 2)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=dt, device=sparse.device),
-                            torch.arange(w, dtype=dt, device=sparse.device), indexing="ij")
+    xs, ys = pixel_grid(h, w, dtype=dt, device=sparse.device)
     A = torch.stack([torch.ones_like(xs), (xs - (w - 1) / 2) / (size / 2), (ys - (h - 1) / 2) / (size / 2)], -1)
     A = A.reshape(h * w, 3)
     count = m.sum(1)                                                       # (N,)
@@ -95,9 +95,7 @@ def parametric_interpolation(sparse: torch.Tensor, mask: torch.Tensor, ridge: fl
 def nearest_control_distance(mask: torch.Tensor) -> torch.Tensor:
     """``(B, T, 1, H, W)`` mask → ``(B, 1, H, W)`` distance to the nearest control pixel / max(H, W) (1 if none)."""
     b, _, _, h, w = mask.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=mask.device),
-                            torch.arange(w, dtype=torch.float32, device=mask.device), indexing="ij")
-    grid = torch.stack([xs.flatten(), ys.flatten()], 1)
+    grid = pixel_grid(h, w, device=mask.device).reshape(2, -1).T  # (HW, 2)
     out = torch.ones(b, 1, h * w, device=mask.device)
     anyp = mask[:, :, 0].amax(dim=1).reshape(b, -1) > 0
     for i in range(b):
@@ -247,9 +245,7 @@ class RefinementNet(ModelMixin, ConfigMixin):
         keep = y[:, d].reshape(n, h * w)
         fq = torch.gather(feat, 2, idx[:, None].expand(n, d, k))                          # (N, D, k)
         vq = torch.gather(dense.reshape(n, 2, h * w), 2, idx[:, None].expand(n, 2, k))    # (N, 2, k)
-        ys, xs = torch.meshgrid(torch.arange(h, device=y.device, dtype=y.dtype),
-                                torch.arange(w, device=y.device, dtype=y.dtype), indexing="ij")
-        grid = torch.stack([xs.flatten(), ys.flatten()], 1) / max(h, w)                  # (HW, 2)
+        grid = pixel_grid(h, w, dtype=y.dtype, device=y.device).reshape(2, -1).T / max(h, w)                 # (HW, 2)
         sig2 = self.log_sigma.exp().square()
         out = torch.empty(n, 2, h * w, device=y.device, dtype=y.dtype)
         step = max(1, max_elements // (h * w * k))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
+from einops import rearrange
 from diffusers import CogVideoXTransformer3DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention import BasicTransformerBlock
@@ -270,9 +271,7 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
     def _patches(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, T', C, h, w)`` → patch vectors ``(B, T'/p_t · h/p · w/p, C·p_t·p·p)``, frame-major like CogVideoX."""
         p, p_t = self.config.patch_size, self.config.patch_size_t or 1
-        b, t, c, h, w = x.shape
-        x = x.reshape(b, t // p_t, p_t, c, h // p, p, w // p, p)
-        return x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(b, (t // p_t) * (h // p) * (w // p), c * p_t * p * p)
+        return rearrange(x, "b (t pt) c (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=p_t, ph=p, pw=p)
 
     def flow_input_residual(self, flow_latents: torch.Tensor) -> torch.Tensor:
         """``flow_warp_input``: the warped image + coverage channels of ``flow_latents`` through the
@@ -394,11 +393,11 @@ class FlowCtrlTransformer(CogVideoXTransformer3DModel):
         hidden_states = self.proj_out(hidden_states)
 
         if self.config.patch_size_t is None:
-            output = hidden_states.reshape(batch_size, num_frames, height // p, width // p, -1, p, p)
-            output = output.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+            output = rearrange(hidden_states, "b (t h w) (c ph pw) -> b t c (h ph) (w pw)", t=num_frames,
+                               h=height // p, w=width // p, ph=p, pw=p)
         else:
-            output = hidden_states.reshape(batch_size, token_frames, height // p, width // p, -1, p_t, p, p)
-            output = output.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+            output = rearrange(hidden_states, "b (t h w) (c pt ph pw) -> b (t pt) c (h ph) (w pw)", t=token_frames,
+                               h=height // p, w=width // p, pt=p_t, ph=p, pw=p)
 
         if flow_latents is not None and self.flow_output_proj is not None:
             warp = flow_latents[:, :, self.config.flow_in_channels:].to(output.dtype)

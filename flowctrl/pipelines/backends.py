@@ -4,23 +4,26 @@ A backend turns the reference image and the unified flow into a video::
 
     class MyBackend:
         def render(self, image, unified, *, num_frames, generator=None, callback=None, **kw):
-            ...  # -> (1, T, 3, H, W) float in [0, 1]
+            ...  # -> RenderResult(video (1, T, 3, H, W) float in [0, 1], masks {name: (1, T, 1, H, W) bool})
 
     register_backend("mine", MyBackend)
     FlowCtrlPipeline(backend="mine")          # or FlowCtrlPipeline(backend=MyBackend())
 
-``"warp"`` (this module) needs no weights. ``"diffusion"`` is resolved lazily from
-``flowctrl.pipelines.diffusion.DiffusionBackend`` so that importing flowctrl never loads it.
+``"warp"`` (this module) needs no weights. ``"guided"`` and ``"diffusion"`` are resolved lazily so that
+importing flowctrl never loads diffusers. Which options each backend takes is declared once, in
+:mod:`flowctrl.pipelines.backend_options`.
 """
 from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Union, runtime_checkable
 
 import torch
 
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.pipelines.backend_options import check_render_options
 from flowctrl.render.fill import normalize_fill_mode
 from flowctrl.render.warp_renderer import DEFAULT_ALPHA, WarpRender, render_warp
 
@@ -29,20 +32,34 @@ logger = logging.getLogger("flowctrl")
 ProgressCallback = Callable[[str, int, int], None]
 
 
+@dataclass
+class RenderResult:
+    """What a backend's ``render`` returns.
+
+    video: ``(1, T, 3, H, W)`` float in [0, 1]. masks: per-pixel masks of the render, each
+    ``(1, T, 1, H, W)`` bool — ``"holes"`` (nothing landed there; filled), and with the guided backend
+    ``"motion"`` (where the warp was imposed on the model).
+    """
+
+    video: torch.Tensor
+    masks: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 @runtime_checkable
 class RenderBackend(Protocol):
     """What :class:`~flowctrl.pipelines.FlowCtrlPipeline` needs from a stage-2 renderer."""
 
     def render(self, image: torch.Tensor, unified: Any, *, num_frames: int,
                generator: Optional[torch.Generator] = None, callback: Optional[ProgressCallback] = None,
-               **kw: Any) -> torch.Tensor:
-        """Render ``(1, T, 3, H, W)`` float in [0, 1] from ``image`` ``(1,3,H,W)`` and a ``UnifiedFlow``."""
+               **kw: Any) -> RenderResult:
+        """Render the video (and its masks) from ``image`` ``(1,3,H,W)`` and a ``UnifiedFlow``."""
         ...
 
 
 # name -> factory (a callable returning a backend) or "module:attribute" resolved on first use
 _REGISTRY: Dict[str, Union[Callable[..., RenderBackend], str]] = {
     "diffusion": "flowctrl.pipelines.diffusion:DiffusionBackend",
+    "guided": "flowctrl.pipelines.guided:GuidedBackend",
 }
 
 
@@ -95,17 +112,18 @@ def get_backend(backend: Union[str, RenderBackend], **kwargs: Any) -> RenderBack
     return resolve_backend_factory(backend)(**kwargs)
 
 
-# Options that only a learned backend uses; the warp backend accepts and ignores them.
-_LEARNED_ONLY = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength_schedule")
-
-
 class WarpBackend:
     """Default stage-2 backend: softmax splatting along the unified flow + hole filling (no weights).
+
+    It can also render a few frames at a time straight into the video encoder (:attr:`streams`,
+    :meth:`FlowCtrlPipeline.stream`).
 
     Args:
         fill: ``"push-pull"`` (default) | ``"inpaint"`` | ``"none"``.
         alpha: importance range of the softmax weights (larger = harder z-test).
     """
+
+    streams = True  # FlowCtrlPipeline.stream can render it chunk by chunk
 
     def __init__(self, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA) -> None:
         self.fill = normalize_fill_mode(fill)
@@ -131,16 +149,12 @@ class WarpBackend:
     def render(self, image: torch.Tensor, unified: Any, *, num_frames: int,
                generator: Optional[torch.Generator] = None, callback: Optional[ProgressCallback] = None,
                **kw: Any) -> torch.Tensor:
-        """``(1, T, 3, H, W)`` float video; deterministic (``generator`` is unused)."""
-        fill = kw.pop("fill", None)
-        ignored = [k for k in kw if k in _LEARNED_ONLY and kw[k] is not None]
-        unknown = [k for k in kw if k not in _LEARNED_ONLY]
-        if unknown:
-            raise InputError.at(None, "backend options", f"the warp backend has no option(s) {', '.join(unknown)}",
-                                "remove them or use the diffusion backend")
+        """The video and its ``"holes"`` mask; deterministic (``generator`` is unused)."""
+        ignored = check_render_options("warp", kw)
         if ignored:
-            logger.info("warp backend ignores %s (used by the diffusion backend only)", ", ".join(ignored))
-        return self.render_full(image, unified, num_frames=num_frames, callback=callback, fill=fill).video
+            logger.info("warp backend ignores %s (used by the learned backends only)", ", ".join(ignored))
+        result = self.render_full(image, unified, num_frames=num_frames, callback=callback, fill=kw.get("fill"))
+        return RenderResult(result.video, {"holes": result.holes})
 
 
 register_backend("warp", WarpBackend)

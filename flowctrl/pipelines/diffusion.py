@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
+from einops import rearrange
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from diffusers.loaders import CogVideoXLoraLoaderMixin
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import CogVideoXImageToVideoPipeline
@@ -34,9 +35,15 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.pipelines.backend_options import check_render_options
+from flowctrl.pipelines.backends import RenderResult
+from flowctrl.pipelines.flow_guidance import GuidanceConfig
+
 from flowctrl.models.transformer import FlowCtrlTransformer
 
 logger = logging.getLogger("flowctrl")
+# the memory / quality presets ship inside the package (package data), so wheel installs have them too
+PIPELINE_PRESETS = Path(__file__).resolve().parents[1] / "presets" / "pipeline"
 
 __all__ = ["FlowCtrlVideoPipeline", "DiffusionBackend", "GuidanceConfig", "load_memory_preset", "SCHEDULERS"]
 
@@ -47,63 +54,6 @@ WEIGHTS_HINT = (
     "`huggingface-cli download THUDM/CogVideoX-5b-I2V --local-dir ckpt/cogvideox-5b-i2v`"
 )
 ProgressCallback = Callable[[str, int, int], None]
-
-
-class GuidanceConfig:
-    """Classifier-free guidance on text and on flow.
-
-    With ``ε(text, flow)`` the model output (``∅`` = negative prompt / flow dropped)::
-
-        flow_scale == 0:              the flow is dropped (ε(·,∅) only, the unconditional model)
-        text only (flow_scale == 1):  ε = ε(∅,f) + g_t·(ε(c,f) − ε(∅,f))
-        flow only (text_scale <= 1):  ε = ε(c,∅) + g_f·(ε(c,f) − ε(c,∅))
-        both:                         ε = ε(∅,∅) + g_f·(ε(∅,f) − ε(∅,∅)) + g_t·(ε(c,f) − ε(∅,f))
-
-    All branches run as one batched transformer call per step.
-    """
-
-    def __init__(self, text_scale: float = 6.0, flow_scale: float = 1.0) -> None:
-        self.text_scale = float(text_scale)
-        self.flow_scale = float(flow_scale)
-
-    @property
-    def use_text(self) -> bool:
-        return self.text_scale > 1.0
-
-    @property
-    def use_flow(self) -> bool:
-        return self.flow_scale != 1.0
-
-    @property
-    def flow_off(self) -> bool:
-        """``flow_scale == 0``: the flow is dropped entirely (the unconditional model)."""
-        return self.flow_scale == 0.0
-
-    def rows(self) -> List[Tuple[bool, float]]:
-        """(use positive text, flow multiplier) per batched branch, in the order :meth:`combine` expects."""
-        if self.flow_off:
-            return [(False, 0.0), (True, 0.0)] if self.use_text else [(True, 0.0)]
-        if self.use_text and self.use_flow:
-            return [(False, 0.0), (False, 1.0), (True, 1.0)]
-        if self.use_text:
-            return [(False, 1.0), (True, 1.0)]
-        if self.use_flow:
-            return [(True, 0.0), (True, 1.0)]
-        return [(True, 1.0)]
-
-    def combine(self, out: torch.Tensor) -> torch.Tensor:
-        """``out (R·B, ...)`` branch outputs stacked as :meth:`rows` → guided ``(B, ...)``."""
-        parts = out.chunk(len(self.rows()))
-        if self.use_text and self.use_flow and not self.flow_off:
-            uu, uf, cf = parts
-            return uu + self.flow_scale * (uf - uu) + self.text_scale * (cf - uf)
-        if self.use_text:
-            uf, cf = parts
-            return uf + self.text_scale * (cf - uf)
-        if self.use_flow and not self.flow_off:
-            cu, cf = parts
-            return cu + self.flow_scale * (cf - cu)
-        return parts[0]
 
 
 class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
@@ -206,12 +156,12 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         x = video * 2.0 - 1.0
         if self.vae is None:
             return x
-        x = x.to(dtype=self.vae.dtype, device=self.vae.device).permute(0, 2, 1, 3, 4)
+        x = rearrange(x.to(dtype=self.vae.dtype, device=self.vae.device), "b t c h w -> b c t h w")
         dist = self.vae.encode(x).latent_dist
         latent = dist.sample(generator) if generator is not None else dist.mode()
         scale = self.vae.config.scaling_factor
         latent = latent / scale if self.vae.config.invert_scale_latents else latent * scale
-        return latent.permute(0, 2, 1, 3, 4)
+        return rearrange(latent, "b c t h w -> b t c h w")
 
     def encode_image(self, image: torch.Tensor, num_frames: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The I2V condition: image latent in latent frame 0, zeros after → ``(B, T', C, h, w)``."""
@@ -270,9 +220,9 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
             video = latents
         else:
             scale = self.vae.config.scaling_factor
-            x = latents.permute(0, 2, 1, 3, 4).to(self.vae.dtype)
+            x = rearrange(latents, "b t c h w -> b c t h w").to(self.vae.dtype)
             x = x * scale if self.vae.config.invert_scale_latents else x / scale
-            video = self.vae.decode(x).sample.permute(0, 2, 1, 3, 4)
+            video = rearrange(self.vae.decode(x).sample, "b c t h w -> b t c h w")
         return ((video.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def rotary_embedding(self, latent_frames: int, h: int, w: int, device: torch.device):
@@ -329,30 +279,22 @@ class FlowCtrlVideoPipeline(DiffusionPipeline, CogVideoXLoraLoaderMixin):
         eta: float = 0.0,
         on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor, Dict[str, Any]], None]] = None,
     ) -> Tuple[torch.Tensor, Dict[str, Any]]:
-        """Run scheduler steps ``start .. stop-1`` of ``timesteps``.
+        """Run scheduler steps ``start .. stop-1`` of ``timesteps`` on the loop every stage-2 model shares
+        (:func:`flowctrl.pipelines.denoisers.loop.run_steps`, with :class:`~flowctrl.pipelines.denoisers.trained.FlowCtrlDenoiser`).
 
         ``state`` carries the DPM solver's previous x0 estimate between calls (phased inference resumes
         mid-schedule). ``on_step(i, latents_before, model_out, state)`` is called before each update.
         Returns ``(latents, state)``.
         """
-        stop = len(timesteps) if stop is None else stop
-        state = dict(state or {})
-        extra = self.prepare_extra_step_kwargs(generator, eta)
-        for i in range(start, stop):
-            t = timesteps[i]
-            out = self.model_output(latents, t, cond)
-            if on_step is not None:
-                on_step(i, latents, out, state)
-            if isinstance(self.scheduler, CogVideoXDPMScheduler):
-                latents, state["old_x0"] = self.scheduler.step(
-                    out, state.get("old_x0"), t, timesteps[i - 1] if i > 0 else None, latents, **extra, return_dict=False
-                )
-            else:
-                latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
-            latents = latents.to(cond.image_latents.dtype)
+        from flowctrl.pipelines.denoisers.loop import run_steps
+        from flowctrl.pipelines.denoisers.trained import FlowCtrlDenoiser
+
+        def progress(i: int, t: torch.Tensor, x: torch.Tensor) -> None:
             if cond.callback is not None:
                 cond.callback("denoise", cond.progress_offset + i - start + 1, cond.progress_total)
-        return latents, state
+
+        return run_steps(FlowCtrlDenoiser(self, generator, eta), latents, cond, timesteps, start=start, stop=stop,
+                         state=dict(state or {}), on_output=on_step, after_step=progress)
 
     def x0_and_noise(self, latents: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Split ``z_t`` into the clean estimate and the noise estimate ``n(t)`` (paper 004 eq. 10)."""
@@ -617,21 +559,21 @@ def _codec_from_vae(vae: AutoencoderKLCogVideoX, root: Path) -> Any:
 
 
 def load_memory_preset(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read a preset from ``configs/pipeline/<name>.yaml`` (or a path): memory and quality options."""
+    """Read a preset from ``flowctrl/presets/pipeline/<name>.yaml`` (package data) or a path: memory and quality options."""
     import yaml
 
     path = Path(name_or_path)
     if not path.suffix:
-        path = Path(__file__).resolve().parents[2] / "configs" / "pipeline" / f"{name_or_path}.yaml"
+        path = PIPELINE_PRESETS / f"{name_or_path}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "pipeline").glob("*.yaml"))
+        available = sorted(p.stem for p in PIPELINE_PRESETS.glob("*.yaml"))
         raise InputError.at(name_or_path, "preset", "not found", f"use one of {', '.join(available) or 'a YAML file'}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise InputError.at(path, None, f"is not valid YAML ({type(error).__name__})", "fix the file") from None
     if not isinstance(data, dict):
-        raise InputError.at(path, None, "must hold a mapping of options", "see configs/pipeline/24gb.yaml")
+        raise InputError.at(path, None, "must hold a mapping of options", "see flowctrl/presets/pipeline/24gb.yaml")
     return data
 
 
@@ -735,8 +677,8 @@ class DiffusionBackend:
         self.pipeline.save_pretrained(path)
 
     def render(self, image: torch.Tensor, unified: Any, *, num_frames: int, generator: Optional[torch.Generator] = None,
-               callback: Optional[ProgressCallback] = None, **kw: Any) -> torch.Tensor:
-        """``(1, T, 3, H, W)`` float in [0, 1] from ``image (1,3,H,W)`` and ``unified.flow (1,T,2,H,W)``.
+               callback: Optional[ProgressCallback] = None, **kw: Any) -> "RenderResult":
+        """The video ``(1, T, 3, H, W)`` in [0, 1] from ``image (1,3,H,W)`` and ``unified.flow (1,T,2,H,W)``.
 
         Extra ``kw``: prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_inference_steps,
         guidance_scale, flow_guidance_scale, long_video, gamma, omega. Same ``generator`` → same video.
@@ -751,17 +693,13 @@ class DiffusionBackend:
                                 "compute the flow for the same number of frames")
         if num_frames < 2:
             raise InputError.at(None, "num_frames", f"is {num_frames}", "use at least 2 frames")
-        known = {"prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_inference_steps",
-                 "guidance_scale", "flow_guidance_scale", "long_video", "gamma", "omega", "strength_schedule", "fill"}
-        unknown = sorted(set(kw) - known)
-        if unknown:
-            raise InputError.at(None, "backend options", f"the diffusion backend has no option(s) {', '.join(unknown)}",
-                                "remove them")
+        check_render_options("diffusion", kw)
         args = dict(
             prompt=kw.get("prompt") if kw.get("prompt") is not None else self.prompt,
             negative_prompt=kw.get("negative_prompt") if kw.get("negative_prompt") is not None else self.negative_prompt,
             prompt_embeds=kw.get("prompt_embeds"), negative_prompt_embeds=kw.get("negative_prompt_embeds"),
-            num_inference_steps=int(kw.get("num_inference_steps") or self.num_inference_steps),
+            num_inference_steps=int(kw["num_inference_steps"] if kw.get("num_inference_steps") is not None
+                                    else self.num_inference_steps),
             guidance_scale=float(kw["guidance_scale"]) if kw.get("guidance_scale") is not None else self.guidance_scale,
             flow_guidance_scale=float(kw["flow_guidance_scale"]) if kw.get("flow_guidance_scale") is not None else self.flow_guidance_scale,
         )
@@ -777,7 +715,7 @@ class DiffusionBackend:
                                                    align_corners=False).view(flow.shape[0], -1, 2, hh, ww) * scale
         result = generate_long_video(
             self.pipeline, image, flow, mode=kw.get("long_video") or self.long_video,
-            gamma=float(kw.get("gamma") or self.gamma), omega=float(kw["omega"]) if kw.get("omega") is not None else self.omega,
+            gamma=float(kw["gamma"]) if kw.get("gamma") is not None else self.gamma, omega=float(kw["omega"]) if kw.get("omega") is not None else self.omega,
             generator=generator, callback=callback, **args,
         )
         self.last_num_function_evals = result.num_function_evals
@@ -786,4 +724,4 @@ class DiffusionBackend:
         if (hh, ww) != (h, w):
             video = torch.nn.functional.interpolate(video.flatten(0, 1), size=(h, w), mode="bilinear",
                                                     align_corners=False).view(video.shape[0], -1, 3, h, w)
-        return video.clamp(0.0, 1.0)
+        return RenderResult(video.clamp(0.0, 1.0))

@@ -187,7 +187,7 @@ class FlowGenerationPipeline:
 
     def _static_plucker(self, t: int, h: int, w: int) -> torch.Tensor:
         from flowctrl.flow.camera import plucker_rays
-        from flowctrl.train.shards import default_intrinsics
+        from flowctrl.flow.camera import default_intrinsics
 
         return plucker_rays(default_intrinsics(h, w)[None], torch.eye(4).expand(1, t, 4, 4), h, w)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from flowctrl.errors import FlowCtrlError, InputError
-from flowctrl.pipelines.backends import RenderBackend, WarpBackend, get_backend, resolve_backend_factory
+from flowctrl.pipelines.backends import RenderBackend, RenderResult, get_backend, resolve_backend_factory
 from flowctrl.render.warp_renderer import MAX_SIDE, check_render_size
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -50,7 +50,8 @@ class FlowCtrlOutput:
     video: ``(1, T, 3, H, W)`` float32 in [0, 1].
     flow: ``(1, T, 2, H, W)`` the unified flow in pixels (None with ``return_flow=False``).
     depth: ``(1, 1, H, W)`` z-depth used by stage 1, or None.
-    masks: ``{"local": (1,T,1,H,W), "valid": (1,T,1,H,W), "holes": (1,T,1,H,W) bool}`` (those known).
+    masks: ``{"local": (1,T,1,H,W), "valid": (1,T,1,H,W), "holes": (1,T,1,H,W) bool}`` (those known;
+        the guided backend adds ``"motion"``, its Time-to-Move mask M).
     """
 
     frames: np.ndarray
@@ -214,7 +215,7 @@ class FlowCtrlPipeline:
         """Run on ``device`` (inputs are moved there; backends with modules move themselves)."""
         self.device = torch.device(device)
         for part in (self.backend, self.flow_model):
-            if part is not None and hasattr(part, "to") and not isinstance(part, WarpBackend):
+            if part is not None and hasattr(part, "to"):
                 part.to(self.device)
         return self
 
@@ -242,7 +243,7 @@ class FlowCtrlPipeline:
     def compute_flow(self, image: torch.Tensor, controls: Any, num_frames: int, *,
                      depth: Any = None, depth_model: Optional[str] = None, densify: str = "normalized",
                      generator: Optional[torch.Generator] = None, callback: Optional[ProgressCallback] = None,
-                     flow_steps: int = 25, plane_distance: Optional[float] = None) -> Any:
+                     flow_steps: int = 25, plane_distance: Optional[float] = None, segment: Any = "auto") -> Any:
         """Stage 1 on a prepared image: the analytic unified flow, then the flow model if any.
 
         Returns a ``UnifiedFlow`` (flow ``(1,T,2,H,W)`` px, depth, local_mask, valid, K, w2c, ...).
@@ -252,6 +253,7 @@ class FlowCtrlPipeline:
         unified = compute_unified_flow(
             image, controls, int(num_frames), depth=depth, depth_model=depth_model or self.depth_model,
             densify=densify, generator=generator, callback=callback, plane_distance=plane_distance,
+            segment=segment,
         )
         if self.flow_model is not None:
             flow = self.flow_model(image, unified, num_inference_steps=flow_steps, generator=generator,
@@ -271,7 +273,7 @@ class FlowCtrlPipeline:
                  generator: Optional[torch.Generator] = None, return_flow: bool = True,
                  callback: Optional[ProgressCallback] = None, *, depth: Any = None,
                  depth_model: Optional[str] = None, densify: str = "normalized", flow_steps: int = 25,
-                 plane_distance: Optional[float] = None, **render_kwargs: Any) -> FlowCtrlOutput:
+                 plane_distance: Optional[float] = None, segment: Any = "auto", **render_kwargs: Any) -> FlowCtrlOutput:
         """Animate ``image`` with ``controls``.
 
         Args:
@@ -287,6 +289,8 @@ class FlowCtrlPipeline:
             depth: z-depth (path or ``(1|,1,H,W)`` tensor) overriding ``controls.depth``.
             depth_model: Depth-Anything folder / hub id for camera controls.
             densify: ``"normalized"`` | ``"gaussian"`` sparse-to-dense mode of stage 1.
+            segment: where local motion spreads: ``"auto"`` | ``"sam"`` | ``"edges"`` | ``"none"`` | a SAM
+                folder / hub id (:mod:`flowctrl.segment`).
             flow_steps: sampling steps of the learned flow model.
             plane_distance: distance of the flat depth plane used when no depth is known (camera
                 units); default the trajectory's ``scene_depth`` (an orbit's look-at depth), else 1.
@@ -300,22 +304,16 @@ class FlowCtrlPipeline:
             depth = getattr(controls, "depth", None)
         unified = self.compute_flow(img, controls, T, depth=depth, depth_model=depth_model, densify=densify,
                                     generator=generator, callback=callback, flow_steps=flow_steps,
-                                    plane_distance=plane_distance)
-        masks: Dict[str, torch.Tensor] = {}
-        if isinstance(self.backend, WarpBackend):
-            fill = render_kwargs.pop("fill", None)
-            _check_warp_kwargs(render_kwargs)
-            result = self.backend.render_full(img, unified, num_frames=T, callback=callback, fill=fill)
-            video = result.video
-            masks["holes"] = result.holes
-        else:
-            video = self.backend.render(img, unified, num_frames=T, generator=generator, callback=callback,
-                                        **render_kwargs)
+                                    plane_distance=plane_distance, segment=segment)
+        result = self.backend.render(img, unified, num_frames=T, generator=generator, callback=callback,
+                                     **render_kwargs)
+        if isinstance(result, torch.Tensor):  # a third-party backend written to the older tensor-only protocol
+            result = RenderResult(result)
+        video, masks = result.video, dict(result.masks)
         if tuple(video.shape) != (1, T, 3) + tuple(img.shape[-2:]):
             raise FlowCtrlError(f"backend {type(self.backend).__name__} returned a video of shape "
                                 f"{tuple(video.shape)}, expected {(1, T, 3) + tuple(img.shape[-2:])}")
-        if not isinstance(self.backend, WarpBackend):  # the warp renderer's output is already in [0, 1]
-            video = video.float().clamp(0, 1)
+        video = video.float().clamp_(0, 1)  # in place: the warp renderer's float32 video is already in [0, 1]
         if not return_flow:
             return FlowCtrlOutput(frames=video_to_frames(video), video=video)
         for key, name in (("local", "local_mask"), ("valid", "valid")):
@@ -329,7 +327,7 @@ class FlowCtrlPipeline:
     def stream(self, image: ImageInput, controls: Any = None, num_frames: int = 49, height: Optional[int] = None,
                width: Optional[int] = None, callback: Optional[ProgressCallback] = None, *, depth: Any = None,
                depth_model: Optional[str] = None, densify: str = "normalized", plane_distance: Optional[float] = None,
-               fill: Optional[str] = None, chunk_frames: Optional[int] = None,
+               segment: Any = "auto", fill: Optional[str] = None, chunk_frames: Optional[int] = None,
                workers: Optional[int] = None) -> Iterator[np.ndarray]:
         """The warp backend's video as ``(n, H, W, 3)`` uint8 chunks in frame order (same frames as ``__call__``).
 
@@ -341,7 +339,7 @@ class FlowCtrlPipeline:
         from flowctrl.pipelines.stage1 import plan_unified_flow
         from flowctrl.pipelines.streaming import DEFAULT_CHUNK_FRAMES, stream_warp_video
 
-        if not isinstance(self.backend, WarpBackend) or self.flow_model is not None:
+        if not getattr(self.backend, "streams", False) or self.flow_model is not None:
             raise InputError.at(None, "backend", "only the warp backend without a flow model renders as a stream",
                                 "call the pipeline itself (pipe(...)) for other backends")
         T = int(num_frames)
@@ -349,23 +347,11 @@ class FlowCtrlPipeline:
         if depth is None:
             depth = getattr(controls, "depth", None)
         plan = plan_unified_flow(img, controls, T, depth=depth, depth_model=depth_model or self.depth_model,
-                                 densify=densify, callback=callback, plane_distance=plane_distance)
+                                 densify=densify, callback=callback, plane_distance=plane_distance, segment=segment)
         return stream_warp_video(img.cpu(), plan, fill=self.backend.fill if fill is None else fill,
                                  alpha=self.backend.alpha, chunk_frames=chunk_frames or DEFAULT_CHUNK_FRAMES,
                                  workers=workers, callback=callback)
 
-
-def _check_warp_kwargs(kwargs: Dict[str, Any]) -> None:
-    """Refuse options the warp backend does not know; log the learned-backend ones it ignores."""
-    from flowctrl.pipelines.backends import _LEARNED_ONLY, logger
-
-    unknown = [k for k in kwargs if k not in _LEARNED_ONLY]
-    if unknown:
-        raise InputError.at(None, "backend options", f"the warp backend has no option(s) {', '.join(unknown)}",
-                            "remove them or use the diffusion backend")
-    ignored = [k for k, v in kwargs.items() if v is not None]
-    if ignored:
-        logger.info("warp backend ignores %s (used by the diffusion backend only)", ", ".join(ignored))
 
 
 def _replace(obj: Any, **changes: Any) -> Any:

@@ -128,7 +128,7 @@ def generate_long_video(
     Clips that fit one window run once (padded to a VAE-valid length, then trimmed). ``cond_kwargs``:
     prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale, flow_guidance_scale.
     """
-    from flowctrl.pipelines.diffusion import GuidanceConfig
+    from flowctrl.pipelines.flow_guidance import GuidanceConfig
 
     if mode not in ("phased", "chain"):
         raise InputError.at(None, "long_video", f"unknown mode '{mode}'", "use phased or chain")

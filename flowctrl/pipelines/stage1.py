@@ -3,7 +3,8 @@
 ``compute_unified_flow(image, controls, T)`` →  :class:`UnifiedFlow`:
 
 1. local motion — arrows, drags and pose keypoints become tracks → sparse flow (eq. 5) → dense flow
-   (Gaussian densification, eq. 6-7). Controls with their own region (an arrow's mask, a drag's
+   (Gaussian densification, eq. 6-7), by default limited to the object under each control's start
+   point (``segment=``, :mod:`flowctrl.segment`; ``"none"`` = the densification alone). Controls with their own region (an arrow's mask, a drag's
    radius) are densified alone and limited to that region; the rest are densified together. A
    reference video adds its estimated flow (DIS by default). The motion brush (``motion_mask``)
    limits the sum.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
@@ -39,6 +41,11 @@ logger = logging.getLogger("flowctrl")
 Callback = Callable[[str, int, int], None]
 DENSIFY_MODES = ("normalized", "gaussian")
 POSE_SAMPLES_PER_LIMB = 8
+SAM_MAX_POSE_SEEDS = 16
+
+
+class ControlWarning(UserWarning):
+    """A control that will not do what it looks like (no motion, or motion that vanishes)."""
 
 
 @dataclass
@@ -126,30 +133,57 @@ def _acting(local: torch.Tensor, smask: torch.Tensor) -> torch.Tensor:
     return acting.reshape(1, 1, 1, h, w)
 
 
-def _local_groups(controls, num_frames: int, height: int, width: int) -> List[dict]:
-    """Tracks grouped by the region they act in (None = densified together, unrestricted)."""
+def _warn_outside(name: str, start, mask: Optional[torch.Tensor], what: str, fix: str) -> None:
+    if mask is None:
+        return
+    m = torch.as_tensor(mask).reshape(-1, *torch.as_tensor(mask).shape[-2:])[0]
+    x, y = int(round(float(start[0]))), int(round(float(start[1])))
+    inside = 0 <= y < m.shape[0] and 0 <= x < m.shape[1] and bool(m[y, x])
+    if not inside:
+        warnings.warn(f"{name} starts at ({float(start[0]):.0f}, {float(start[1]):.0f}), outside {what}: its motion "
+                      f"vanishes there ({fix})", ControlWarning, stacklevel=3)
+
+
+def _local_groups(controls, num_frames: int, height: int, width: int, segmented: bool = False) -> List[dict]:
+    """Tracks grouped by the region they act in (None = densified together, unrestricted).
+
+    With ``segmented``, arrows without a mask, drags without a radius and the pose each get a group
+    with ``"seeds"`` ``(N, 2)``: their region is the object under those points (filled in by the caller).
+    """
     free_tracks, free_starts, free_valid = [], [], []
     groups: List[dict] = []
-    for arrow in controls.arrows:
+    for i, arrow in enumerate(controls.arrows):
         tr, st = tracks_from_controls([arrow], num_frames)
+        _warn_outside(f"arrow {i}", arrow.start, arrow.mask, "its own mask", "move its start into the mask or fix the mask")
+        _warn_outside(f"arrow {i}", arrow.start, controls.motion_mask, "the motion brush", "paint the brush over it")
         if arrow.mask is not None:
             groups.append({"tracks": tr, "starts": st, "valid": None, "region": torch.as_tensor(arrow.mask).bool(), "sigma": None})
+        elif segmented:
+            groups.append({"tracks": tr, "starts": st, "valid": None, "region": None, "sigma": None, "seeds": st})
         else:
             free_tracks.append(tr), free_starts.append(st), free_valid.append(torch.ones(1, num_frames, dtype=torch.bool))
-    for drag in controls.drags:
+    for i, drag in enumerate(controls.drags):
         tr, st = tracks_from_controls([drag], num_frames)
+        _warn_outside(f"drag {i}", drag.points[0], controls.motion_mask, "the motion brush", "paint the brush over it")
         if drag.radius is not None:
             # the drag's motion fades to R (eq. 7) at its radius: sigma = radius / sqrt(ln(1/R))
             sigma = drag.radius / math.sqrt(math.log(1.0 / THRESHOLD_R))
             groups.append({"tracks": tr, "starts": st, "valid": None, "sigma": sigma, "radius": drag.radius,
                            "region": _disc(drag.start, drag.radius, height, width)})
+        elif segmented:
+            groups.append({"tracks": tr, "starts": st, "valid": None, "region": None, "sigma": None, "seeds": st})
         else:
             free_tracks.append(tr), free_starts.append(st), free_valid.append(torch.ones(1, num_frames, dtype=torch.bool))
     if controls.pose is not None:
         seq = controls.pose.resample(num_frames)
         tr, st, va = pose_tracks(seq.keypoints, seq.confidence, seq.limbs, samples_per_limb=POSE_SAMPLES_PER_LIMB,
                                  min_confidence=1e-6)
-        free_tracks.append(tr), free_starts.append(st), free_valid.append(va)
+        if segmented:
+            seeds = st[va[:, 0]] if bool(va[:, 0].any()) else st
+            pick = torch.linspace(0, len(seeds) - 1, min(len(seeds), SAM_MAX_POSE_SEEDS)).round().long()
+            groups.append({"tracks": tr, "starts": st, "valid": va, "region": None, "sigma": None, "seeds": seeds[pick]})
+        else:
+            free_tracks.append(tr), free_starts.append(st), free_valid.append(va)
     if free_tracks:
         groups.insert(0, {"tracks": torch.cat(free_tracks), "starts": torch.cat(free_starts),
                           "valid": torch.cat(free_valid), "region": None, "sigma": None})
@@ -183,6 +217,7 @@ def compute_unified_flow(
     depth_model: Union[None, str, Path, Callable[[torch.Tensor], torch.Tensor]] = None,
     densify: str = "normalized",
     generator: Optional[torch.Generator] = None,
+    segment: Union[None, str, Callable] = "auto",
     callback: Optional[Callback] = None,
     flow_method: str = "dis",
     depth_kind: str = "depth",
@@ -199,6 +234,9 @@ def compute_unified_flow(
         depth: overrides ``controls.depth`` (path or tensor), see :func:`flowctrl.depth.resolve_depth`.
         depth_model: Depth-Anything hub id / folder or a callable ``image -> (1,1,H,W)``.
         densify: ``"normalized"`` (Nadaraya-Watson) or ``"gaussian"`` (eq. 6-7 as written).
+        segment: where a local control's motion spreads (:mod:`flowctrl.segment`): ``"auto"`` (SAM
+            when cached, else edges), ``"sam"``, ``"edges"``, a SAM folder / hub id, a callable, or
+            ``"none"`` (the densification alone, unrestricted, as before segmentation existed).
         generator: unused (the analytic stage is deterministic); accepted for a uniform API.
         callback: ``callback(stage, done, total)`` progress.
         flow_method: ``"dis"`` or ``"raft"`` for a reference video.
@@ -209,7 +247,7 @@ def compute_unified_flow(
     """
     del generator
     plan = plan_unified_flow(image, controls, num_frames, depth=depth, depth_model=depth_model, densify=densify,
-                             callback=callback, flow_method=flow_method, depth_kind=depth_kind,
+                             segment=segment, callback=callback, flow_method=flow_method, depth_kind=depth_kind,
                              depth_scale=depth_scale, plane_distance=plane_distance)
     sparse, smask = plan.sparse_condition()
     local_mask = _acting(plan.local_unscaled, smask).to(torch.float32).expand(1, plan.num_frames, 1, plan.height,
@@ -316,6 +354,7 @@ def plan_unified_flow(
     depth: Union[None, str, Path, torch.Tensor] = None,
     depth_model: Union[None, str, Path, Callable[[torch.Tensor], torch.Tensor]] = None,
     densify: str = "normalized",
+    segment: Union[None, str, Callable] = "auto",
     callback: Optional[Callback] = None,
     flow_method: str = "dis",
     depth_kind: str = "depth",
@@ -341,12 +380,37 @@ def plan_unified_flow(
         from flowctrl.controls import Controls
 
         controls = Controls(image_size=(H, W))
+    if controls.is_empty():
+        warnings.warn("no control given (no arrow, drag, pose, reference video or camera): the video will be still",
+                      ControlWarning, stacklevel=3)
     if controls.image_size is not None and tuple(controls.image_size) != (H, W):
         controls = controls.resized(H, W)
 
     # 1. local motion --------------------------------------------------------------------------
     report_progress(callback, "local", 0, 1)
-    groups = _local_groups(controls, T, H, W)
+    segmenter = None
+    if (controls.arrows or controls.drags or controls.pose is not None) and segment not in (None, "none"):
+        from flowctrl.segment import resolve_segmenter
+
+        segmenter = resolve_segmenter(segment)
+    groups = _local_groups(controls, T, H, W, segmented=segmenter is not None)
+    seg_groups = [g for g in groups if "seeds" in g]
+    seg_num = seg_den = None
+    if seg_groups:
+        from flowctrl.segment import object_regions, same_objects
+
+        report_progress(callback, "segment", 0, 1)
+        regions = object_regions(image, [g["seeds"] for g in seg_groups], segmenter)
+        groups = [g for g in groups if "seeds" not in g]
+        for members in same_objects(regions):
+            # controls on one object spread together over it (their motions interpolate across it)
+            parts = [seg_groups[k] for k in members]
+            groups.append({"tracks": torch.cat([p["tracks"] for p in parts]), "starts": torch.cat([p["starts"] for p in parts]),
+                           "valid": torch.cat([p["valid"] if p["valid"] is not None else
+                                               torch.ones(p["tracks"].shape[:2], dtype=torch.bool) for p in parts]),
+                           "region": None, "sigma": None, "seeds": None,
+                           "soft_region": regions[members].amax(dim=0).reshape(1, 1, 1, H, W)})
+        report_progress(callback, "segment", 1, 1)
     local = None
     all_tracks = [g["tracks"] for g in groups]
     all_starts = [g["starts"] for g in groups]
@@ -354,11 +418,23 @@ def plan_unified_flow(
     for g in groups:
         # the group's control pixels only: no (T, 2, H, W) sparse field per group
         idx, pv, pm = sparse_points_from_tracks(g["tracks"], g["starts"], H, W, g["valid"])
+        if "soft_region" in g:
+            # inside its object a control moves every pixel (a weighted average of its points' motion,
+            # no fading): the region, not the distance, bounds the spread
+            dense = densify_points(idx, pv, pm, H, W, sigma=default_sigma(H, W), radius=float(H + W), normalized=True,
+                                   min_mass=1e-6)[None].mul_(g["soft_region"])
+            seg_num = dense if seg_num is None else seg_num.add_(dense)
+            seg_den = g["soft_region"].clone() if seg_den is None else seg_den.add_(g["soft_region"])
+            continue
         dense = densify_points(idx, pv, pm, H, W, sigma=g.get("sigma") or default_sigma(H, W), radius=g.get("radius"),
                                normalized=(densify == "normalized"))[None]
         if g["region"] is not None:
             dense.mul_(g["region"].to(dense.dtype).reshape(1, 1, 1, H, W))
         local = dense if local is None else local.add_(dense)
+    if seg_num is not None:
+        # where objects' regions overlap, their motions are averaged rather than added
+        seg_flow = seg_num.div_(seg_den.clamp_min(1.0))
+        local = seg_flow if local is None else local.add_(seg_flow)
     if local is None:
         local = torch.zeros(1, T, 2, H, W)
     video_flow = None

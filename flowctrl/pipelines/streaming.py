@@ -111,7 +111,7 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
     workers = default_workers() if workers is None else max(1, int(workers))
     # the back-projected reference pixels are the same for every chunk
     points = depth_points(plan.depth, plan.K) if plan.depth is not None and plan.K is not None else None
-    from flowctrl_cuda import _cpu
+    from flowctrl_cuda import thread_limit
 
     lock = threading.Lock()
 
@@ -119,7 +119,7 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
         mine: Optional[Dict[str, float]] = {} if cpu_seconds is not None else None
         # parallel over chunks, not inside each op: one thread per compiled call also keeps every frame
         # on the splat's one-image-per-thread path, whose sums do not depend on the thread count
-        with _cpu.thread_limit(1):
+        with thread_limit(1):
             frames = render_chunk(image, plan, start, stop, fill, alpha, points, mine)
         if mine:
             with lock:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from flowctrl.errors import InputError
+from flowctrl.flow.camera import default_intrinsics
+from flowctrl.flow.grid import pixel_grid
 
 __all__ = [
     "SceneConfig",
@@ -222,16 +224,11 @@ def builtin_trajectory(name: str, num_frames: int, amount: float = 0.6, angle_de
     return _c2w_to_w2c(_axis_angle(rotvec), centers)
 
 
-def _intrinsics(fov_deg: float, height: int, width: int) -> torch.Tensor:
-    focal = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
-    return torch.tensor([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1]], dtype=torch.float64)
-
-
 def _resolve_camera(config: SceneConfig, rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor, str]:
     """→ (w2c ``(T,4,4)`` float64 relative to frame 0, K ``(3,3)`` float64, description)."""
     T, H, W = config.num_frames, config.height, config.width
     camera = config.camera
-    K = _intrinsics(config.fov_deg, H, W)
+    K = default_intrinsics(H, W, config.fov_deg, dtype=torch.float64)
     scale = float(config.camera_scale)
     if isinstance(camera, str) and camera == "random":
         return random_trajectory(rng, T, config.max_translation, config.max_rotation_deg), K, "random"
@@ -370,7 +367,7 @@ def _build_scene(config: SceneConfig, rng: np.random.Generator, w2c: torch.Tenso
             ("right", [half_x, 0, depth_c], np.stack([eye[2], eye[1], -eye[0]], 1), (depth_h, half_y), 0.8),
             ("front", [0, 0, front_z], np.stack([eye[0], eye[1], eye[2]], 1), (half_x, half_y), 0.7),
         ]
-    for name, origin, axes, half, gain in walls:
+    for _name, origin, axes, half, gain in walls:
         o, a = static(origin, axes)
         tile = float(rng.uniform(1.2, 2.2))  # texture repeats every ~tile units
         surfaces.append(_Surface(o, a, (half[0] + 1e-3, half[1] + 1e-3), pick_texture(),
@@ -545,8 +542,7 @@ def render_scene(seed: int, config: SceneConfig = SceneConfig()) -> SyntheticCli
 
     # ray casting in float32 (hit points good to ~1e-5 units); reference points move in float64
     w2c, K = w2c64.float(), K64.float()
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
-    grid = torch.stack([xs, ys], -1).reshape(1, H * W, 2)
+    grid = pixel_grid(H, W).reshape(2, H * W).T[None]  # (1, HW, 2)
 
     # 1. render every frame
     centers, dirs = _rays(w2c, K, grid.expand(T, -1, -1))

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from flowctrl.errors import ConfigError, InputError, OutputError
+from flowctrl.flow.camera import default_intrinsics
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v")
 
@@ -71,12 +71,6 @@ def resize_center_crop(video: torch.Tensor, size: Tuple[int, int]) -> torch.Tens
     out = F.interpolate(video, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
     top, left = (nh - h) // 2, (nw - w) // 2
     return out[..., top:top + h, left:left + w].clamp(0, 1)
-
-
-def default_intrinsics(height: int, width: int, fov_deg: float = 60.0) -> torch.Tensor:
-    """Pinhole K (3,3) in pixels with the given horizontal field of view."""
-    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
-    return torch.tensor([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]], dtype=torch.float32)
 
 
 def write_shard(path: os.PathLike, video: torch.Tensor, flow: torch.Tensor, K: torch.Tensor,
@@ -175,7 +169,7 @@ def prepare_shards(
     stride: int = 1,
     clips_per_video: int = 1,
     flow_method: str = "dis",
-    poses: bool = False,
+    pose_estimator: Optional[Callable[[torch.Tensor, torch.Tensor], Any]] = None,
     fov_deg: float = 60.0,
     captions: Optional[os.PathLike] = None,
     progress: bool = True,
@@ -185,6 +179,8 @@ def prepare_shards(
 
     Videos already listed in ``manifest.jsonl`` are skipped, so a killed run continues where it stopped.
     A video that cannot be decoded is reported through ``log`` and in the manifest, then skipped.
+    ``pose_estimator(clip (T,3,H,W), K (3,3))`` → an object with ``w2c`` (T,4,4) | None and ``registered`` (T,)
+    (e.g. :func:`flowctrl.eval.camera.estimate_poses`); None = no camera poses in the shards.
     Returns counts ``{"videos", "ok", "failed", "skipped", "clips"}``.
     """
     from tqdm import tqdm
@@ -201,13 +197,6 @@ def prepare_shards(
     if captions is not None and os.path.realpath(captions).startswith(os.path.realpath(out_dir) + os.sep):
         raise InputError.at(captions, "--captions", f"lies inside the output folder {out_dir}",
                             "keep the captions file outside the shard folder")
-    estimate_poses = None
-    if poses:
-        try:
-            from flowctrl.eval.camera import estimate_poses
-        except ImportError as err:
-            raise InputError.at(None, "--poses", f"camera-pose estimation is unavailable ({err})",
-                                "install pycolmap and the eval extras, or drop --poses") from None
     caps = _captions(video_dir, captions)  # read before anything is created
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,8 +226,8 @@ def prepare_shards(
                 clip = video[k * num_frames:(k + 1) * num_frames]
                 flow = estimate_flow(clip, method=flow_method)[0]
                 w2c = registered = None
-                if estimate_poses is not None:
-                    est = estimate_poses(clip, K)
+                if pose_estimator is not None:
+                    est = pose_estimator(clip, K)
                     if est.w2c is not None:
                         w2c, registered = est.w2c.float(), est.registered
                         w2c = torch.where(registered.view(-1, 1, 1), w2c, torch.eye(4).expand_as(w2c))
