@@ -122,8 +122,9 @@ def test_a_file_named_inside_a_bundle_is_never_an_output(work, key, name, flag):
 
 def test_an_arrows_mask_and_a_hard_link_to_it_are_never_outputs(work):
     os.link(work / "mask.png", work / "hard.png")
+    (work / "soft.png").symlink_to(work / "mask.png")
     before = snapshot(work)
-    for target in ("mask.png", "hard.png"):
+    for target in ("mask.png", "hard.png", "soft.png"):
         rc, lines = run_cli(*GEN, "--image", work / "img.png", "--arrows", work / "a.json", "--preview",
                             "-o", work / target)
         assert_refused(rc, lines, contains="same file as the input")
