@@ -336,12 +336,14 @@ def os_error(error: OSError, path: PathLike, flag: Optional[str] = None, action:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike, *, flag: Optional[str] = None, folder: bool = False,
+def atomic_path(path: PathLike, *, flag: Optional[str] = None, folder: bool = False, replace: bool = False,
                 suffix: Optional[str] = None, mode: Optional[int] = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without error it is renamed over
-    ``path`` (``os.replace``), otherwise removed. ``folder=True`` yields a new temporary folder (an
-    existing empty target folder is replaced). The temporary keeps ``suffix`` (default: the
-    target's) so writers that pick a format from the name still work. OS errors become one line."""
+    ``path`` (``os.replace``), otherwise removed. ``folder=True`` yields a new temporary folder: an
+    existing empty target folder is replaced, and with ``replace=True`` a non-empty one too (a saved
+    model folder written again; the old one is moved aside first and deleted only after the rename).
+    The temporary keeps ``suffix`` (default: the target's) so writers that pick a format from the
+    name still work. OS errors become one line."""
     path = Path(os.fspath(path).rstrip("/" + os.sep) or os.fspath(path))
     parent = path.parent if str(path.parent) else Path(".")
     prefix = f".{path.name}."
@@ -358,13 +360,22 @@ def atomic_path(path: PathLike, *, flag: Optional[str] = None, folder: bool = Fa
     register_temp(tmp)
     try:
         yield tmp
+        old = None
         if folder:
             os.chmod(tmp, (0o777 if mode is None else mode) & ~_umask())
             if path.is_dir() and not path.is_symlink():
-                path.rmdir()  # only an empty folder: check_outputs refused a non-empty one
+                if replace and any(path.iterdir()):
+                    old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=parent))
+                    register_temp(old)
+                    os.replace(path, old)  # an empty folder is replaced by a rename
+                else:
+                    path.rmdir()  # only an empty folder: check_outputs refused a non-empty one
         else:
             os.chmod(tmp, (0o666 if mode is None else mode) & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            unregister_temp(old)
     except OSError as error:
         _remove(tmp)
         raise os_error(error, path, flag) from None

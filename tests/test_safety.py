@@ -122,8 +122,9 @@ def test_a_file_named_inside_a_bundle_is_never_an_output(work, key, name, flag):
 
 def test_an_arrows_mask_and_a_hard_link_to_it_are_never_outputs(work):
     os.link(work / "mask.png", work / "hard.png")
+    (work / "soft.png").symlink_to(work / "mask.png")
     before = snapshot(work)
-    for target in ("mask.png", "hard.png"):
+    for target in ("mask.png", "hard.png", "soft.png"):
         rc, lines = run_cli(*GEN, "--image", work / "img.png", "--arrows", work / "a.json", "--preview",
                             "-o", work / target)
         assert_refused(rc, lines, contains="same file as the input")
@@ -518,3 +519,34 @@ def test_usage_errors_are_one_line(argv, text):
     rc, lines = run_cli(*argv)
     assert_refused(rc, lines, contains=text)
     assert "usage:" not in lines[0] and "--help" in lines[0]
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["bench", "camera", "--frames", "100000"], "--frames"), (["bench", "reconstruct", "--size", "5", "5"], "--size"),
+    (["bench", "camera", "--plane-distance", "nan"], "--plane-distance"), (["bench", "camera", "--trials", "0"], "--trials"),
+])
+def test_bench_numbers_and_outputs_are_checked(tmp_path, argv, text):
+    rc, lines = run_cli(*argv, "-o", tmp_path / "bench")
+    assert_refused(rc, lines, contains=text)
+    assert not (tmp_path / "bench").exists()
+    (tmp_path / "file").write_text("x")
+    rc, lines = run_cli("bench", "camera", "--suite", "basic", "-o", tmp_path / "file")
+    assert_refused(rc, lines, contains="not a folder")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_atomic_folder_replaces_a_saved_folder_only_when_complete(tmp_path):
+    from flowctrl.io_safety import atomic_path
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "old.safetensors").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "final", folder=True, replace=True) as tmp:
+            (tmp / "new.safetensors").write_text("half")
+            raise RuntimeError("killed mid-save")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert [p.name for p in (tmp_path / "final").iterdir()] == ["old.safetensors"]
+    with atomic_path(tmp_path / "final", folder=True, replace=True) as tmp:
+        (tmp / "new.safetensors").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert [p.name for p in (tmp_path / "final").iterdir()] == ["new.safetensors"]

@@ -373,3 +373,29 @@ def test_training_config_settings_load_or_say_one_line(target):
         assert cfg.max_steps >= 1 and cfg.batch_size >= 1
 
     check()
+
+
+@pytest.mark.parametrize("case", [
+    ("generate", {"drags": {"drags": [{"points": [[1, 1], [1e308, 5]], "radius": 1e308}]}}),
+    ("flow", {"camera": {"frames": [{"w2c": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]}] * 2, "focal_scale": [1, 1e300]}}),
+    ("generate", {"controls": {"image_size": [48, 64], "mask": "/dev/zero", "arrows": [[[]]]}}),
+])
+def test_the_promise_in_a_real_process(tmp_path, case):
+    """A few hostile cases as real processes: exit 2, one stderr line, nothing on stdout, no file."""
+    import subprocess
+    import sys
+
+    command, controls = case
+    make_inputs(tmp_path)
+    flag, data = next(iter(controls.items()))
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    before = snapshot(tmp_path)
+    out = tmp_path / ("o.npy" if command == "flow" else "o.mp4")
+    proc = subprocess.run([sys.executable, "-m", "flowctrl", command, "--image", str(tmp_path / "img.png"),
+                           f"--{flag}", str(tmp_path / "c.json"), "--frames", "3", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "error:" in lines[0], proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert snapshot(tmp_path) == before

@@ -90,9 +90,24 @@ def _check_output(args: argparse.Namespace, inputs: List[Optional[str]]) -> None
         raise InputError.at(args.output, "--output", f"would overwrite the input {lpips}", "choose another output folder")
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Frames, sizes, trials and the plane distance in finite, sane ranges (one line each)."""
+    import math
+
+    sizes = args.size if isinstance(args.size, list) else [args.size]
+    checks = [("--frames", args.frames, 3, 1024), ("--trials", getattr(args, "trials", 1), 1, 100)]
+    checks += [("--size", s, 16, 2048) for s in sizes]
+    for flag, value, low, high in checks:
+        if not low <= value <= high:
+            raise InputError.at(flag, None, f"is {value}", f"give {low} to {high}")
+    if args.plane_distance is not None and not (math.isfinite(args.plane_distance) and 0 < args.plane_distance <= 1e6):
+        raise InputError.at("--plane-distance", None, f"is {args.plane_distance}", "give a positive distance (at most 1e6)")
+
+
 def run(args: argparse.Namespace) -> int:
     from flowctrl.eval import bench
 
+    _check_numbers(args)
     if args.bench == "camera":
         if args.trials < 1 or args.frames < 3:
             raise InputError.at(None, "--trials/--frames", f"are {args.trials}/{args.frames}",

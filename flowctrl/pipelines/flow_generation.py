@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -118,21 +117,19 @@ class FlowGenerationPipeline:
     # ------------------------------------------------------------------------------ persistence
     def save_pretrained(self, path: Union[str, os.PathLike]) -> None:
         """Write every part (safetensors) + ``flow_pipeline.json``; temp folder then rename."""
+        from flowctrl.io_safety import atomic_path
+
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, m in self.modules().items():
-            m.save_pretrained(str(tmp / name))
-        if self.scheduler is not None:
-            self.scheduler.save_pretrained(str(tmp / "scheduler"))
-        meta = {"components": sorted(list(self.modules()) + (["scheduler"] if self.scheduler is not None else [])),
-                "sampler": self.sampler, "guidance_scale": self.guidance_scale,
-                "num_inference_steps": self.num_inference_steps}
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, folder=True, replace=True) as tmp:
+            for name, m in self.modules().items():
+                m.save_pretrained(str(tmp / name))
+            if self.scheduler is not None:
+                self.scheduler.save_pretrained(str(tmp / "scheduler"))
+            meta = {"components": sorted(list(self.modules()) + (["scheduler"] if self.scheduler is not None else [])),
+                    "sampler": self.sampler, "guidance_scale": self.guidance_scale,
+                    "num_inference_steps": self.num_inference_steps}
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike], torch_dtype: Optional[torch.dtype] = None,

@@ -11,7 +11,6 @@ The config is :class:`flowctrl.train.video_loop.VideoTrainConfig`; the final fol
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -194,28 +193,29 @@ def save_lora(pipe: Any, path: os.PathLike) -> Path:
     """Write the transformer's LoRA weights alone (``pytorch_lora_weights.safetensors``) to ``path``."""
     from peft.utils import get_peft_model_state_dict
 
+    from flowctrl.io_safety import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(pipe.transformer)
-    type(pipe).save_lora_weights(str(tmp), transformer_lora_layers=state, safe_serialization=True)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_path(path, folder=True, replace=True) as tmp:
+        type(pipe).save_lora_weights(str(tmp), transformer_lora_layers=state, safe_serialization=True)
     return path
 
 
 def save_final(pipe: Any, cfg: VideoTrainConfig, path: Path) -> Path:
     """The trained pipeline in the layout :meth:`DiffusionBackend.from_pretrained` reads (atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if cfg.lora.rank > 0:
-        save_lora(pipe, tmp / "lora")
-        # The full pipeline with the LoRA merged, so the folder also runs without peft.
-        pipe.transformer.fuse_lora(lora_scale=1.0) if hasattr(pipe.transformer, "fuse_lora") else None
-        pipe.transformer.unload_lora() if hasattr(pipe.transformer, "unload_lora") else None
-    pipe.save_pretrained(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    from flowctrl.io_safety import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, folder=True, replace=True) as tmp:
+        if cfg.lora.rank > 0:
+            save_lora(pipe, tmp / "lora")
+            # The full pipeline with the LoRA merged, so the folder also runs without peft.
+            pipe.transformer.fuse_lora(lora_scale=1.0) if hasattr(pipe.transformer, "fuse_lora") else None
+            pipe.transformer.unload_lora() if hasattr(pipe.transformer, "unload_lora") else None
+        pipe.save_pretrained(str(tmp))
     return path
 
 
