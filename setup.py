@@ -37,6 +37,8 @@ EXTRAS = {
 EXTRAS["test"] = EXTRAS["test"] + ["ftfy>=6.0"]  # the guided backend's Wan tests encode prompts
 # the web app's browser tests drive Debian's chromium (installed by .ci/run) with playwright
 EXTRAS["test"] = EXTRAS["test"] + ["playwright>=1.40"]
+# CI's lint step (.ci/run): ruff's rules in ruff.toml, DESIGN.md's layers as import-linter contracts (.importlinter)
+EXTRAS["test"] = EXTRAS["test"] + ["ruff>=0.6", "import-linter>=2.17"]
 
 
 def _cuda_extension_kwargs() -> dict:
