@@ -77,7 +77,13 @@ class Denoiser:
 
     @property
     def temporal_factor(self) -> int:
-        raise NotImplementedError
+        """Frames per latent frame after the first (diffusers' image-to-video pipelines carry it)."""
+        return int(self.pipe.vae_scale_factor_temporal)
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent pixel."""
+        return int(self.pipe.vae_scale_factor_spatial)
 
     @property
     def size_multiple(self) -> int:

@@ -20,14 +20,6 @@ class CogVideoXDenoiser(Denoiser):
     layout = "BTCHW"
 
     @property
-    def temporal_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor_temporal)
-
-    @property
-    def spatial_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor_spatial)
-
-    @property
     def size_multiple(self) -> int:
         return self.spatial_factor * int(self.pipe.transformer.config.patch_size)
 

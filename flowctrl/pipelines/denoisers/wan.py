@@ -37,14 +37,6 @@ class WanDenoiser(Denoiser):
         return {k: v for k, v in parts.items() if v is not None}
 
     @property
-    def temporal_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor_temporal)
-
-    @property
-    def spatial_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor_spatial)
-
-    @property
     def size_multiple(self) -> int:
         return self.spatial_factor * int(self._model.config.patch_size[1])
 
