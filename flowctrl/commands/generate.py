@@ -75,11 +75,14 @@ def register(subparsers: Any) -> None:
     c.add_argument("--mask", metavar="FILE", help="motion brush mask PNG (where local motion may act)")
     c.add_argument("--static-mask", metavar="FILE", help="mask PNG of regions that must stay still")
     c.add_argument("--depth", metavar="FILE", help="depth map (PNG16/npy/exr) for camera controls")
-    c.add_argument("--depth-model", metavar="PATH|HUB_ID",
-                   help="local Depth-Anything weights used when a camera control has no --depth")
+    c.add_argument("--depth-model", metavar="auto|none|PATH|HUB_ID", default="auto",
+                   help="depth for camera controls without --depth: auto (default) = Depth Anything V2 Small from "
+                        "the Hugging Face cache, downloaded on first use (HF_HUB_OFFLINE honoured), else a flat "
+                        "plane with a warning; none = the plane; or a Depth-Anything folder / hub id")
     c.add_argument("--plane-distance", type=float, metavar="D",
-                   help="distance of the flat depth plane used when no depth is given, in camera-translation "
-                        "units (default: the trajectory's scene depth, e.g. an orbit's look-at distance, else 1)")
+                   help="the scene's median depth (the plane's distance without a depth model), in camera-"
+                        "translation units (default: the trajectory's scene depth, e.g. an orbit's look-at "
+                        "distance; for camera files of unknown scale, 2x the path length; presets: 1)")
     c.add_argument("--strength", type=float, metavar="S", help="target motion strength M_s in px/frame")
     o = p.add_argument_group("rendering")
     o.add_argument("--frames", type=int, default=49, metavar="T", help="number of frames T >= 2 (default 49)")
