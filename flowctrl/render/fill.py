@@ -241,7 +241,8 @@ def inpaint_fill(video: torch.Tensor, holes: torch.Tensor, radius: float = 3.0, 
 
 
 def fill_holes(video: torch.Tensor, holes: torch.Tensor, mode: str = "push-pull",
-               known: Optional[torch.Tensor] = None, inplace: bool = False) -> torch.Tensor:
+               known: Optional[torch.Tensor] = None, inplace: bool = False,
+               far: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fill ``holes`` in ``video`` with the chosen ``mode``.
 
     Args:
@@ -251,10 +252,24 @@ def fill_holes(video: torch.Tensor, holes: torch.Tensor, mode: str = "push-pull"
             near edges), or ``"none"`` (holes stay black, for debugging).
         known: optional soft coverage ``(N,1,H,W)`` for push-pull; defaults to ``~holes``.
         inplace: allowed to overwrite ``video`` (push-pull and none modes).
+        far: optional ``(N,1,H,W)`` farness of the known pixels (minus the splatting importance): in
+            frames whose known pixels span more than one surface, holes between surfaces are filled
+            from behind (:func:`behind_fill`) over the push-pull / inpainting result.
     """
     mode = normalize_fill_mode(mode)
     if mode == "none" or not bool(holes.any()):
         return video.masked_fill_(holes, 0.0) if inplace else video.masked_fill(holes, 0.0)
+    layered = _layered_frames(holes, far) if far is not None and known is None else None
+    if layered is not None and bool(layered.any()):
+        out = video if inplace else video.clone()
+        idx = torch.nonzero(layered).flatten()
+        v, h = video[idx].contiguous(), holes[idx].contiguous()
+        base = push_pull_fill_holes(v, h) if mode == "push-pull" else inpaint_fill(v, h)
+        out[idx] = behind_fill(v, h, far[idx].contiguous(), base=base)
+        rest = torch.nonzero(~layered).flatten()
+        if rest.numel():
+            out[rest] = fill_holes(out[rest].contiguous(), holes[rest].contiguous(), mode)
+        return out
     if mode == "push-pull":
         if known is not None:
             return push_pull_fill(video, known)
@@ -269,3 +284,132 @@ def normalize_fill_mode(mode: str) -> str:
     if key not in FILL_MODES:
         raise InputError.at(None, "fill", f"unknown mode '{mode}'", f"use one of {', '.join(FILL_MODES)}")
     return key
+
+
+# Importance units (Z in [-alpha, 0], alpha = 20 by default) within which two surfaces count as one
+# when filling from behind: 1 unit is 5 % of the nearest inverse depth with depth importance.
+BEHIND_TOLERANCE = 1.0
+# A hole counts as a disocclusion (filled from behind) when the known pixels around it differ by more
+# than this in importance (15 % of the nearest inverse depth): a depth edge, not one slanted surface
+# (a panned plane's entering strip spans < 2 units along its border).
+BEHIND_SPLIT = 3.0
+
+
+def _nearest_known(known: torch.Tensor, reverse: bool):
+    """Index of the nearest known pixel left of (``reverse=False``) / right of each pixel along the
+    last dim, its distance, and whether there is one. ``known``: ``(..., W)`` bool (contiguous rows:
+    a running max along the last dim is several times faster than along a strided one)."""
+    n = known.shape[-1]
+    ar = torch.arange(n, device=known.device, dtype=torch.int32)
+    none = torch.tensor(-1, dtype=torch.int32, device=known.device)
+    if not reverse:
+        idx = torch.where(known, ar, none).cummax(-1).values
+        return idx.clamp(min=0).long(), (ar - idx).to(torch.float32), idx >= 0
+    rev = torch.where(known.flip(-1), ar, none).cummax(-1).values.flip(-1)  # index counted from the right
+    idx = n - 1 - rev
+    return idx.clamp(max=n - 1).long(), (idx - ar).to(torch.float32), rev >= 0
+
+
+def _row_candidates(video: torch.Tensor, known: torch.Tensor, far: torch.Tensor):
+    """Nearest known pixel left and right along rows: ``[(colour, far, distance, ok), ...]``."""
+    out = []
+    for reverse in (False, True):
+        idx, dist, ok = _nearest_known(known, reverse)
+        out.append((torch.gather(video, -1, idx.expand_as(video)), torch.gather(far, -1, idx), dist.clamp(min=1.0), ok))
+    return out
+
+
+def surface_range(holes: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """For every hole pixel, the spread (max - min) of ``far`` over the known pixels that border its
+    hole (its 8-connected component): ``(N, 1, H, W)``, 0 at known pixels."""
+    from scipy import ndimage
+
+    out = torch.zeros_like(far)
+    h_np = holes[:, 0].cpu().numpy()
+    f_np = far[:, 0].detach().cpu().numpy()
+    for n in range(h_np.shape[0]):
+        if not h_np[n].any():
+            continue
+        labels, count = ndimage.label(h_np[n], structure=np.ones((3, 3), bool))
+        ring = ndimage.grey_dilation(labels, size=(3, 3)) * ~h_np[n]  # known pixels next to a hole
+        if count == 0 or not ring.any():
+            continue
+        index = np.arange(1, count + 1)
+        hi = np.asarray(ndimage.maximum(f_np[n], labels=ring, index=index), dtype=np.float64)
+        lo = np.asarray(ndimage.minimum(f_np[n], labels=ring, index=index), dtype=np.float64)
+        spread = np.concatenate([[0.0], np.nan_to_num(hi - lo, nan=0.0)])
+        out[n, 0] = torch.from_numpy(spread[labels].astype(np.float32)).to(far.dtype)
+    return out
+
+
+def behind_fill(video: torch.Tensor, holes: torch.Tensor, far: torch.Tensor, tol: float = BEHIND_TOLERANCE,
+                base: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fill holes from what lies behind them (depth-ordered, background first).
+
+    A disocclusion is the background the foreground moved off, so its colour must come from the far
+    side of the hole, not be a blend of both sides. Hole pixels whose hole borders more than one
+    surface (:func:`surface_range` above :data:`BEHIND_SPLIT`) look for the nearest known pixel left, right, above and
+    below; of those they keep the ones within ``tol`` of the farthest (largest ``far``) and blend them
+    by inverse distance. Other hole pixels keep ``base`` (a smooth fill, e.g. push-pull).
+
+    Args:
+        video: ``(N, C, H, W)`` float; holes: ``(N, 1, H, W)`` bool, True where missing.
+        far: ``(N, 1, H, W)`` how far behind each known pixel lies (larger = farther), e.g. minus the
+            splatting importance ``Z`` (minus normalized inverse depth); ignored in holes.
+        tol: ``far`` differences up to ``tol`` count as one surface.
+        base: ``(N, C, H, W)`` fill used elsewhere (default: push-pull of ``video``).
+    Returns:
+        ``(N, C, H, W)``: ``video`` where known (bit-exact), the fill in holes.
+    """
+    if video.ndim != 4 or holes.shape != (video.shape[0], 1, *video.shape[2:]) or far.shape != holes.shape:
+        raise ValueError(f"behind_fill: video {tuple(video.shape)} / holes {tuple(holes.shape)} / "
+                         f"far {tuple(far.shape)} mismatch")
+    if base is None:
+        base = push_pull_fill_holes(video, holes)
+    out = torch.where(holes, base, video)
+    far = far.to(video.dtype)
+    flagged = holes & (surface_range(holes, far) > max(tol, BEHIND_SPLIT))
+    for n in torch.nonzero(flagged.flatten(1).any(1)).flatten().tolist():
+        out[n] = _behind_frame(video[n], ~holes[n], far[n], flagged[n], tol, out[n])
+    return out
+
+
+def _behind_frame(video: torch.Tensor, known: torch.Tensor, far: torch.Tensor, flagged: torch.Tensor,
+                  tol: float, out: torch.Tensor) -> torch.Tensor:
+    """:func:`behind_fill` of one frame ``(C, H, W)`` at its ``flagged (1, H, W)`` pixels; the scans run
+    only over the rows and columns that hold a flagged pixel."""
+    rows = torch.nonzero(flagged[0].any(1)).flatten()
+    cols = torch.nonzero(flagged[0].any(0)).flatten()
+    C, H, W = video.shape
+    neg = torch.tensor(float("-inf"), dtype=video.dtype)
+    acc = torch.zeros(C, H, W, dtype=video.dtype)
+    wsum = torch.zeros(1, H, W, dtype=video.dtype)
+    f_hi = torch.full((1, H, W), float("-inf"), dtype=video.dtype)
+    cands = []
+    for c in _row_candidates(video[:, rows], known[:, rows], far[:, rows]):
+        cands.append(("r", c))
+    t = (lambda x: x.transpose(-1, -2).contiguous())
+    for c in _row_candidates(t(video[:, :, cols]), t(known[:, :, cols]), t(far[:, :, cols])):
+        cands.append(("c", tuple(t(x) for x in c)))
+    for kind, (col, f, dist, ok) in cands:
+        view = f_hi[:, rows] if kind == "r" else f_hi[:, :, cols]
+        view = torch.maximum(view, torch.where(ok, f, neg))
+        if kind == "r":
+            f_hi[:, rows] = view
+        else:
+            f_hi[:, :, cols] = view
+    for kind, (col, f, dist, ok) in cands:
+        sel = (slice(None), rows) if kind == "r" else (slice(None), slice(None), cols)
+        weight = (ok & (f >= f_hi[sel] - tol)).to(video.dtype) / dist
+        acc[sel] += col * weight
+        wsum[sel] += weight
+    use = flagged & (wsum > 0)
+    return torch.where(use, acc / wsum.clamp(min=1e-12), out)
+
+
+def _layered_frames(holes: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: frames whose holes border more than one surface (known pixels next to a hole)."""
+    known = ~holes & (F.max_pool2d(holes.to(far.dtype), 3, stride=1, padding=1) > 0)
+    hi = torch.where(known, far, torch.full_like(far, float("-inf"))).flatten(1).amax(1)
+    lo = torch.where(known, far, torch.full_like(far, float("inf"))).flatten(1).amin(1)
+    return holes.flatten(1).any(1) & known.flatten(1).any(1) & (hi - lo > BEHIND_SPLIT)

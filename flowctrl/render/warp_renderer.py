@@ -4,7 +4,14 @@ Every output frame t is the reference image forward-splatted along the unified f
 softmax splatting (Niklaus & Liu, CVPR 2020): each source pixel lands on its four bilinear neighbours
 at ``p + F[:, t](p)`` and overlapping contributions are averaged with weights ``exp(Z)``, so the
 source with the larger importance ``Z`` wins. Pixels no source reaches are holes, filled afterwards
-(:mod:`flowctrl.render.fill`).
+(:mod:`flowctrl.render.fill`) from what lies behind them: the same splat carries every source's
+importance, so the fill knows which side of a hole is background.
+
+Sharpness: the bilinear splat blends up to four source pixels per output pixel, which halves the fine
+detail of every frame with a fractional shift. The splat therefore also carries each source's
+position; where those positions agree (one surface, no minification) the output pixel is sampled
+once from the reference image at their mean (bicubic, ``resample="bicubic"``, the default), so every
+frame is one resampling of the source and never a resampling of a resampled frame.
 
 Importance ``Z`` (in [-alpha, 0], 0 = wins):
 
@@ -45,6 +52,12 @@ DEFAULT_ALPHA = 20.0
 COVERAGE_EPS = 1e-3
 # Importance of sources that must not be splatted (invalid flow): exp(-1e4) is exactly 0 in float32.
 INVALID_Z = -1e4
+# Sharp resampling: a covered pixel whose splatted sources' positions spread less than this (px^2,
+# x and y variance summed; 0.5 for a half-pixel shift, more under minification or where surfaces mix)
+# is re-sampled once from the source image at their mean position (bicubic) instead of keeping the
+# bilinear splat's blend, which softens every frame with a fractional shift.
+RESAMPLE_MAX_SPREAD = 1.0
+RESAMPLE_FRAMES = 8  # frames per auxiliary splat (bounds its memory)
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -187,18 +200,21 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
                        w2c: Optional[torch.Tensor] = None, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA,
                        importance: Optional[torch.Tensor] = None,
                        callback: Optional[ProgressCallback] = None,
-                       points: Optional[torch.Tensor] = None) -> WarpRender:
+                       points: Optional[torch.Tensor] = None, resample: str = "bicubic") -> WarpRender:
     """:func:`render_warp` for any run of frames ``flow (1, n, 2, H, W)``, ``n >= 1``, without the size limits.
 
     Every output frame depends only on its own flow, validity and camera (importance, splat and fill
     are per frame), so a video rendered chunk by chunk (``flow[:, a:b]`` with ``w2c[:, a:b]``) equals
     the video rendered at once; :mod:`flowctrl.pipelines.streaming` relies on it. Arguments as
     :func:`render_warp`, plus ``points``: optional :func:`depth_points` of ``(depth, K)``, the same for
-    every chunk of a video.
+    every chunk of a video, and ``resample``: ``"bicubic"`` (default) | ``"bilinear"`` re-samples
+    single-surface pixels once from the source (module doc), ``"splat"`` keeps the splat's blend.
     """
     from flowctrl.flow.warp import splat
 
     fill = normalize_fill_mode(fill)
+    if resample not in ("bicubic", "bilinear", "splat"):
+        raise InputError.at(None, "resample", f"unknown mode {resample!r}", "use bicubic, bilinear or splat")
     T = flow.shape[1]
     H, W = image.shape[-2:]
     image = image.float()
@@ -215,6 +231,7 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
     timings["splat"] += time.perf_counter() - t0
     video = torch.empty(1, T, 3, H, W, dtype=image.dtype, device=image.device)
     holes = torch.zeros(1, T, 1, H, W, dtype=torch.bool, device=image.device)
+    far = torch.zeros(1, T, 1, H, W, dtype=image.dtype, device=image.device)  # -importance at every target
     chunk = max(1, CHUNK_PIXELS // (H * W))
     # The splat shifts Z by its per-frame max, so the weakest valid source contributes at least
     # exp(-alpha) per unit of bilinear coverage; invalid sources get INVALID_Z (weight exactly 0).
@@ -248,6 +265,8 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
                 video[0, start:stop][run] = out
             torch.le(norm, hole_eps, out=holes[0, start:stop][run]) if isinstance(run, slice) else \
                 holes[0, start:stop].index_put_((run,), norm <= hole_eps)
+            frames_idx = torch.arange(start, stop, device=flow.device)[run]
+            _resample_and_far(image, fm, Z, video[0], holes[0], far[0], frames_idx, resample)
         timings["splat"] += time.perf_counter() - t0
         if callback is not None:
             callback("splat", stop, T)
@@ -257,10 +276,64 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
         h = holes[0, start:stop]
         if bool(h.any()):
             view = video[0, start:stop]
-            filled = fill_holes(view, h, fill, inplace=True)
+            filled = fill_holes(view, h, fill, inplace=True, far=far[0, start:stop])
             if filled.data_ptr() != view.data_ptr():
                 view.copy_(filled)
         if callback is not None:
             callback("fill", stop, T)
     timings["fill"] = time.perf_counter() - t1
     return WarpRender(video=video, holes=holes, timings=timings)
+
+
+def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, video: torch.Tensor,
+                      holes: torch.Tensor, far: torch.Tensor, frames: torch.Tensor, resample: str) -> None:
+    """Splat each source's position and importance along ``flow (m, 2, H, W)`` with weights ``Z``;
+    write ``-importance`` into ``far[frames]`` and, unless ``resample == "splat"``, re-sample the
+    single-surface pixels of ``video[frames]`` once from ``image (1, 3, H, W)`` (module doc)."""
+    from flowctrl.flow.warp import splat
+
+    H, W = image.shape[-2:]
+    m = flow.shape[0]
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=image.dtype, device=image.device),
+                            torch.arange(W, dtype=image.dtype, device=image.device), indexing="ij")
+    # centred positions keep x^2 + y^2 small enough for a float32 variance
+    cx, cy = (W - 1) / 2.0, (H - 1) / 2.0
+    xs, ys = xs - cx, ys - cy
+    pos = torch.stack([xs, ys, xs * xs + ys * ys])[None]  # (1, 3, H, W)
+    for a in range(0, m, RESAMPLE_FRAMES):
+        b = min(m, a + RESAMPLE_FRAMES)
+        z = Z[a:b]
+        z = z.expand(b - a, 1, H, W) if z.shape[0] != b - a else z
+        fl = flow[a:b]
+        aux = torch.cat([pos.expand(b - a, 3, H, W), z.clamp(min=-1e3), _motion_edges(fl)], dim=1)
+        out = splat(aux.contiguous(), fl.contiguous(), weight=z.contiguous(), mode="softmax")
+        idx = frames[a:b]
+        far[idx] = -out[:, 3:4]
+        if resample == "splat":
+            continue
+        mx, my = out[:, 0:1], out[:, 1:2]
+        spread = out[:, 2:3] - mx * mx - my * my
+        # one surface only: positions agree, and the bicubic footprint holds no motion edge (it would
+        # pull in the other side of an occlusion boundary)
+        sharp = (spread < RESAMPLE_MAX_SPREAD) & (out[:, 4:5] < 1e-3) & ~holes[idx]
+        if not bool(sharp.any()):
+            continue
+        grid = torch.cat([(mx + cx) / max(W - 1, 1), (my + cy) / max(H - 1, 1)], dim=1) * 2 - 1
+        sampled = F.grid_sample(image.expand(b - a, -1, -1, -1), grid.permute(0, 2, 3, 1), mode=resample,
+                                padding_mode="border", align_corners=True)
+        if resample == "bicubic":
+            sampled = sampled.clamp_(0, 1)
+        video[idx] = torch.where(sharp, sampled, video[idx])
+
+
+def _motion_edges(flow: torch.Tensor, reach: int = 2, jump: float = 0.5) -> torch.Tensor:
+    """``(n, 1, H, W)`` 1.0 at source pixels within ``reach`` px (x or y) of a flow jump above ``jump``
+    px (an occlusion or motion boundary), else 0: where a bicubic sample could mix two surfaces."""
+    edge = torch.zeros_like(flow[:, :1])
+    for d in range(1, reach + 1):
+        dx = (flow[..., :, d:] - flow[..., :, :-d]).abs().amax(1, keepdim=True) > jump  # (n,1,H,W-d)
+        dy = (flow[..., d:, :] - flow[..., :-d, :]).abs().amax(1, keepdim=True) > jump
+        for k in range(d + 1):  # every pixel between (and at) the two ends of a jump
+            edge[..., :, k:k + dx.shape[-1]] += dx[..., :, :edge.shape[-1] - k]
+            edge[..., k:k + dy.shape[-2], :] += dy[..., :edge.shape[-2] - k, :]
+    return (edge > 0).to(flow.dtype)
