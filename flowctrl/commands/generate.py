@@ -94,7 +94,11 @@ def register(subparsers: Any) -> None:
     o.add_argument("--model", metavar="PATH|HUB_ID", help="weights of the diffusion backend (local folder)")
     o.add_argument("--flow-model", metavar="PATH|HUB_ID", help="learned stage-1 flow model weights (optional)")
     o.add_argument("--fill", default="push-pull", choices=["push-pull", "inpaint", "none"],
-                   help="hole filling of the warp backend (default push-pull; none shows holes black)")
+                   help="hole filling of the warp backend (default push-pull; none shows holes black); "
+                        "disocclusions are filled from what lies behind them")
+    o.add_argument("--crop-valid", action="store_true",
+                   help="warp backend: crop and zoom every frame (up to 2.5x) to the area all frames cover, so a "
+                        "camera move shows no invented border content")
     o.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same video")
     d = p.add_argument_group("diffusion backend (only with --backend diffusion; defaults: the preset's, else "
                              "50 steps, guidance 6, flow guidance 1, phased)")
@@ -457,7 +461,8 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
         options = {kw: getattr(args, dest) for dest, _, kw in DIFFUSION_OPTIONS if getattr(args, dest) is not None}
         pipe = FlowCtrlPipeline.from_pretrained(args.model, flow_model=args.flow_model, **options)
     else:
-        pipe = FlowCtrlPipeline(backend="warp", flow_model=args.flow_model, fill=args.fill)
+        pipe = FlowCtrlPipeline(backend="warp", flow_model=args.flow_model, fill=args.fill,
+                                **({"crop_valid": True} if args.crop_valid else {}))
     render_kwargs: Dict[str, Any] = {} if args.prompt is None else {"prompt": args.prompt}
     if args.prompt is not None and args.backend == "warp":
         # kept usable (scripts pass one prompt to both backends) but never silently dropped
