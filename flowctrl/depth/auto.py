@@ -71,6 +71,9 @@ def fetch_model(name: str) -> Path:
         if not (path / "config.json").is_file():
             raise OSError("no config.json in this folder")
         return path
+    if hub_offline() and not _maybe_cached(name):
+        # the common offline case answered without importing huggingface_hub (quick start stays quick)
+        raise OSError("not in the Hugging Face cache and HF_HUB_OFFLINE is set")
     from huggingface_hub import snapshot_download
 
     try:
@@ -88,6 +91,15 @@ def fetch_model(name: str) -> Path:
     if not any(folder.glob("*.safetensors")):
         raise OSError("no .safetensors weights (pickled weights are not loaded)")
     return folder
+
+
+def _maybe_cached(name: str) -> bool:
+    """False only when the hub cache certainly holds no snapshot of ``name``."""
+    cache = hub_cache_dir()
+    if cache is None:  # huggingface_hub's default: $XDG_CACHE_HOME/huggingface/hub or ~/.cache/...
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        cache = str(Path(base) / "huggingface" / "hub")
+    return (Path(cache) / ("models--" + name.replace("/", "--")) / "snapshots").is_dir()
 
 
 def auto_failure() -> Optional[str]:

@@ -261,14 +261,12 @@ def fill_holes(video: torch.Tensor, holes: torch.Tensor, mode: str = "push-pull"
         return video.masked_fill_(holes, 0.0) if inplace else video.masked_fill(holes, 0.0)
     layered = _layered_frames(holes, far) if far is not None and known is None else None
     if layered is not None and bool(layered.any()):
-        out = video if inplace else video.clone()
+        # the fill mode everywhere, then the disocclusions of the layered frames from behind (known
+        # pixels are unchanged by the fill, so the scans read the same values)
+        out = push_pull_fill_holes(video, holes, inplace=inplace) if mode == "push-pull" else inpaint_fill(video, holes)
         idx = torch.nonzero(layered).flatten()
-        v, h = video[idx].contiguous(), holes[idx].contiguous()
-        base = push_pull_fill_holes(v, h) if mode == "push-pull" else inpaint_fill(v, h)
-        out[idx] = behind_fill(v, h, far[idx].contiguous(), base=base)
-        rest = torch.nonzero(~layered).flatten()
-        if rest.numel():
-            out[rest] = fill_holes(out[rest].contiguous(), holes[rest].contiguous(), mode)
+        v = out[idx]
+        out[idx] = behind_fill(v, holes[idx], far[idx], base=v)
         return out
     if mode == "push-pull":
         if known is not None:
@@ -293,6 +291,10 @@ BEHIND_TOLERANCE = 1.0
 # than this in importance (15 % of the nearest inverse depth): a depth edge, not one slanted surface
 # (a panned plane's entering strip spans < 2 units along its border).
 BEHIND_SPLIT = 3.0
+# ... found as a jump of more than BEHIND_SPLIT between neighbouring known pixels next to the
+# hole (where the two surfaces meet at its ends), or as a spread of more than BEHIND_SPREAD around it
+# (a hole that separates two surfaces along its whole length). One smooth slanted surface has neither.
+BEHIND_SPREAD = 8.0
 
 
 def _nearest_known(known: torch.Tensor, reverse: bool):
@@ -319,26 +321,56 @@ def _row_candidates(video: torch.Tensor, known: torch.Tensor, far: torch.Tensor)
     return out
 
 
-def surface_range(holes: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
-    """For every hole pixel, the spread (max - min) of ``far`` over the known pixels that border its
-    hole (its 8-connected component): ``(N, 1, H, W)``, 0 at known pixels."""
+def _grow(mask: torch.Tensor, reach: int = 1) -> torch.Tensor:
+    """``mask (N, 1, H, W)`` bool grown by ``reach`` px along x and y (shifts, no float max-pool)."""
+    out = mask.clone()
+    for d in range(1, reach + 1):
+        out[..., d:, :] |= mask[..., :-d, :]
+        out[..., :-d, :] |= mask[..., d:, :]
+        out[..., :, d:] |= mask[..., :, :-d]
+        out[..., :, :-d] |= mask[..., :, d:]
+    return out
+
+
+def depth_jumps(holes: torch.Tensor, far: torch.Tensor, split: float = BEHIND_SPLIT, reach: int = 1) -> torch.Tensor:
+    """Known pixels next to a hole that have a known pixel at most ``reach`` px away (along x or y)
+    lying more than ``split`` farther or nearer: where two surfaces meet at a hole. ``(N, 1, H, W)`` bool."""
+    known = ~holes & ~torch.isnan(far)
+    edge = torch.zeros_like(holes)
+    for d in range(1, reach + 1):
+        jx = known[..., :, d:] & known[..., :, :-d] & ((far[..., :, d:] - far[..., :, :-d]).abs() > split)
+        edge[..., :, d:] |= jx
+        edge[..., :, :-d] |= jx
+        jy = known[..., d:, :] & known[..., :-d, :] & ((far[..., d:, :] - far[..., :-d, :]).abs() > split)
+        edge[..., d:, :] |= jy
+        edge[..., :-d, :] |= jy
+    return edge & known & _grow(holes, 1)
+
+
+def disocclusions(holes: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """Hole pixels whose hole (8-connected component) lies between two surfaces: its border holds a
+    depth jump (:func:`depth_jumps`) or spans more than :data:`BEHIND_SPREAD` in ``far``. ``(N,1,H,W)``."""
     from scipy import ndimage
 
-    out = torch.zeros_like(far)
+    out = torch.zeros_like(holes)
+    jumps = depth_jumps(holes, far)
+    ring_mask = _grow(holes, 1) & ~holes & ~torch.isnan(far)
     h_np = holes[:, 0].cpu().numpy()
-    f_np = far[:, 0].detach().cpu().numpy()
     for n in range(h_np.shape[0]):
         if not h_np[n].any():
             continue
         labels, count = ndimage.label(h_np[n], structure=np.ones((3, 3), bool))
-        ring = ndimage.grey_dilation(labels, size=(3, 3)) * ~h_np[n]  # known pixels next to a hole
-        if count == 0 or not ring.any():
-            continue
-        index = np.arange(1, count + 1)
-        hi = np.asarray(ndimage.maximum(f_np[n], labels=ring, index=index), dtype=np.float64)
-        lo = np.asarray(ndimage.minimum(f_np[n], labels=ring, index=index), dtype=np.float64)
-        spread = np.concatenate([[0.0], np.nan_to_num(hi - lo, nan=0.0)])
-        out[n, 0] = torch.from_numpy(spread[labels].astype(np.float32)).to(far.dtype)
+        lab = torch.from_numpy(labels.astype(np.int64))
+        # known pixels next to a hole take its label (components are 8-separated: one label each)
+        ring = torch.nn.functional.max_pool2d(lab[None, None].float(), 3, stride=1, padding=1)[0, 0].long()
+        ring = torch.where(ring_mask[n, 0], ring, torch.zeros_like(ring)).flatten()
+        f = far[n, 0].flatten().to(torch.float32)
+        hi = torch.full((count + 1,), float("-inf")).scatter_reduce(0, ring, f, reduce="amax")
+        lo = torch.full((count + 1,), float("inf")).scatter_reduce(0, ring, f, reduce="amin")
+        jump = torch.zeros(count + 1).scatter_reduce(0, ring, jumps[n, 0].flatten().float(), reduce="amax") > 0
+        split = jump | (torch.nan_to_num(hi - lo, nan=0.0, posinf=0.0, neginf=0.0) > BEHIND_SPREAD)
+        split[0] = False
+        out[n, 0] = split[lab]
     return out
 
 
@@ -347,8 +379,8 @@ def behind_fill(video: torch.Tensor, holes: torch.Tensor, far: torch.Tensor, tol
     """Fill holes from what lies behind them (depth-ordered, background first).
 
     A disocclusion is the background the foreground moved off, so its colour must come from the far
-    side of the hole, not be a blend of both sides. Hole pixels whose hole borders more than one
-    surface (:func:`surface_range` above :data:`BEHIND_SPLIT`) look for the nearest known pixel left, right, above and
+    side of the hole, not be a blend of both sides. Hole pixels whose hole lies between two surfaces
+    (:func:`disocclusions`) look for the nearest known pixel left, right, above and
     below; of those they keep the ones within ``tol`` of the farthest (largest ``far``) and blend them
     by inverse distance. Other hole pixels keep ``base`` (a smooth fill, e.g. push-pull).
 
@@ -367,8 +399,8 @@ def behind_fill(video: torch.Tensor, holes: torch.Tensor, far: torch.Tensor, tol
     if base is None:
         base = push_pull_fill_holes(video, holes)
     out = torch.where(holes, base, video)
-    far = far.to(video.dtype)
-    flagged = holes & (surface_range(holes, far) > max(tol, BEHIND_SPLIT))
+    flagged = holes & disocclusions(holes, far)
+    far = torch.nan_to_num(far.to(video.dtype), nan=float("-inf"))  # unknown order: never "behind"
     for n in torch.nonzero(flagged.flatten(1).any(1)).flatten().tolist():
         out[n] = _behind_frame(video[n], ~holes[n], far[n], flagged[n], tol, out[n])
     return out
@@ -408,8 +440,9 @@ def _behind_frame(video: torch.Tensor, known: torch.Tensor, far: torch.Tensor, f
 
 
 def _layered_frames(holes: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` bool: frames whose holes border more than one surface (known pixels next to a hole)."""
-    known = ~holes & (F.max_pool2d(holes.to(far.dtype), 3, stride=1, padding=1) > 0)
-    hi = torch.where(known, far, torch.full_like(far, float("-inf"))).flatten(1).amax(1)
-    lo = torch.where(known, far, torch.full_like(far, float("inf"))).flatten(1).amin(1)
-    return holes.flatten(1).any(1) & known.flatten(1).any(1) & (hi - lo > BEHIND_SPLIT)
+    """``(N,)`` bool: frames where some hole borders two surfaces (a cheap test before :func:`disocclusions`)."""
+    known = ~holes
+    ring = _grow(holes, 1) & known & ~torch.isnan(far)
+    hi = torch.where(ring, far, torch.full_like(far, float("-inf"))).flatten(1).amax(1)
+    lo = torch.where(ring, far, torch.full_like(far, float("inf"))).flatten(1).amin(1)
+    return depth_jumps(holes, far).flatten(1).any(1) | (known.flatten(1).any(1) & (hi - lo > BEHIND_SPREAD))

@@ -11,7 +11,8 @@ Sharpness: the bilinear splat blends up to four source pixels per output pixel, 
 detail of every frame with a fractional shift. The splat therefore also carries each source's
 position; where those positions agree (one surface, no minification) the output pixel is sampled
 once from the reference image at their mean (bicubic, ``resample="bicubic"``, the default), so every
-frame is one resampling of the source and never a resampling of a resampled frame.
+frame is one resampling of the source and never a resampling of a resampled frame. The source under
+that mean position also gives the target's depth order for the hole fill.
 
 Importance ``Z`` (in [-alpha, 0], 0 = wins):
 
@@ -287,9 +288,10 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
 
 def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, video: torch.Tensor,
                       holes: torch.Tensor, far: torch.Tensor, frames: torch.Tensor, resample: str) -> None:
-    """Splat each source's position and importance along ``flow (m, 2, H, W)`` with weights ``Z``;
-    write ``-importance`` into ``far[frames]`` and, unless ``resample == "splat"``, re-sample the
-    single-surface pixels of ``video[frames]`` once from ``image (1, 3, H, W)`` (module doc)."""
+    """Splat each source's position along ``flow (m, 2, H, W)`` with weights ``Z``; at every target,
+    the source under the mean position gives ``far = -Z`` (written into ``far[frames]``) and, unless
+    ``resample == "splat"``, single-surface pixels of ``video[frames]`` are re-sampled once from
+    ``image (1, 3, H, W)`` there (module doc)."""
     from flowctrl.flow.warp import splat
 
     H, W = image.shape[-2:]
@@ -299,41 +301,52 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
     # centred positions keep x^2 + y^2 small enough for a float32 variance
     cx, cy = (W - 1) / 2.0, (H - 1) / 2.0
     xs, ys = xs - cx, ys - cy
-    pos = torch.stack([xs, ys, xs * xs + ys * ys])[None]  # (1, 3, H, W)
+    pos = torch.stack([xs, ys, xs * xs + ys * ys])[None]  # (1, 3, H, W), the same for every frame
     for a in range(0, m, RESAMPLE_FRAMES):
         b = min(m, a + RESAMPLE_FRAMES)
+        n = b - a
         z = Z[a:b]
-        z = z.expand(b - a, 1, H, W) if z.shape[0] != b - a else z
+        z = z.expand(n, 1, H, W) if z.shape[0] != n else z
         fl = flow[a:b]
-        aux = torch.cat([pos.expand(b - a, 3, H, W), z.clamp(min=-1e3), _motion_edges(fl)], dim=1)
-        out = splat(aux.contiguous(), fl.contiguous(), weight=z.contiguous(), mode="softmax")
+        out = splat(pos.expand(n, 3, H, W), fl.contiguous(), weight=z.contiguous(), mode="softmax")
         idx = frames[a:b]
-        far[idx] = -out[:, 3:4]
+        mx, my = out[:, 0:1], out[:, 1:2]
+        grid = torch.cat([(mx + cx) / max(W - 1, 1), (my + cy) / max(H - 1, 1)], dim=1).mul_(2).sub_(1)
+        grid = grid.permute(0, 2, 3, 1)
+        # the source under the mean position: its importance, and whether a motion edge is near it
+        ok = (z > INVALID_Z / 2).to(z.dtype)  # sources that were splatted (invalid ones have no depth)
+        src = torch.cat([z * ok, ok, _motion_edges(fl)], dim=1)
+        under = F.grid_sample(src, grid, mode="nearest", padding_mode="border", align_corners=True)
+        # NaN where the mean position falls among unsplatted sources: no depth order known there
+        far[idx] = torch.where(under[:, 1:2] > 0.5, -under[:, 0:1] / under[:, 1:2].clamp(min=1e-6),
+                               torch.full_like(under[:, :1], float("nan")))
+        under = under[:, 1:]
         if resample == "splat":
             continue
-        mx, my = out[:, 0:1], out[:, 1:2]
         spread = out[:, 2:3] - mx * mx - my * my
         # one surface only: positions agree, and the bicubic footprint holds no motion edge (it would
         # pull in the other side of an occlusion boundary)
-        sharp = (spread < RESAMPLE_MAX_SPREAD) & (out[:, 4:5] < 1e-3) & ~holes[idx]
+        sharp = (spread < RESAMPLE_MAX_SPREAD) & (under[:, 1:2] < 1e-3) & ~holes[idx]
         if not bool(sharp.any()):
             continue
-        grid = torch.cat([(mx + cx) / max(W - 1, 1), (my + cy) / max(H - 1, 1)], dim=1) * 2 - 1
-        sampled = F.grid_sample(image.expand(b - a, -1, -1, -1), grid.permute(0, 2, 3, 1), mode=resample,
-                                padding_mode="border", align_corners=True)
+        sampled = F.grid_sample(image.expand(n, -1, -1, -1), grid, mode=resample, padding_mode="border",
+                                align_corners=True)
         if resample == "bicubic":
             sampled = sampled.clamp_(0, 1)
         video[idx] = torch.where(sharp, sampled, video[idx])
 
 
-def _motion_edges(flow: torch.Tensor, reach: int = 2, jump: float = 0.5) -> torch.Tensor:
+def _motion_edges(flow: torch.Tensor, reach: int = 3, jump: float = 0.5) -> torch.Tensor:  # noqa: D401
     """``(n, 1, H, W)`` 1.0 at source pixels within ``reach`` px (x or y) of a flow jump above ``jump``
-    px (an occlusion or motion boundary), else 0: where a bicubic sample could mix two surfaces."""
-    edge = torch.zeros_like(flow[:, :1])
-    for d in range(1, reach + 1):
-        dx = (flow[..., :, d:] - flow[..., :, :-d]).abs().amax(1, keepdim=True) > jump  # (n,1,H,W-d)
-        dy = (flow[..., d:, :] - flow[..., :-d, :]).abs().amax(1, keepdim=True) > jump
-        for k in range(d + 1):  # every pixel between (and at) the two ends of a jump
-            edge[..., :, k:k + dx.shape[-1]] += dx[..., :, :edge.shape[-1] - k]
-            edge[..., k:k + dy.shape[-2], :] += dy[..., :edge.shape[-2] - k, :]
-    return (edge > 0).to(flow.dtype)
+    px between neighbours (an occlusion or motion boundary), else 0: where a bicubic sample (2 px
+    footprint, plus one for the nearest-source lookup at the mean position) could mix two surfaces."""
+    jx = (flow[..., :, 1:] - flow[..., :, :-1]).abs_().amax(1, keepdim=True) > jump  # between x and x+1
+    jy = (flow[..., 1:, :] - flow[..., :-1, :]).abs_().amax(1, keepdim=True) > jump
+    edge = torch.zeros(flow.shape[0], 1, *flow.shape[-2:], dtype=torch.bool, device=flow.device)
+    W, H = flow.shape[-1], flow.shape[-2]
+    for k in range(-reach + 1, reach + 1):  # pixels x+k for k in (1-reach .. reach) around a jump at x|x+1
+        lo, hi = max(0, k), min(W, W - 1 + k)
+        edge[..., :, lo:hi] |= jx[..., :, lo - k:hi - k]
+        lo, hi = max(0, k), min(H, H - 1 + k)
+        edge[..., lo:hi, :] |= jy[..., lo - k:hi - k, :]
+    return edge.to(flow.dtype)
