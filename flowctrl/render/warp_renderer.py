@@ -59,6 +59,7 @@ INVALID_Z = -1e4
 # bilinear splat's blend, which softens every frame with a fractional shift.
 RESAMPLE_MAX_SPREAD = 1.0
 RESAMPLE_FRAMES = 8  # frames per auxiliary splat (bounds its memory)
+MAGNIFIED = 1 / 1.25  # inverse local scale below which landing points and scales are splatted too
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -308,9 +309,22 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
         z = Z[a:b]
         z = z.expand(n, 1, H, W) if z.shape[0] != n else z
         fl = flow[a:b]
-        out = splat(pos.expand(n, 3, H, W), fl.contiguous(), weight=z.contiguous(), mode="softmax")
+        inv_scale = _inverse_scale(fl)
+        magnified = bool((inv_scale < MAGNIFIED).any())
+        if magnified:
+            # a magnified source is the only one reaching some targets: its position is then off by
+            # (target - landing) / scale, so the landing point and the scale travel with it
+            src = torch.cat([pos.expand(n, 3, H, W), fl, inv_scale], dim=1)
+        else:
+            src = pos.expand(n, 3, H, W)
+        out = splat(src, fl.contiguous(), weight=z.contiguous(), mode="softmax")
         idx = frames[a:b]
         mx, my = out[:, 0:1], out[:, 1:2]
+        spread = out[:, 2:3] - mx * mx - my * my
+        if magnified:
+            # q - mean landing = (xs, ys) - (mean position + mean flow), in centred coordinates
+            mx = mx + (xs - mx - out[:, 3:4]) * out[:, 5:6]
+            my = my + (ys - my - out[:, 4:5]) * out[:, 6:7]
         grid = torch.cat([(mx + cx) / max(W - 1, 1), (my + cy) / max(H - 1, 1)], dim=1).mul_(2).sub_(1)
         grid = grid.permute(0, 2, 3, 1)
         # the source under the mean position: its importance, and whether a motion edge is near it
@@ -323,10 +337,17 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
         under = under[:, 1:]
         if resample == "splat":
             continue
-        spread = out[:, 2:3] - mx * mx - my * my
         # one surface only: positions agree, and the bicubic footprint holds no motion edge (it would
         # pull in the other side of an occlusion boundary)
-        sharp = (spread < RESAMPLE_MAX_SPREAD) & (under[:, 1:2] < 1e-3) & ~holes[idx]
+        hole = holes[idx]
+        sharp = (spread < RESAMPLE_MAX_SPREAD) & (under[:, 1:2] < 1e-3) & ~hole
+        gap = _magnification_gaps(hole, sharp, grid)
+        if bool(gap.any()):
+            # one-pixel gaps between the sources of a magnified surface: sampled like their neighbours
+            sharp |= gap
+            holes[idx] = hole & ~gap
+            f = far[idx]
+            far[idx] = torch.where(gap, _neighbour_mean(f, gap), f)
         if not bool(sharp.any()):
             continue
         sampled = F.grid_sample(image.expand(n, -1, -1, -1), grid, mode=resample, padding_mode="border",
@@ -336,17 +357,69 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
         video[idx] = torch.where(sharp, sampled, video[idx])
 
 
-def _motion_edges(flow: torch.Tensor, reach: int = 3, jump: float = 0.5) -> torch.Tensor:  # noqa: D401
-    """``(n, 1, H, W)`` 1.0 at source pixels within ``reach`` px (x or y) of a flow jump above ``jump``
-    px between neighbours (an occlusion or motion boundary), else 0: where a bicubic sample (2 px
-    footprint, plus one for the nearest-source lookup at the mean position) could mix two surfaces."""
-    jx = (flow[..., :, 1:] - flow[..., :, :-1]).abs_().amax(1, keepdim=True) > jump  # between x and x+1
-    jy = (flow[..., 1:, :] - flow[..., :-1, :]).abs_().amax(1, keepdim=True) > jump
+def _motion_edges(flow: torch.Tensor, reach: int = 3, jump: float = 0.5) -> torch.Tensor:
+    """``(n, 1, H, W)`` 1.0 at source pixels within ``reach`` px (x or y) of a flow discontinuity, else 0:
+    where a bicubic sample (2 px footprint, plus one for the nearest-source lookup at the mean
+    position) could mix two surfaces. A discontinuity is a change of the flow's neighbour difference
+    by more than ``jump`` px (a second difference, so a smooth zoom or pan is no edge)."""
+    dx = flow[..., :, 1:] - flow[..., :, :-1]
+    dy = flow[..., 1:, :] - flow[..., :-1, :]
+    jx = (dx[..., :, 1:] - dx[..., :, :-1]).abs_().amax(1, keepdim=True) > jump  # centred at x = 1..W-2
+    jy = (dy[..., 1:, :] - dy[..., :-1, :]).abs_().amax(1, keepdim=True) > jump
     edge = torch.zeros(flow.shape[0], 1, *flow.shape[-2:], dtype=torch.bool, device=flow.device)
-    W, H = flow.shape[-1], flow.shape[-2]
-    for k in range(-reach + 1, reach + 1):  # pixels x+k for k in (1-reach .. reach) around a jump at x|x+1
-        lo, hi = max(0, k), min(W, W - 1 + k)
-        edge[..., :, lo:hi] |= jx[..., :, lo - k:hi - k]
-        lo, hi = max(0, k), min(H, H - 1 + k)
-        edge[..., lo:hi, :] |= jy[..., lo - k:hi - k, :]
+    H, W = flow.shape[-2], flow.shape[-1]
+    for k in range(-reach, reach + 1):  # pixels x + k around a discontinuity at x
+        lo, hi = max(0, 1 + k), min(W, W - 1 + k)
+        edge[..., :, lo:hi] |= jx[..., :, lo - 1 - k:hi - 1 - k]
+        lo, hi = max(0, 1 + k), min(H, H - 1 + k)
+        edge[..., lo:hi, :] |= jy[..., lo - 1 - k:hi - 1 - k, :]
     return edge.to(flow.dtype)
+
+
+def _inverse_scale(flow: torch.Tensor) -> torch.Tensor:
+    """``(n, 2, H, W)`` 1 / (1 + dF_x/dx), 1 / (1 + dF_y/dy) of the map ``p -> p + F(p)`` (central
+    differences; clamped to [0.05, 1]: only magnification is corrected)."""
+    gx = torch.zeros_like(flow[:, :1])
+    gy = torch.zeros_like(flow[:, :1])
+    gx[..., :, 1:-1] = (flow[:, 0:1, :, 2:] - flow[:, 0:1, :, :-2]) / 2
+    gy[..., 1:-1, :] = (flow[:, 1:2, 2:, :] - flow[:, 1:2, :-2, :]) / 2
+    gx[..., :, :1], gx[..., :, -1:] = gx[..., :, 1:2], gx[..., :, -2:-1]
+    gy[..., :1, :], gy[..., -1:, :] = gy[..., 1:2, :], gy[..., -2:-1, :]
+    return torch.cat([(1 + gx).clamp(min=1.0).reciprocal(), (1 + gy).clamp(min=1.0).reciprocal()], dim=1).clamp(min=0.05)
+
+
+def _magnification_gaps(hole: torch.Tensor, sharp: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """One-pixel holes between two single-surface pixels (left/right or above/below) whose source
+    positions are within 3 px of each other: the gaps a forward splat leaves when it magnifies more
+    than 2x. Their source position (the mean of the two, written into ``grid (n, H, W, 2)``, normalized
+    coordinates) is exact for a smooth surface. Returns ``(n, 1, H, W)`` bool."""
+    n, H, W, _ = grid.shape
+    scale = torch.tensor([(W - 1) / 2.0, (H - 1) / 2.0], dtype=grid.dtype)
+    gap = torch.zeros_like(hole)
+    pos = grid.clone()
+    for mask_dim, grid_dim in ((3, 2), (2, 1)):  # pairs along x, then along y
+        def part(t: torch.Tensor, dim: int, sl: slice) -> tuple:
+            index = [slice(None)] * t.dim()
+            index[dim] = sl
+            return tuple(index)
+
+        lo, hi, mid = slice(None, -2), slice(2, None), slice(1, -1)
+        pa, pb = grid[part(grid, grid_dim, lo)], grid[part(grid, grid_dim, hi)]
+        close = (((pa - pb) * scale).abs().amax(-1) < 3.0)[:, None]  # within 3 source px
+        ok = (hole[part(hole, mask_dim, mid)] & sharp[part(sharp, mask_dim, lo)] & sharp[part(sharp, mask_dim, hi)]
+              & close & ~gap[part(gap, mask_dim, mid)])
+        inner = part(pos, grid_dim, mid)
+        pos[inner] = torch.where(ok[:, 0, ..., None], (pa + pb) / 2, pos[inner])
+        gap[part(gap, mask_dim, mid)] |= ok
+    grid.copy_(pos)
+    return gap
+
+
+def _neighbour_mean(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Mean of the finite 4-neighbours of ``x (n, 1, H, W)`` outside ``where`` (for one-pixel gaps)."""
+    use = ~where & torch.isfinite(x)
+    padded = F.pad(torch.where(use, x, torch.zeros_like(x)), (1, 1, 1, 1))
+    weight = F.pad(use.to(x.dtype), (1, 1, 1, 1))
+    acc = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
+    cnt = weight[..., :-2, 1:-1] + weight[..., 2:, 1:-1] + weight[..., 1:-1, :-2] + weight[..., 1:-1, 2:]
+    return torch.where(cnt > 0, acc / cnt.clamp(min=1), torch.full_like(x, float("nan")))
