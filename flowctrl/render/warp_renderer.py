@@ -310,21 +310,29 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
         z = z.expand(n, 1, H, W) if z.shape[0] != n else z
         fl = flow[a:b]
         inv_scale = _inverse_scale(fl)
-        magnified = bool((inv_scale < MAGNIFIED).any())
-        if magnified:
+        # decided per frame, so a frame's result does not depend on the frames batched with it
+        magnified = (inv_scale < MAGNIFIED).flatten(1).any(1)
+        out = torch.empty(n, 3, H, W, dtype=image.dtype, device=image.device)
+        plain = torch.nonzero(~magnified).flatten()
+        if plain.numel():
+            out[plain] = splat(pos.expand(plain.numel(), 3, H, W), fl[plain].contiguous(), weight=z[plain].contiguous(),
+                               mode="softmax")
+        mag = torch.nonzero(magnified).flatten()
+        if mag.numel():
             # a magnified source is the only one reaching some targets: its position is then off by
             # (target - landing) / scale, so the landing point and the scale travel with it
-            src = torch.cat([pos.expand(n, 3, H, W), fl, inv_scale], dim=1)
-        else:
-            src = pos.expand(n, 3, H, W)
-        out = splat(src, fl.contiguous(), weight=z.contiguous(), mode="softmax")
+            k = mag.numel()
+            ext = splat(torch.cat([pos.expand(k, 3, H, W), fl[mag], inv_scale[mag]], dim=1), fl[mag].contiguous(),
+                        weight=z[mag].contiguous(), mode="softmax")
+            # q - mean landing = (xs, ys) - (mean position + mean flow), in centred coordinates
+            spread_k = ext[:, 2:3] - ext[:, 0:1] ** 2 - ext[:, 1:2] ** 2  # of the splatted positions
+            ext[:, 0:1] += (xs - ext[:, 0:1] - ext[:, 3:4]) * ext[:, 5:6]
+            ext[:, 1:2] += (ys - ext[:, 1:2] - ext[:, 4:5]) * ext[:, 6:7]
+            ext[:, 2:3] = spread_k + ext[:, 0:1] ** 2 + ext[:, 1:2] ** 2  # read back as spread_k below
+            out[mag] = ext[:, :3]
         idx = frames[a:b]
         mx, my = out[:, 0:1], out[:, 1:2]
         spread = out[:, 2:3] - mx * mx - my * my
-        if magnified:
-            # q - mean landing = (xs, ys) - (mean position + mean flow), in centred coordinates
-            mx = mx + (xs - mx - out[:, 3:4]) * out[:, 5:6]
-            my = my + (ys - my - out[:, 4:5]) * out[:, 6:7]
         grid = torch.cat([(mx + cx) / max(W - 1, 1), (my + cy) / max(H - 1, 1)], dim=1).mul_(2).sub_(1)
         grid = grid.permute(0, 2, 3, 1)
         # the source under the mean position: its importance, and whether a motion edge is near it
