@@ -445,4 +445,8 @@ def _layered_frames(holes: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
     ring = _grow(holes, 1) & known & ~torch.isnan(far)
     hi = torch.where(ring, far, torch.full_like(far, float("-inf"))).flatten(1).amax(1)
     lo = torch.where(ring, far, torch.full_like(far, float("inf"))).flatten(1).amin(1)
-    return depth_jumps(holes, far).flatten(1).any(1) | (known.flatten(1).any(1) & (hi - lo > BEHIND_SPREAD))
+    out = ring.flatten(1).any(1) & (hi - lo > BEHIND_SPREAD)
+    maybe = torch.nonzero(ring.flatten(1).any(1) & (hi - lo > BEHIND_SPLIT) & ~out).flatten()
+    if maybe.numel():  # a jump needs a spread above the split: only those frames are scanned
+        out[maybe] = depth_jumps(holes[maybe], far[maybe]).flatten(1).any(1)
+    return out

@@ -59,7 +59,7 @@ INVALID_Z = -1e4
 # bilinear splat's blend, which softens every frame with a fractional shift.
 RESAMPLE_MAX_SPREAD = 1.0
 RESAMPLE_FRAMES = 8  # frames per auxiliary splat (bounds its memory)
-MAGNIFIED = 1 / 1.25  # inverse local scale below which landing points and scales are splatted too
+MAGNIFIED = 1 / 1.75  # inverse local scale below which a frame can have one-pixel splat gaps
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -309,30 +309,23 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
         z = Z[a:b]
         z = z.expand(n, 1, H, W) if z.shape[0] != n else z
         fl = flow[a:b]
-        inv_scale = _inverse_scale(fl)
-        # decided per frame, so a frame's result does not depend on the frames batched with it
-        magnified = (inv_scale < MAGNIFIED).flatten(1).any(1)
-        out = torch.empty(n, 3, H, W, dtype=image.dtype, device=image.device)
-        plain = torch.nonzero(~magnified).flatten()
-        if plain.numel():
-            out[plain] = splat(pos.expand(plain.numel(), 3, H, W), fl[plain].contiguous(), weight=z[plain].contiguous(),
-                               mode="softmax")
-        mag = torch.nonzero(magnified).flatten()
-        if mag.numel():
-            # a magnified source is the only one reaching some targets: its position is then off by
-            # (target - landing) / scale, so the landing point and the scale travel with it
-            k = mag.numel()
-            ext = splat(torch.cat([pos.expand(k, 3, H, W), fl[mag], inv_scale[mag]], dim=1), fl[mag].contiguous(),
-                        weight=z[mag].contiguous(), mode="softmax")
-            # q - mean landing = (xs, ys) - (mean position + mean flow), in centred coordinates
-            spread_k = ext[:, 2:3] - ext[:, 0:1] ** 2 - ext[:, 1:2] ** 2  # of the splatted positions
-            ext[:, 0:1] += (xs - ext[:, 0:1] - ext[:, 3:4]) * ext[:, 5:6]
-            ext[:, 1:2] += (ys - ext[:, 1:2] - ext[:, 4:5]) * ext[:, 6:7]
-            ext[:, 2:3] = spread_k + ext[:, 0:1] ** 2 + ext[:, 1:2] ** 2  # read back as spread_k below
-            out[mag] = ext[:, :3]
-        idx = frames[a:b]
+        magnified = _magnified(fl)  # per frame: whether one-pixel splat gaps can occur
+        out = splat(pos.expand(n, 3, H, W), fl.contiguous(), weight=z.contiguous(), mode="softmax")
         mx, my = out[:, 0:1], out[:, 1:2]
         spread = out[:, 2:3] - mx * mx - my * my
+        single = spread < 1e-4
+        if bool(single.any()):
+            # a target reached by one (magnified) source gets that source's integer position; the exact
+            # inverse is off by (target - landing) / local scale, looked up at that source
+            src_idx = ((my + cy).round().clamp(0, H - 1) * W + (mx + cx).round().clamp(0, W - 1)).long()
+            src_idx = src_idx.reshape(n, 1, H * W).expand(n, 2, H * W)
+            f_at = torch.gather(fl.reshape(n, 2, H * W), 2, src_idx).reshape(n, 2, H, W)
+            inv_at = torch.gather(_inverse_scale(fl).reshape(n, 2, H * W), 2, src_idx).reshape(n, 2, H, W)
+            mx = torch.where(single, mx + (xs - mx - f_at[:, 0:1]) * inv_at[:, 0:1], mx)
+            my = torch.where(single, my + (ys - my - f_at[:, 1:2]) * inv_at[:, 1:2], my)
+        idx = frames[a:b]
+        if int(idx[-1]) - int(idx[0]) == n - 1:  # consecutive frames: views instead of copies
+            idx = slice(int(idx[0]), int(idx[0]) + n)
         grid = torch.cat([(mx + cx) / max(W - 1, 1), (my + cy) / max(H - 1, 1)], dim=1).mul_(2).sub_(1)
         grid = grid.permute(0, 2, 3, 1)
         # the source under the mean position: its importance, and whether a motion edge is near it
@@ -349,7 +342,7 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
         # pull in the other side of an occlusion boundary)
         hole = holes[idx]
         sharp = (spread < RESAMPLE_MAX_SPREAD) & (under[:, 1:2] < 1e-3) & ~hole
-        gap = _magnification_gaps(hole, sharp, grid)
+        gap = _magnification_gaps(hole, sharp, grid, magnified)
         if bool(gap.any()):
             # one-pixel gaps between the sources of a magnified surface: sampled like their neighbours
             sharp |= gap
@@ -384,6 +377,15 @@ def _motion_edges(flow: torch.Tensor, reach: int = 3, jump: float = 0.5) -> torc
     return edge.to(flow.dtype)
 
 
+def _magnified(flow: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` bool: frames whose map ``p -> p + F(p)`` stretches some neighbourhood by more than
+    1 / :data:`MAGNIFIED` along x or y (checked on 2-px differences of every other row / column)."""
+    gx = (flow[:, 0, ::2, 2:] - flow[:, 0, ::2, :-2]) / 2
+    gy = (flow[:, 1, 2:, ::2] - flow[:, 1, :-2, ::2]) / 2
+    limit = 1 / MAGNIFIED - 1
+    return (gx.flatten(1).amax(1) > limit) | (gy.flatten(1).amax(1) > limit)
+
+
 def _inverse_scale(flow: torch.Tensor) -> torch.Tensor:
     """``(n, 2, H, W)`` 1 / (1 + dF_x/dx), 1 / (1 + dF_y/dy) of the map ``p -> p + F(p)`` (central
     differences; clamped to [0.05, 1]: only magnification is corrected)."""
@@ -396,12 +398,22 @@ def _inverse_scale(flow: torch.Tensor) -> torch.Tensor:
     return torch.cat([(1 + gx).clamp(min=1.0).reciprocal(), (1 + gy).clamp(min=1.0).reciprocal()], dim=1).clamp(min=0.05)
 
 
-def _magnification_gaps(hole: torch.Tensor, sharp: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+def _magnification_gaps(hole: torch.Tensor, sharp: torch.Tensor, grid: torch.Tensor,
+                        frames: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One-pixel holes between two single-surface pixels (left/right or above/below) whose source
     positions are within 3 px of each other: the gaps a forward splat leaves when it magnifies more
     than 2x. Their source position (the mean of the two, written into ``grid (n, H, W, 2)``, normalized
-    coordinates) is exact for a smooth surface. Returns ``(n, 1, H, W)`` bool."""
+    coordinates) is exact for a smooth surface. ``frames``: optional ``(n,)`` bool, the frames that
+    can have gaps (magnified ones); others are skipped. Returns ``(n, 1, H, W)`` bool."""
     n, H, W, _ = grid.shape
+    if frames is not None:
+        gap = torch.zeros_like(hole)
+        sel = torch.nonzero(frames).flatten()
+        if sel.numel():
+            sub = grid[sel]
+            gap[sel] = _magnification_gaps(hole[sel], sharp[sel], sub)
+            grid[sel] = sub
+        return gap
     scale = torch.tensor([(W - 1) / 2.0, (H - 1) / 2.0], dtype=grid.dtype)
     gap = torch.zeros_like(hole)
     pos = grid.clone()
