@@ -59,7 +59,7 @@ INVALID_Z = -1e4
 # bilinear splat's blend, which softens every frame with a fractional shift.
 RESAMPLE_MAX_SPREAD = 1.0
 RESAMPLE_FRAMES = 8  # frames per auxiliary splat (bounds its memory)
-MAGNIFIED = 1 / 1.75  # inverse local scale below which a frame can have one-pixel splat gaps
+MAGNIFIED = 1 / 1.9  # inverse local scale below which a frame can have one-pixel splat gaps (> ~2x)
 
 ProgressCallback = Callable[[str, int, int], None]
 
