@@ -314,11 +314,12 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
         mx, my = out[:, 0:1], out[:, 1:2]
         spread = out[:, 2:3] - mx * mx - my * my
         single = spread < 1e-4
+        # the source nearest the mean position (flat index per target)
+        near = ((my + cy).round_().clamp_(0, H - 1) * W + (mx + cx).round().clamp_(0, W - 1)).long().reshape(n, 1, H * W)
         if bool(single.any()):
             # a target reached by one (magnified) source gets that source's integer position; the exact
             # inverse is off by (target - landing) / local scale, looked up at that source
-            src_idx = ((my + cy).round().clamp(0, H - 1) * W + (mx + cx).round().clamp(0, W - 1)).long()
-            src_idx = src_idx.reshape(n, 1, H * W).expand(n, 2, H * W)
+            src_idx = near.expand(n, 2, H * W)
             f_at = torch.gather(fl.reshape(n, 2, H * W), 2, src_idx).reshape(n, 2, H, W)
             inv_at = torch.gather(_inverse_scale(fl).reshape(n, 2, H * W), 2, src_idx).reshape(n, 2, H, W)
             mx = torch.where(single, mx + (xs - mx - f_at[:, 0:1]) * inv_at[:, 0:1], mx)
@@ -328,20 +329,18 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
             idx = slice(int(idx[0]), int(idx[0]) + n)
         grid = torch.cat([(mx + cx) / max(W - 1, 1), (my + cy) / max(H - 1, 1)], dim=1).mul_(2).sub_(1)
         grid = grid.permute(0, 2, 3, 1)
-        # the source under the mean position: its importance, and whether a motion edge is near it
-        ok = (z > INVALID_Z / 2).to(z.dtype)  # sources that were splatted (invalid ones have no depth)
-        src = torch.cat([z * ok, ok, _motion_edges(fl)], dim=1)
-        under = F.grid_sample(src, grid, mode="nearest", padding_mode="border", align_corners=True)
-        # NaN where the mean position falls among unsplatted sources: no depth order known there
-        far[idx] = torch.where(under[:, 1:2] > 0.5, -under[:, 0:1] / under[:, 1:2].clamp(min=1e-6),
-                               torch.full_like(under[:, :1], float("nan")))
-        under = under[:, 1:]
+        # the source under the mean position gives the target's depth order: NaN where it was not
+        # splatted (invalid sources have no depth)
+        z_at = torch.gather(z.reshape(n, 1, H * W), 2, near).reshape(n, 1, H, W)
+        far[idx] = torch.where(z_at > INVALID_Z / 2, -z_at, torch.full_like(z_at, float("nan")))
         if resample == "splat":
             continue
+        # ... and whether a motion edge is near it
+        edge_at = torch.gather(_motion_edges(fl).reshape(n, 1, H * W), 2, near).reshape(n, 1, H, W)
         # one surface only: positions agree, and the bicubic footprint holds no motion edge (it would
         # pull in the other side of an occlusion boundary)
         hole = holes[idx]
-        sharp = (spread < RESAMPLE_MAX_SPREAD) & (under[:, 1:2] < 1e-3) & ~hole
+        sharp = (spread < RESAMPLE_MAX_SPREAD) & (edge_at < 0.5) & ~hole
         gap = _magnification_gaps(hole, sharp, grid, magnified)
         if bool(gap.any()):
             # one-pixel gaps between the sources of a magnified surface: sampled like their neighbours
