@@ -423,10 +423,12 @@ def _magnification_gaps(hole: torch.Tensor, sharp: torch.Tensor, grid: torch.Ten
             return tuple(index)
 
         lo, hi, mid = slice(None, -2), slice(2, None), slice(1, -1)
+        cand = hole[part(hole, mask_dim, mid)] & sharp[part(sharp, mask_dim, lo)] & sharp[part(sharp, mask_dim, hi)]
+        if not bool(cand.any()):  # bool test first: the position arithmetic only where gaps exist
+            continue
         pa, pb = grid[part(grid, grid_dim, lo)], grid[part(grid, grid_dim, hi)]
         close = (((pa - pb) * scale).abs().amax(-1) < 3.0)[:, None]  # within 3 source px
-        ok = (hole[part(hole, mask_dim, mid)] & sharp[part(sharp, mask_dim, lo)] & sharp[part(sharp, mask_dim, hi)]
-              & close & ~gap[part(gap, mask_dim, mid)])
+        ok = cand & close & ~gap[part(gap, mask_dim, mid)]
         inner = part(pos, grid_dim, mid)
         pos[inner] = torch.where(ok[:, 0, ..., None], (pa + pb) / 2, pos[inner])
         gap[part(gap, mask_dim, mid)] |= ok
