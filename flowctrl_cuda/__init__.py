@@ -1,7 +1,8 @@
 """flowctrl_cuda: flow warping, softmax splatting and the FFT adaptor, with exact references.
 
 The public ops (``backward_warp``, ``splat``, ``freq_adaptor``; and the fused CPU passes of the
-pipeline: ``camera_reprojection``, ``compose_visibility``, ``to_uint8_hwc``) dispatch on their inputs:
+pipeline: ``camera_reprojection``, ``compose_visibility``, ``push_pull_holes``, ``to_uint8_hwc``) dispatch on
+their inputs:
 
 * CUDA tensors → the CUDA kernels (``csrc/*.cu``), built just in time on first use (or at install
   with ``FLOWCTRL_BUILD_CUDA=1``); if the build fails, the reference runs after one warning.
@@ -33,6 +34,7 @@ __all__ = [
     "camera_reprojection",
     "compose_visibility",
     "to_uint8_hwc",
+    "push_pull_holes",
     "thread_limit",
     "implementation",
     "SPLAT_MODES",
@@ -206,6 +208,24 @@ def to_uint8_hwc(video: torch.Tensor) -> torch.Tensor:
 
         return _cpu.to_uint8_hwc(video)
     return reference.to_uint8_hwc(video)
+
+
+def push_pull_holes(video: torch.Tensor, holes: torch.Tensor, eps: float = 1e-8, inplace: bool = False
+                    ) -> torch.Tensor:
+    """Push-pull hole filling; see :func:`flowctrl_cuda.reference.push_pull_holes`.
+
+    Args:
+        video: ``(N, C, H, W)``; holes: ``(N, 1, H, W)`` bool. inplace: write into ``video`` where possible.
+    """
+    impl = implementation("push_pull_holes", video, holes)
+    _announce("push_pull_holes", impl)
+    if impl != "cpu":
+        return reference.push_pull_holes(video, holes, eps=eps, inplace=inplace)
+    from flowctrl_cuda import _cpu
+
+    out = video if inplace and video.is_contiguous() else video.contiguous().clone()
+    _cpu.push_pull_holes(out, holes, eps)
+    return out
 
 
 @contextlib.contextmanager

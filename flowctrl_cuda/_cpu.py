@@ -152,6 +152,10 @@ def available() -> bool:
 
 def supports(op: str, *tensors: Optional[torch.Tensor]) -> bool:
     """Whether the compiled path handles these inputs (float32 CPU tensors of the ops it has)."""
+    if op == "push_pull_holes":
+        video, holes = tensors
+        return (video.device.type == "cpu" and video.dtype == torch.float32 and holes.device.type == "cpu"
+                and holes.dtype == torch.bool and tuple(holes.shape) == (video.shape[0], 1, *video.shape[2:]))
     if op not in ("splat", "backward_warp", "camera_reprojection", "compose_visibility", "to_uint8_hwc"):
         return False
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)

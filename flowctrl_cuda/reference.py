@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
 from flowctrl.errors import InputError
 
@@ -372,3 +373,125 @@ def to_uint8_hwc(video: torch.Tensor) -> torch.Tensor:
     # x*255 + 0.5 truncated = rounding to nearest (half up)
     frames = video.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
     return frames.permute(0, 2, 3, 1).contiguous()
+
+
+# Pyramid levels up to this many pixels are pushed densely for all frames at once; larger ones per
+# frame inside the holes' bounding box.
+DENSE_PUSH_PIXELS = 128 * 128
+
+
+def _pool_sum(x: torch.Tensor) -> torch.Tensor:
+    """2x2 sums ``(N,C,ceil(h/2),ceil(w/2))`` (zero padding at odd sizes), via strided slices."""
+    h, w = x.shape[-2:]
+    if h % 2 or w % 2:
+        x = F.pad(x, (0, w % 2, 0, h % 2))
+    return x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2]
+
+
+def _push_pull_sparse(c: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Filled colour of one pyramid level from premultiplied colour ``c`` and weight ``w`` <= 1.
+
+    Overwrites ``c``. The push step (bilinear upsampling of the coarser level, blended in where
+    ``w < 1``) runs per frame only inside the bounding box of that frame's partial/missing pixels
+    (plus one coarse pixel of margin, so the result equals a full-frame upsample), so a level costs
+    about one pass over its pixels plus the area around its holes.
+    """
+    N, C, h, wd = c.shape
+    if (h == 1 and wd == 1) or bool((w > 0).all()):
+        return c.div_(w.clamp(min=eps))
+    sum_w = _pool_sum(w)
+    w_next = sum_w.clamp(max=1.0)
+    c_next = _pool_sum(c).mul_(w_next / sum_w.clamp(min=eps))
+    color_next = _push_pull_sparse(c_next, w_next, eps)
+    h1, w1 = color_next.shape[-2:]
+    if h * wd <= DENSE_PUSH_PIXELS:
+        # small level: one batched upsample beats a per-frame loop of tiny ops
+        up = _upsample2x(color_next)[..., :h, :wd]
+        return c.addcmul_(up, 1.0 - w)
+    partial = w[:, 0] < 1  # (N, h, wd)
+    rows = partial.any(dim=2)  # (N, h)
+    cols = partial.any(dim=1)  # (N, wd)
+    has = rows.any(dim=1)
+    # per-frame bounding boxes of the partial pixels, all at once (first / last True index)
+    y_lo = rows.to(torch.uint8).argmax(dim=1)
+    y_hi = h - 1 - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    x_lo = cols.to(torch.uint8).argmax(dim=1)
+    x_hi = wd - 1 - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    frames = torch.nonzero(has).flatten()
+    boxes = torch.stack([y_lo, y_hi, x_lo, x_hi], 1)[frames].tolist()
+    frames = frames.tolist()
+    area = sum((b[1] - b[0] + 1) * (b[3] - b[2] + 1) for b in boxes)
+    union = [min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)]
+    n0, n1 = frames[0], frames[-1] + 1
+    union_area = (n1 - n0) * (union[1] - union[0] + 1) * (union[3] - union[2] + 1)
+    if union_area <= 1.5 * area:
+        # the boxes are similar: one batched push over their union (few large ops beat many small ones)
+        _push_box(c, w, color_next, slice(n0, n1), *union)
+    else:
+        for n, box in zip(frames, boxes):
+            _push_box(c, w, color_next, slice(n, n + 1), *box)
+    return c
+
+
+def _push_box(c: torch.Tensor, w: torch.Tensor, color_next: torch.Tensor, frames: slice, y_lo: int, y_hi: int,
+              x_lo: int, x_hi: int) -> None:
+    """``c += (1 - w) * up2x(color_next)`` on ``frames`` inside the fine box ``[y_lo, y_hi] x [x_lo, x_hi]``."""
+    h1, w1 = color_next.shape[-2:]
+    # coarse crop [a, b) x [l, r) with one pixel of margin; fine pixels 2a .. 2b-1 map into it
+    a, b = max(0, y_lo // 2 - 1), min(h1, (y_hi + 1) // 2 + 2)
+    l, r = max(0, x_lo // 2 - 1), min(w1, (x_hi + 1) // 2 + 2)
+    up = _upsample2x(color_next[frames, :, a:b, l:r])  # fine rows 2a.., cols 2l..
+    fy0, fx0 = y_lo - 2 * a, x_lo - 2 * l
+    up = up[:, :, fy0:fy0 + (y_hi - y_lo + 1), fx0:fx0 + (x_hi - x_lo + 1)]
+    c[frames, :, y_lo:y_hi + 1, x_lo:x_hi + 1].addcmul_(up, 1.0 - w[frames, :, y_lo:y_hi + 1, x_lo:x_hi + 1])
+
+
+def _upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Exact 2x bilinear upsampling (``align_corners=False``) of a crop ``(N, C, h, w)`` -> ``(N, C, 2h, 2w)``.
+
+    Fine pixel ``2i`` samples coarse ``i - 1/4`` and ``2i + 1`` samples ``i + 1/4``, edge-clamped like
+    ``F.interpolate``. Inside a larger image only the crop's outermost fine pixels differ from the
+    full-image result; the caller keeps a margin of one coarse pixel. Written as two separable
+    passes into strided views (about 1.6x faster than ``F.interpolate`` on CPU).
+    """
+    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+        n = t.shape[dim]
+        shape = list(t.shape)
+        shape[dim] = 2 * n
+        out = t.new_empty(shape)
+        even = _every_other(out, dim, 0)
+        odd = _every_other(out, dim, 1)
+        t75 = t * 0.75
+        if n > 1:
+            torch.add(t75.narrow(dim, 1, n - 1), t.narrow(dim, 0, n - 1), alpha=0.25, out=even.narrow(dim, 1, n - 1))
+            torch.add(t75.narrow(dim, 0, n - 1), t.narrow(dim, 1, n - 1), alpha=0.25, out=odd.narrow(dim, 0, n - 1))
+        even.narrow(dim, 0, 1).copy_(t.narrow(dim, 0, 1))
+        odd.narrow(dim, n - 1, 1).copy_(t.narrow(dim, n - 1, 1))
+        return out
+
+    return along(along(x, x.dim() - 1), x.dim() - 2)
+
+
+def _every_other(t: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
+    index = [slice(None)] * t.dim()
+    index[dim] = slice(offset, None, 2)
+    return t[tuple(index)]
+
+
+def push_pull_holes(video: torch.Tensor, holes: torch.Tensor, eps: float = 1e-8, inplace: bool = False) -> torch.Tensor:
+    """Push-pull hole filling for a binary mask (any dtype/device, differentiable).
+
+    Args:
+        video: ``(N, C, H, W)`` float frames; holes: ``(N, 1, H, W)`` bool, True where a pixel is missing;
+        eps: weight floor of the normalisations; inplace: write into ``video``.
+    Returns:
+        ``(N, C, H, W)``: known pixels unchanged (bit-exact), holes filled from a pyramid of weighted
+        averages (pull: 2×2 sums per level; push: the coarser level upsampled into each frame's
+        bounding box of partial / missing pixels only).
+    """
+    out = video if inplace else video.clone()
+    out.masked_fill_(holes, 0.0)  # premultiplied colour at level 0 (weight 1 or 0)
+    weight = (~holes).to(video.dtype)
+    for n in range(out.shape[0]):  # each frame with its own pyramid depth (frames are independent)
+        _push_pull_sparse(out[n:n + 1], weight[n:n + 1], eps)  # fills the view in place
+    return out

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# tests never download: "--depth-model auto" (the default) uses the HF cache or falls back to the plane
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowctrl.render.fill import push_pull_fill, push_pull_fill_holes, push_pull_fill_holes_reference, _compiled_ok
+import flowctrl_cuda
+from flowctrl.render.fill import push_pull_fill, push_pull_fill_holes
+from flowctrl_cuda.reference import push_pull_holes as push_pull_fill_holes_reference
 from flowctrl_cuda import _cpu
 
 pytestmark = pytest.mark.skipif(not _cpu.available(), reason="no C++ compiler for the compiled CPU path")
@@ -92,9 +94,9 @@ def test_inplace_writes_into_video_and_agrees_with_dense_fill() -> None:
 
 def test_dispatch_only_float32_cpu_without_grad() -> None:
     video, holes = _case(2, 20, 22, 0.3, 10)
-    assert _compiled_ok(video, holes)
-    assert not _compiled_ok(video.double(), holes)
-    assert not _compiled_ok(video.clone().requires_grad_(True), holes)
+    assert flowctrl_cuda.implementation("push_pull_holes", video, holes) == "cpu"
+    assert flowctrl_cuda.implementation("push_pull_holes", video.double(), holes) == "reference"
+    assert flowctrl_cuda.implementation("push_pull_holes", video.clone().requires_grad_(True), holes) == "reference"
     # float64 takes the tensor code; it agrees with the compiled float32 result
     got64 = push_pull_fill_holes(video.double(), holes)
     assert (got64.float() - push_pull_fill_holes(video, holes)).abs().max().item() <= 1e-6

@@ -53,7 +53,9 @@ def register(subparsers: Any) -> None:
                    help="depth = value * scale; disparity: depth = scale / value (scale = focal px * baseline)")
     p.add_argument("--depth-scale", type=float, default=None,
                    help="depth file scale (default: 1/1000 for 16-bit PNG depth, else 1)")
-    p.add_argument("--depth-model", help="Depth-Anything hub id or folder (local only; no downloads)")
+    p.add_argument("--depth-model", default="auto",
+                   help="auto (default: Depth Anything V2 Small, cached or downloaded on first use, else a plane), "
+                        "none (a plane), or a Depth-Anything hub id / folder")
     p.add_argument("--plane-distance", type=float, default=None,
                    help="distance of the fallback depth plane when no depth is given, in camera-translation units "
                         "(RealEstate10K poses have an arbitrary scale; default: the trajectory's scene depth, "

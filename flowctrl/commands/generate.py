@@ -77,11 +77,14 @@ def register(subparsers: Any) -> None:
     c.add_argument("--mask", metavar="FILE", help="motion brush mask PNG (where local motion may act)")
     c.add_argument("--static-mask", metavar="FILE", help="mask PNG of regions that must stay still")
     c.add_argument("--depth", metavar="FILE", help="depth map (PNG16/npy/exr) for camera controls")
-    c.add_argument("--depth-model", metavar="PATH|HUB_ID",
-                   help="local Depth-Anything weights used when a camera control has no --depth")
+    c.add_argument("--depth-model", metavar="auto|none|PATH|HUB_ID", default="auto",
+                   help="depth for camera controls without --depth: auto (default) = Depth Anything V2 Small from "
+                        "the Hugging Face cache, downloaded on first use (HF_HUB_OFFLINE honoured), else a flat "
+                        "plane with a warning; none = the plane; or a Depth-Anything folder / hub id")
     c.add_argument("--plane-distance", type=float, metavar="D",
-                   help="distance of the flat depth plane used when no depth is given, in camera-translation "
-                        "units (default: the trajectory's scene depth, e.g. an orbit's look-at distance, else 1)")
+                   help="the scene's median depth (the plane's distance without a depth model), in camera-"
+                        "translation units (default: the trajectory's scene depth, e.g. an orbit's look-at "
+                        "distance; for camera files of unknown scale, 2x the path length; presets: 1)")
     c.add_argument("--strength", type=float, metavar="S", help="target motion strength M_s in px/frame")
     c.add_argument("--segment", default="auto", metavar="auto|sam|edges|none|PATH|HUB_ID",
                    help="where an arrow/drag/pose moves: the object under its start point, from Segment Anything "
@@ -100,7 +103,11 @@ def register(subparsers: Any) -> None:
                         "backend (folder or hub id, e.g. THUDM/CogVideoX-5b-I2V; downloaded on request)")
     o.add_argument("--flow-model", metavar="PATH|HUB_ID", help="learned stage-1 flow model weights (optional)")
     o.add_argument("--fill", default="push-pull", choices=["push-pull", "inpaint", "none"],
-                   help="hole filling of the warp backend (default push-pull; none shows holes black)")
+                   help="hole filling of the warp backend (default push-pull; none shows holes black); "
+                        "disocclusions are filled from what lies behind them")
+    o.add_argument("--crop-valid", action="store_true",
+                   help="warp backend: crop and zoom every frame (up to 2.5x) to the area all frames cover, so a "
+                        "camera move shows no invented border content")
     o.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same video")
     d = p.add_argument_group("diffusion backend (only with --backend diffusion; defaults: the preset's, else "
                              "50 steps, guidance 6, flow guidance 1, phased)")
@@ -540,7 +547,8 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     elif args.backend == "guided":
         pipe = FlowCtrlPipeline(backend="guided", flow_model=args.flow_model, fill=args.fill, **options)
     else:
-        pipe = FlowCtrlPipeline(backend="warp", flow_model=args.flow_model, fill=args.fill)
+        pipe = FlowCtrlPipeline(backend="warp", flow_model=args.flow_model, fill=args.fill,
+                                **({"crop_valid": True} if args.crop_valid else {}))
     render_kwargs: Dict[str, Any] = {} if args.prompt is None else {"prompt": args.prompt}
     if args.prompt is not None and args.backend == "warp":
         # kept usable (scripts pass one prompt to both backends) but never silently dropped

@@ -123,6 +123,9 @@ class CameraTrajectory:
     focal_scale: ``(T0,)`` per-frame factor on the focal lengths (zoom presets), or None = constant.
     scene_depth: the scene depth the path was made for (an orbit's look-at depth), or None; where no
         depth map is known, stage 1 puts its fallback plane there so the orbit centre stays put.
+    scale_free: the translation is in arbitrary units (a camera file without ``scene_depth``:
+        RealEstate10K, MotionCtrl, flowctrl JSON); stage 1 then sizes the scene from the path
+        (:mod:`flowctrl.depth.scale`). Presets are in units of the scene's median depth (False).
     """
 
     w2c: torch.Tensor
@@ -131,6 +134,7 @@ class CameraTrajectory:
     name: str = "camera"
     focal_scale: Optional[torch.Tensor] = field(default=None)
     scene_depth: Optional[float] = None
+    scale_free: bool = False
 
     def __post_init__(self) -> None:
         self.w2c = torch.as_tensor(self.w2c, dtype=torch.float64)
@@ -205,7 +209,7 @@ class CameraTrajectory:
         if scale is not None:
             scale = torch.from_numpy(np.interp(query, times, scale.numpy()))
         return CameraTrajectory(w2c=torch.from_numpy(out), K_normalized=K, timestamps=None, name=self.name,
-                                focal_scale=scale, scene_depth=self.scene_depth)
+                                focal_scale=scale, scene_depth=self.scene_depth, scale_free=self.scale_free)
 
     def intrinsics_all(self, height: int, width: int) -> torch.Tensor:
         """Per-frame pixel intrinsics ``(T0, 3, 3)`` float64 at an ``height x width`` image."""
@@ -371,7 +375,7 @@ def parse_camera_json(data: Any, source: Any = "camera") -> CameraTrajectory:
         if not scene_depth > 0:
             raise err(source, "scene_depth", f"is {scene_depth}", "give a positive distance in scene units")
     return CameraTrajectory(w2c=w2c, K_normalized=K, timestamps=timestamps, name=name, focal_scale=scale,
-                            scene_depth=scene_depth)
+                            scene_depth=scene_depth, scale_free=scene_depth is None and "preset" not in obj)
 
 
 def parse_motionctrl(data: Any, source: Any = "camera") -> CameraTrajectory:
@@ -384,7 +388,7 @@ def parse_motionctrl(data: Any, source: Any = "camera") -> CameraTrajectory:
     if not mats:
         raise err(source, "(top level)", "is an empty list", "give at least 2 poses")
     return CameraTrajectory(w2c=validate_poses(np.stack(mats), source, "poses"), K_normalized=None,
-                            name=Path(str(source)).stem)
+                            name=Path(str(source)).stem, scale_free=True)
 
 
 def parse_re10k(text: str, source: Any = "camera.txt") -> CameraTrajectory:
@@ -431,4 +435,4 @@ def parse_re10k(text: str, source: Any = "camera.txt") -> CameraTrajectory:
         K_t = K_t[0].clone()
     w2c = validate_poses(arr[:, 7:].reshape(-1, 3, 4), source, "poses")
     return CameraTrajectory(w2c=w2c, K_normalized=K_t, timestamps=torch.from_numpy(timestamps - timestamps[0]),
-                            name=Path(str(source)).stem)
+                            name=Path(str(source)).stem, scale_free=True)

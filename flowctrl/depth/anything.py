@@ -1,13 +1,15 @@
-"""Monocular depth with Depth-Anything (V1/V2) through transformers, from a local folder or cached hub id.
+"""Monocular depth with Depth-Anything (V1/V2) through transformers, from a local folder or a hub id.
 
-Nothing is downloaded: the model loads with ``local_files_only=True`` (and ``HF_HUB_OFFLINE`` is
-honoured by transformers), so a missing model raises :class:`MissingWeightsError` at once instead of
-hanging on the network.
+A hub id is taken from the Hugging Face cache or downloaded on request (``HF_HUB_OFFLINE`` honoured,
+safetensors only; :func:`flowctrl.depth.auto.fetch_model`); weights that cannot be had raise
+:class:`MissingWeightsError` (one line, no hang).
 
 Relative models (``depth_estimation_type="relative"``, the default checkpoints) predict an
-affine-invariant *disparity*; we turn it into z-depth with median 1
-(``depth = median(d) / max(d, 0.02 · max d)``), so camera translations are in units of the scene's
-median depth. Metric checkpoints return depth in metres, used as is.
+affine-invariant *disparity* ``d``. We fix the unknown shift at the farthest point
+(``d - min d``), floor it at 2 % of its maximum (sky, far walls: depth at most 50x the nearest) and
+turn it into z-depth with median 1 (``depth = median(d) / max(d, 0.02 · max d)``), so camera
+translations are in units of the scene's median depth (:mod:`flowctrl.depth.scale` then picks the
+scene's size for trajectories of unknown scale). Metric checkpoints return depth in metres, used as is.
 """
 from __future__ import annotations
 
@@ -32,17 +34,14 @@ def _missing(name: str, problem: str) -> MissingWeightsError:
         "(e.g. depth-anything/Depth-Anything-V2-Small-hf) into the Hugging Face cache")
 
 
-def _check_available(name: str) -> None:
-    """Fail at once (before importing transformers) when neither a local folder nor a cached hub id."""
-    path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        if not (path / "config.json").is_file():
-            raise _missing(name, "no config.json in this folder (Depth-Anything weights are not available locally)")
-        return
-    from huggingface_hub import try_to_load_from_cache
+def _check_available(name: str) -> Path:
+    """The local folder of ``name`` (cache / download on request), before importing transformers."""
+    from flowctrl.depth.auto import fetch_model
 
-    if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-        raise _missing(name, "Depth-Anything weights are not available locally (not in the Hugging Face cache; no downloads are made)")
+    try:
+        return fetch_model(name)
+    except OSError as exc:
+        raise _missing(name, f"Depth-Anything weights are not available locally ({exc})") from None
 
 
 class DepthAnythingEstimator:
@@ -57,20 +56,20 @@ class DepthAnythingEstimator:
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, "os.PathLike[str]"], device: Optional[str] = None,
                         input_size: int = 518) -> "DepthAnythingEstimator":
-        """Load from a local folder or an already-cached hub id; never downloads."""
+        """Load from a local folder or a hub id (cached, else downloaded when allowed); safetensors only."""
         name = str(name_or_path)
-        _check_available(name)
+        folder = str(_check_available(name))
         try:
             from transformers import AutoModelForDepthEstimation
 
-            model = AutoModelForDepthEstimation.from_pretrained(name, local_files_only=True, use_safetensors=True)
+            model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise _missing(name, f"Depth-Anything weights could not be loaded locally ({type(exc).__name__})") from exc
         processor = None
         try:
             from transformers import AutoImageProcessor
 
-            processor = AutoImageProcessor.from_pretrained(name, local_files_only=True)
+            processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError):
             processor = None  # standard ImageNet normalisation below
         est = cls(model, processor, input_size=input_size)

@@ -164,12 +164,14 @@ def fit_plane_distance(video: Tensor, K: Tensor, w2c: Tensor, flow: Optional[Ten
 
 
 def render_with_backend(case: CameraCase, backend: Any = "warp", plane_distance: Optional[float] = None,
-                        **backend_kwargs: Any) -> Tensor:
+                        default: bool = False, **backend_kwargs: Any) -> Tensor:
     """Animate frame 0 of ``case`` along its requested trajectory → ``(T,3,H,W)``.
 
     Uses the scene's true depth when known, otherwise a fronto-parallel plane at ``plane_distance``
     (RealEstate10K trajectories have an arbitrary SfM scale; None fits it with
-    :func:`fit_plane_distance`).
+    :func:`fit_plane_distance`). ``default=True`` renders what a user gets with default settings and
+    nothing from the clip but frame 0 and the camera file: ``--depth-model auto`` and the scene size
+    of :mod:`flowctrl.depth.scale` (``plane_distance``, when given, still overrides).
     """
     from flowctrl.controls import CameraTrajectory, Controls
     from flowctrl.pipelines import FlowCtrlPipeline
@@ -181,10 +183,12 @@ def render_with_backend(case: CameraCase, backend: Any = "warp", plane_distance:
     K_norm[0, 2] = (case.K[0, 2] + 0.5) / W  # A's convention: pixel cx = cx_norm·W − 0.5
     K_norm[1, 2] = (case.K[1, 2] + 0.5) / H
     K_norm[2] = torch.tensor([0.0, 0.0, 1.0], dtype=K_norm.dtype)
-    traj = CameraTrajectory(w2c=case.w2c, K_normalized=K_norm, name=case.name)
+    traj = CameraTrajectory(w2c=case.w2c, K_normalized=K_norm, name=case.name, scale_free=case.depth is None)
     controls = Controls(camera=traj, image_size=(H, W))
     if case.depth is not None:
         depth = case.depth
+    elif default:
+        depth = None
     else:
         if plane_distance is None:
             plane_distance = fit_plane_distance(case.video, case.K, case.w2c)
@@ -193,7 +197,9 @@ def render_with_backend(case: CameraCase, backend: Any = "warp", plane_distance:
     pipe = backend if callable(backend) and not isinstance(backend, str) else None
     if pipe is None:
         pipe = FlowCtrlPipeline(backend=backend, **backend_kwargs)
-    out = pipe(case.video[:1], controls=controls, num_frames=T, height=H, width=W, depth=depth, return_flow=False)
+    extra = {"plane_distance": plane_distance} if default and plane_distance is not None else {}
+    out = pipe(case.video[:1], controls=controls, num_frames=T, height=H, width=W, depth=depth, return_flow=False,
+               **extra)
     return out.video[0].float().clamp(0, 1)
 
 
@@ -305,8 +311,10 @@ def run_camera_bench(suites: Sequence[str] = SUITES, backend: Optional[str] = "w
         videos = [("oracle", case.video)]
         if backend is not None:
             videos.append((str(backend), render_with_backend(case, backend, plane_distance=plane_distance)))
+            if case.depth is None:  # real clips: also what default settings give (no fitting to the clip)
+                videos.append((f"{backend}-default", render_with_backend(case, backend, default=True)))
         entry = {"name": f"{case.suite}/{case.name}", "requested": case.w2c, "estimates": []}
-        for (label, video), style in zip(videos, ("b-", "r--")):
+        for (label, video), style in zip(videos, ("b-", "r--", "g:")):
             acc = evaluate_camera(video, case.K, case.w2c, trials=trials, matcher=matcher, seed=seed,
                                   num_threads=num_threads)
             row = {"case": case.name, "suite": case.suite, "video": label, **acc.summary(),
@@ -337,9 +345,10 @@ def run_reconstruct_bench(re10k_dir: os.PathLike, out_dir: os.PathLike = "output
                           flow_method: str = "dis", printer: Callable[[str], None] = print) -> Dict[str, Any]:
     """Table 2 protocol: animate frame 0 of every real clip and compare each frame with the clip.
 
-    Two controls per clip: ``reference-video`` (the flow estimated from the clip itself) and
-    ``camera`` (the clip's trajectory, plane depth at ``plane_distance``, fitted per clip when None).
-    Both with the warp backend.
+    Three controls per clip: ``reference-video`` (the flow estimated from the clip itself),
+    ``camera`` (the clip's trajectory, plane depth at ``plane_distance``, fitted per clip when None)
+    and ``camera-default`` (the trajectory with default settings: auto depth, scene size from the path,
+    nothing fitted to the clip). All with the warp backend.
     """
     from flowctrl.controls import Controls
     from flowctrl.eval.quality import frame_quality, load_lpips
@@ -356,6 +365,8 @@ def run_reconstruct_bench(re10k_dir: os.PathLike, out_dir: os.PathLike = "output
             "reference-video": pipe(case.video[:1], controls=ref_controls, num_frames=num_frames, height=height,
                                     width=width, return_flow=False).video[0],
             "camera": render_with_backend(case, pipe, plane_distance=plane_distance),
+            # default settings: auto depth and the scene size from the camera file alone (no fitting)
+            "camera-default": render_with_backend(case, pipe, default=True),
         }
         for control, video in videos.items():
             q = frame_quality(video.float().clamp(0, 1), case.video, lpips)

@@ -121,16 +121,19 @@ class WarpBackend:
     Args:
         fill: ``"push-pull"`` (default) | ``"inpaint"`` | ``"none"``.
         alpha: importance range of the softmax weights (larger = harder z-test).
+        crop_valid: crop and zoom every frame to the area all frames cover (camera moves that uncover
+            content), up to 2.5x (:mod:`flowctrl.render.crop`).
     """
 
     streams = True  # FlowCtrlPipeline.stream can render it chunk by chunk
 
-    def __init__(self, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA) -> None:
+    def __init__(self, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA, crop_valid: bool = False) -> None:
         self.fill = normalize_fill_mode(fill)
         self.alpha = float(alpha)
+        self.crop_valid = bool(crop_valid)
 
     def __repr__(self) -> str:
-        return f"WarpBackend(fill={self.fill!r}, alpha={self.alpha})"
+        return f"WarpBackend(fill={self.fill!r}, alpha={self.alpha}, crop_valid={self.crop_valid})"
 
     def render_full(self, image: torch.Tensor, unified: Any, *, num_frames: Optional[int] = None,
                     callback: Optional[ProgressCallback] = None, fill: Optional[str] = None) -> WarpRender:
@@ -140,8 +143,13 @@ class WarpBackend:
             raise InputError.at(None, "num_frames", f"is {num_frames} but the flow has {flow.shape[1]} frames",
                                 "compute the flow for the same number of frames")
         depth = getattr(unified, "depth", None)
+        valid = getattr(unified, "valid", None)
+        if self.crop_valid:
+            from flowctrl.render.crop import crop_to_valid
+
+            flow, _ = crop_to_valid(flow, valid)
         return render_warp(
-            image, flow, depth=depth, valid=getattr(unified, "valid", None), K=getattr(unified, "K", None),
+            image, flow, depth=depth, valid=valid, K=getattr(unified, "K", None),
             w2c=getattr(unified, "w2c", None) if depth is not None else None,
             fill=self.fill if fill is None else fill, alpha=self.alpha, callback=callback,
         )

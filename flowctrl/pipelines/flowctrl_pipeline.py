@@ -342,6 +342,12 @@ class FlowCtrlPipeline:
         if not getattr(self.backend, "streams", False) or self.flow_model is not None:
             raise InputError.at(None, "backend", "only the warp backend without a flow model renders as a stream",
                                 "call the pipeline itself (pipe(...)) for other backends")
+        if self.backend.crop_valid:  # the crop depends on every frame: render at once, hand out in chunks
+            out = self(image, controls, num_frames, height, width, callback=callback, depth=depth,
+                       depth_model=depth_model, densify=densify, plane_distance=plane_distance,
+                       return_flow=False, **({} if fill is None else {"fill": fill}))
+            step = chunk_frames or 4
+            return iter([out.frames[i:i + step] for i in range(0, out.frames.shape[0], step)])
         T = int(num_frames)
         img, controls = self.prepare(image, controls, height, width, T)
         if depth is None:

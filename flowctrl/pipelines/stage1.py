@@ -195,7 +195,7 @@ def compute_unified_flow(
     num_frames: int = 16,
     *,
     depth: Union[None, str, Path, torch.Tensor] = None,
-    depth_model: Union[None, str, Path, Callable[[torch.Tensor], torch.Tensor]] = None,
+    depth_model: Union[None, str, Path, Callable[[torch.Tensor], torch.Tensor]] = "auto",
     densify: str = "normalized",
     generator: Optional[torch.Generator] = None,
     segment: Union[None, str, Callable] = "auto",
@@ -213,7 +213,9 @@ def compute_unified_flow(
             here to ``(H, W)``) or None (static).
         num_frames: ``T ≥ 2``.
         depth: overrides ``controls.depth`` (path or tensor), see :func:`flowctrl.depth.resolve_depth`.
-        depth_model: Depth-Anything hub id / folder or a callable ``image -> (1,1,H,W)``.
+        depth_model: ``"auto"`` (default; Depth Anything V2 Small when it can be had, else the plane
+            with one warning), ``"none"`` (the plane), a Depth-Anything hub id / folder, or a callable
+            ``image -> (1,1,H,W)``. Depth is only computed for camera controls (or when asked by name).
         densify: ``"normalized"`` (Nadaraya-Watson) or ``"gaussian"`` (eq. 6-7 as written).
         segment: where a local control's motion spreads (:mod:`flowctrl.segment`): ``"auto"`` (SAM
             when cached, else edges), ``"sam"``, ``"edges"``, a SAM folder / hub id, a callable, or
@@ -223,8 +225,10 @@ def compute_unified_flow(
         flow_method: ``"dis"`` or ``"raft"`` for a reference video.
         depth_kind, depth_scale: how to read a depth file (:mod:`flowctrl.depth.file`).
         plane_distance: distance of the fallback plane when no depth is available, in the units of
-            the camera translation (RealEstate10K trajectories have an arbitrary SfM scale). None:
-            the trajectory's ``scene_depth`` (an orbit's look-at depth) when it has one, else 1.
+            the camera translation; with estimated depth, its median. None: the trajectory's
+            ``scene_depth`` (an orbit's look-at depth) when it has one; for a camera file of unknown
+            scale (RealEstate10K, MotionCtrl) the size :mod:`flowctrl.depth.scale` picks from the
+            path; else 1 (presets).
     """
     del generator
     plan = plan_unified_flow(image, controls, num_frames, depth=depth, depth_model=depth_model, densify=densify,
@@ -333,7 +337,7 @@ def plan_unified_flow(
     num_frames: int = 16,
     *,
     depth: Union[None, str, Path, torch.Tensor] = None,
-    depth_model: Union[None, str, Path, Callable[[torch.Tensor], torch.Tensor]] = None,
+    depth_model: Union[None, str, Path, Callable[[torch.Tensor], torch.Tensor]] = "auto",
     densify: str = "normalized",
     segment: Union[None, str, Callable] = "auto",
     callback: Optional[Callback] = None,
@@ -345,8 +349,9 @@ def plan_unified_flow(
     """The all-frames part of :func:`compute_unified_flow` (same arguments): local flow, depth, camera, strength."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
         raise InputError.at(None, "image", f"has shape {tuple(getattr(image, 'shape', ()))}", "give a (1, 3, H, W) tensor in [0, 1]")
+    camera = controls.camera if controls is not None else None
+    user_distance = plane_distance is not None
     if plane_distance is None:
-        camera = controls.camera if controls is not None else None
         plane_distance = getattr(camera, "scene_depth", None) or 1.0
     if not (math.isfinite(plane_distance) and plane_distance > 0):
         raise InputError.at(None, "plane_distance", f"is {plane_distance}", "give a positive distance")
@@ -438,12 +443,26 @@ def plan_unified_flow(
     # 2. camera ---------------------------------------------------------------------------------
     depth_src = depth if depth is not None else controls.depth
     depth_map, K, w2c, K_frames = None, None, None, None
-    if controls.camera is not None or depth_src is not None or depth_model is not None:
+    from flowctrl.depth import depth_source
+
+    if controls.camera is not None or depth_src is not None or depth_source(depth_model) in ("model", "callable"):
         report_progress(callback, "depth", 0, 1)
         from flowctrl.depth import resolve_depth
+        from flowctrl.depth.scale import plane_distance_for, scene_scale
 
+        cam = controls.camera
+        # the scene's size: a given distance (flag, or the path's scene_depth) is the median depth; a
+        # camera file of unknown scale is sized from its path (flowctrl.depth.scale)
+        fixed = user_distance or getattr(cam, "scene_depth", None) is not None
+        rule = depth_src is None and cam is not None and not fixed and cam.scale_free
+        if rule:
+            plane_distance = plane_distance_for(cam.w2c)
         depth_map = resolve_depth(image, depth_src, depth_model, depth_kind=depth_kind, depth_scale=depth_scale,
                                   plane_distance=plane_distance)
+        if depth_src is None and cam is not None and (rule or fixed):
+            factor = scene_scale(depth_map, cam.w2c) if rule else plane_distance / float(depth_map.median())
+            if abs(factor - 1.0) > 1e-6:  # the plane is already at the right distance
+                depth_map = depth_map * factor
         report_progress(callback, "depth", 1, 1)
     if controls.camera is not None:
         traj = controls.camera.resample(T)

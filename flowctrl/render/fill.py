@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from flowctrl.errors import InputError
+from flowctrl_cuda import push_pull_holes
 
 FILL_MODES = ("push-pull", "inpaint", "none")
 
@@ -60,116 +61,13 @@ def push_pull_fill(video: torch.Tensor, known: torch.Tensor, eps: float = 1e-8) 
     return torch.where(known >= 1, video, color)
 
 
-# Pyramid levels up to this many pixels are pushed densely for all frames at once; larger ones per
-# frame inside the holes' bounding box.
-DENSE_PUSH_PIXELS = 128 * 128
-
-
-def _pool_sum(x: torch.Tensor) -> torch.Tensor:
-    """2x2 sums ``(N,C,ceil(h/2),ceil(w/2))`` (zero padding at odd sizes), via strided slices."""
-    h, w = x.shape[-2:]
-    if h % 2 or w % 2:
-        x = F.pad(x, (0, w % 2, 0, h % 2))
-    return x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2]
-
-
-def _push_pull_sparse(c: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """Filled colour of one pyramid level from premultiplied colour ``c`` and weight ``w`` <= 1.
-
-    Overwrites ``c``. The push step (bilinear upsampling of the coarser level, blended in where
-    ``w < 1``) runs per frame only inside the bounding box of that frame's partial/missing pixels
-    (plus one coarse pixel of margin, so the result equals a full-frame upsample), so a level costs
-    about one pass over its pixels plus the area around its holes.
-    """
-    N, C, h, wd = c.shape
-    if (h == 1 and wd == 1) or bool((w > 0).all()):
-        return c.div_(w.clamp(min=eps))
-    sum_w = _pool_sum(w)
-    w_next = sum_w.clamp(max=1.0)
-    c_next = _pool_sum(c).mul_(w_next / sum_w.clamp(min=eps))
-    color_next = _push_pull_sparse(c_next, w_next, eps)
-    h1, w1 = color_next.shape[-2:]
-    if h * wd <= DENSE_PUSH_PIXELS:
-        # small level: one batched upsample beats a per-frame loop of tiny ops
-        up = _upsample2x(color_next)[..., :h, :wd]
-        return c.addcmul_(up, 1.0 - w)
-    partial = w[:, 0] < 1  # (N, h, wd)
-    rows = partial.any(dim=2)  # (N, h)
-    cols = partial.any(dim=1)  # (N, wd)
-    has = rows.any(dim=1)
-    # per-frame bounding boxes of the partial pixels, all at once (first / last True index)
-    y_lo = rows.to(torch.uint8).argmax(dim=1)
-    y_hi = h - 1 - rows.flip(1).to(torch.uint8).argmax(dim=1)
-    x_lo = cols.to(torch.uint8).argmax(dim=1)
-    x_hi = wd - 1 - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    frames = torch.nonzero(has).flatten()
-    boxes = torch.stack([y_lo, y_hi, x_lo, x_hi], 1)[frames].tolist()
-    frames = frames.tolist()
-    area = sum((b[1] - b[0] + 1) * (b[3] - b[2] + 1) for b in boxes)
-    union = [min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)]
-    n0, n1 = frames[0], frames[-1] + 1
-    union_area = (n1 - n0) * (union[1] - union[0] + 1) * (union[3] - union[2] + 1)
-    if union_area <= 1.5 * area:
-        # the boxes are similar: one batched push over their union (few large ops beat many small ones)
-        _push_box(c, w, color_next, slice(n0, n1), *union)
-    else:
-        for n, box in zip(frames, boxes):
-            _push_box(c, w, color_next, slice(n, n + 1), *box)
-    return c
-
-
-def _push_box(c: torch.Tensor, w: torch.Tensor, color_next: torch.Tensor, frames: slice, y_lo: int, y_hi: int,
-              x_lo: int, x_hi: int) -> None:
-    """``c += (1 - w) * up2x(color_next)`` on ``frames`` inside the fine box ``[y_lo, y_hi] x [x_lo, x_hi]``."""
-    h1, w1 = color_next.shape[-2:]
-    # coarse crop [a, b) x [l, r) with one pixel of margin; fine pixels 2a .. 2b-1 map into it
-    a, b = max(0, y_lo // 2 - 1), min(h1, (y_hi + 1) // 2 + 2)
-    l, r = max(0, x_lo // 2 - 1), min(w1, (x_hi + 1) // 2 + 2)
-    up = _upsample2x(color_next[frames, :, a:b, l:r])  # fine rows 2a.., cols 2l..
-    fy0, fx0 = y_lo - 2 * a, x_lo - 2 * l
-    up = up[:, :, fy0:fy0 + (y_hi - y_lo + 1), fx0:fx0 + (x_hi - x_lo + 1)]
-    c[frames, :, y_lo:y_hi + 1, x_lo:x_hi + 1].addcmul_(up, 1.0 - w[frames, :, y_lo:y_hi + 1, x_lo:x_hi + 1])
-
-
-def _upsample2x(x: torch.Tensor) -> torch.Tensor:
-    """Exact 2x bilinear upsampling (``align_corners=False``) of a crop ``(N, C, h, w)`` -> ``(N, C, 2h, 2w)``.
-
-    Fine pixel ``2i`` samples coarse ``i - 1/4`` and ``2i + 1`` samples ``i + 1/4``, edge-clamped like
-    ``F.interpolate``. Inside a larger image only the crop's outermost fine pixels differ from the
-    full-image result; the caller keeps a margin of one coarse pixel. Written as two separable
-    passes into strided views (about 1.6x faster than ``F.interpolate`` on CPU).
-    """
-    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
-        n = t.shape[dim]
-        shape = list(t.shape)
-        shape[dim] = 2 * n
-        out = t.new_empty(shape)
-        even = _every_other(out, dim, 0)
-        odd = _every_other(out, dim, 1)
-        t75 = t * 0.75
-        if n > 1:
-            torch.add(t75.narrow(dim, 1, n - 1), t.narrow(dim, 0, n - 1), alpha=0.25, out=even.narrow(dim, 1, n - 1))
-            torch.add(t75.narrow(dim, 0, n - 1), t.narrow(dim, 1, n - 1), alpha=0.25, out=odd.narrow(dim, 0, n - 1))
-        even.narrow(dim, 0, 1).copy_(t.narrow(dim, 0, 1))
-        odd.narrow(dim, n - 1, 1).copy_(t.narrow(dim, n - 1, 1))
-        return out
-
-    return along(along(x, x.dim() - 1), x.dim() - 2)
-
-
-def _every_other(t: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
-    index = [slice(None)] * t.dim()
-    index[dim] = slice(offset, None, 2)
-    return t[tuple(index)]
-
-
 def push_pull_fill_holes(video: torch.Tensor, holes: torch.Tensor, inplace: bool = False,
                          eps: float = 1e-8) -> torch.Tensor:
     """Push-pull fill for a binary hole mask: the same result as :func:`push_pull_fill` with
     ``known = ~holes`` (to float rounding), computed with less work.
 
     The pull step is one pass per level; the push step upsamples the coarser level only inside each
-    frame's bounding box of partial/missing pixels (see :func:`_push_pull_sparse`), so frames whose
+    frame's bounding box of partial/missing pixels (see :func:`flowctrl_cuda.reference.push_pull_holes`), so frames whose
     holes are a border strip cost little beyond the pull. Known pixels are returned bit-exact.
 
     Args:
@@ -179,39 +77,8 @@ def push_pull_fill_holes(video: torch.Tensor, holes: torch.Tensor, inplace: bool
     Returns:
         ``(N, C, H, W)`` filled frames (``video`` itself when ``inplace``).
     """
-    if _compiled_ok(video, holes):
-        from flowctrl_cuda import _cpu
-
-        out = video if inplace and video.is_contiguous() else video.contiguous().clone()
-        _cpu.push_pull_holes(out, holes, eps)  # same steps in C++, frames across threads
-        return out
-    return push_pull_fill_holes_reference(video, holes, inplace=inplace, eps=eps)
-
-
-def push_pull_fill_holes_reference(video: torch.Tensor, holes: torch.Tensor, inplace: bool = False,
-                                   eps: float = 1e-8) -> torch.Tensor:
-    """Tensor implementation of :func:`push_pull_fill_holes` (any dtype/device, differentiable)."""
-    out = video if inplace else video.clone()
-    out.masked_fill_(holes, 0.0)  # premultiplied colour at level 0 (weight 1 or 0)
-    weight = (~holes).to(video.dtype)
-    for n in range(out.shape[0]):  # each frame with its own pyramid depth (frames are independent)
-        _push_pull_sparse(out[n:n + 1], weight[n:n + 1], eps)  # fills the view in place
-    return out
-
-
-def _compiled_ok(video: torch.Tensor, holes: torch.Tensor) -> bool:
-    """float32 CPU frames without autograd and a bool mask: the compiled fill (flowctrl_cuda/_cpu.py)."""
-    if video.dtype != torch.float32 or video.device.type != "cpu" or holes.device.type != "cpu":
-        return False
-    if holes.dtype != torch.bool or holes.shape != (video.shape[0], 1, *video.shape[2:]):
-        return False
-    if torch.is_grad_enabled() and video.requires_grad:
-        return False
-    try:
-        from flowctrl_cuda import _cpu
-    except ImportError:  # pragma: no cover - partial install
-        return False
-    return _cpu.available()
+    # float32 CPU frames without autograd: the same steps compiled (frames across threads); else the reference
+    return push_pull_holes(video, holes, eps=eps, inplace=inplace)
 
 
 def inpaint_fill(video: torch.Tensor, holes: torch.Tensor, radius: float = 3.0, method: str = "telea") -> torch.Tensor:
@@ -241,7 +108,8 @@ def inpaint_fill(video: torch.Tensor, holes: torch.Tensor, radius: float = 3.0, 
 
 
 def fill_holes(video: torch.Tensor, holes: torch.Tensor, mode: str = "push-pull",
-               known: Optional[torch.Tensor] = None, inplace: bool = False) -> torch.Tensor:
+               known: Optional[torch.Tensor] = None, inplace: bool = False,
+               far: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fill ``holes`` in ``video`` with the chosen ``mode``.
 
     Args:
@@ -251,10 +119,22 @@ def fill_holes(video: torch.Tensor, holes: torch.Tensor, mode: str = "push-pull"
             near edges), or ``"none"`` (holes stay black, for debugging).
         known: optional soft coverage ``(N,1,H,W)`` for push-pull; defaults to ``~holes``.
         inplace: allowed to overwrite ``video`` (push-pull and none modes).
+        far: optional ``(N,1,H,W)`` farness of the known pixels (minus the splatting importance): in
+            frames whose known pixels span more than one surface, holes between surfaces are filled
+            from behind (:func:`behind_fill`) over the push-pull / inpainting result.
     """
     mode = normalize_fill_mode(mode)
     if mode == "none" or not bool(holes.any()):
         return video.masked_fill_(holes, 0.0) if inplace else video.masked_fill(holes, 0.0)
+    layered = _layered_frames(holes, far) if far is not None and known is None else None
+    if layered is not None and bool(layered.any()):
+        # the fill mode everywhere, then the disocclusions of the layered frames from behind (known
+        # pixels are unchanged by the fill, so the scans read the same values)
+        out = push_pull_fill_holes(video, holes, inplace=inplace) if mode == "push-pull" else inpaint_fill(video, holes)
+        idx = torch.nonzero(layered).flatten()
+        v = out[idx]
+        out[idx] = behind_fill(v, holes[idx], far[idx], base=v)
+        return out
     if mode == "push-pull":
         if known is not None:
             return push_pull_fill(video, known)
@@ -269,3 +149,173 @@ def normalize_fill_mode(mode: str) -> str:
     if key not in FILL_MODES:
         raise InputError.at(None, "fill", f"unknown mode '{mode}'", f"use one of {', '.join(FILL_MODES)}")
     return key
+
+
+# Importance units (Z in [-alpha, 0], alpha = 20 by default) within which two surfaces count as one
+# when filling from behind: 1 unit is 5 % of the nearest inverse depth with depth importance.
+BEHIND_TOLERANCE = 1.0
+# A hole counts as a disocclusion (filled from behind) when the known pixels around it differ by more
+# than this in importance (15 % of the nearest inverse depth): a depth edge, not one slanted surface
+# (a panned plane's entering strip spans < 2 units along its border).
+BEHIND_SPLIT = 3.0
+# ... found as a jump of more than BEHIND_SPLIT between neighbouring known pixels next to the
+# hole (where the two surfaces meet at its ends), or as a spread of more than BEHIND_SPREAD around it
+# (a hole that separates two surfaces along its whole length). One smooth slanted surface has neither.
+BEHIND_SPREAD = 8.0
+
+
+def _nearest_known(known: torch.Tensor, reverse: bool):
+    """Index of the nearest known pixel left of (``reverse=False``) / right of each pixel along the
+    last dim, its distance, and whether there is one. ``known``: ``(..., W)`` bool (contiguous rows:
+    a running max along the last dim is several times faster than along a strided one)."""
+    n = known.shape[-1]
+    ar = torch.arange(n, device=known.device, dtype=torch.int32)
+    none = torch.tensor(-1, dtype=torch.int32, device=known.device)
+    if not reverse:
+        idx = torch.where(known, ar, none).cummax(-1).values
+        return idx.clamp(min=0).long(), (ar - idx).to(torch.float32), idx >= 0
+    rev = torch.where(known.flip(-1), ar, none).cummax(-1).values.flip(-1)  # index counted from the right
+    idx = n - 1 - rev
+    return idx.clamp(max=n - 1).long(), (idx - ar).to(torch.float32), rev >= 0
+
+
+def _row_candidates(video: torch.Tensor, known: torch.Tensor, far: torch.Tensor):
+    """Nearest known pixel left and right along rows: ``[(colour, far, distance, ok), ...]``."""
+    out = []
+    for reverse in (False, True):
+        idx, dist, ok = _nearest_known(known, reverse)
+        out.append((torch.gather(video, -1, idx.expand_as(video)), torch.gather(far, -1, idx), dist.clamp(min=1.0), ok))
+    return out
+
+
+def _grow(mask: torch.Tensor, reach: int = 1) -> torch.Tensor:
+    """``mask (N, 1, H, W)`` bool grown by ``reach`` px along x and y (shifts, no float max-pool)."""
+    out = mask.clone()
+    for d in range(1, reach + 1):
+        out[..., d:, :] |= mask[..., :-d, :]
+        out[..., :-d, :] |= mask[..., d:, :]
+        out[..., :, d:] |= mask[..., :, :-d]
+        out[..., :, :-d] |= mask[..., :, d:]
+    return out
+
+
+def depth_jumps(holes: torch.Tensor, far: torch.Tensor, split: float = BEHIND_SPLIT, reach: int = 1) -> torch.Tensor:
+    """Known pixels next to a hole that have a known pixel at most ``reach`` px away (along x or y)
+    lying more than ``split`` farther or nearer: where two surfaces meet at a hole. ``(N, 1, H, W)`` bool."""
+    known = ~holes & ~torch.isnan(far)
+    edge = torch.zeros_like(holes)
+    for d in range(1, reach + 1):
+        jx = known[..., :, d:] & known[..., :, :-d] & ((far[..., :, d:] - far[..., :, :-d]).abs() > split)
+        edge[..., :, d:] |= jx
+        edge[..., :, :-d] |= jx
+        jy = known[..., d:, :] & known[..., :-d, :] & ((far[..., d:, :] - far[..., :-d, :]).abs() > split)
+        edge[..., d:, :] |= jy
+        edge[..., :-d, :] |= jy
+    return edge & known & _grow(holes, 1)
+
+
+def disocclusions(holes: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """Hole pixels whose hole (8-connected component) lies between two surfaces: its border holds a
+    depth jump (:func:`depth_jumps`) or spans more than :data:`BEHIND_SPREAD` in ``far``. ``(N,1,H,W)``."""
+    from scipy import ndimage
+
+    out = torch.zeros_like(holes)
+    jumps = depth_jumps(holes, far)
+    ring_mask = _grow(holes, 1) & ~holes & ~torch.isnan(far)
+    h_np = holes[:, 0].cpu().numpy()
+    for n in range(h_np.shape[0]):
+        if not h_np[n].any():
+            continue
+        labels, count = ndimage.label(h_np[n], structure=np.ones((3, 3), bool))
+        lab = torch.from_numpy(labels.astype(np.int64))
+        # known pixels next to a hole take its label (components are 8-separated: one label each)
+        ring = torch.nn.functional.max_pool2d(lab[None, None].float(), 3, stride=1, padding=1)[0, 0].long()
+        ring = torch.where(ring_mask[n, 0], ring, torch.zeros_like(ring)).flatten()
+        f = far[n, 0].flatten().to(torch.float32)
+        hi = torch.full((count + 1,), float("-inf")).scatter_reduce(0, ring, f, reduce="amax")
+        lo = torch.full((count + 1,), float("inf")).scatter_reduce(0, ring, f, reduce="amin")
+        jump = torch.zeros(count + 1).scatter_reduce(0, ring, jumps[n, 0].flatten().float(), reduce="amax") > 0
+        split = jump | (torch.nan_to_num(hi - lo, nan=0.0, posinf=0.0, neginf=0.0) > BEHIND_SPREAD)
+        split[0] = False
+        out[n, 0] = split[lab]
+    return out
+
+
+def behind_fill(video: torch.Tensor, holes: torch.Tensor, far: torch.Tensor, tol: float = BEHIND_TOLERANCE,
+                base: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fill holes from what lies behind them (depth-ordered, background first).
+
+    A disocclusion is the background the foreground moved off, so its colour must come from the far
+    side of the hole, not be a blend of both sides. Hole pixels whose hole lies between two surfaces
+    (:func:`disocclusions`) look for the nearest known pixel left, right, above and
+    below; of those they keep the ones within ``tol`` of the farthest (largest ``far``) and blend them
+    by inverse distance. Other hole pixels keep ``base`` (a smooth fill, e.g. push-pull).
+
+    Args:
+        video: ``(N, C, H, W)`` float; holes: ``(N, 1, H, W)`` bool, True where missing.
+        far: ``(N, 1, H, W)`` how far behind each known pixel lies (larger = farther), e.g. minus the
+            splatting importance ``Z`` (minus normalized inverse depth); ignored in holes.
+        tol: ``far`` differences up to ``tol`` count as one surface.
+        base: ``(N, C, H, W)`` fill used elsewhere (default: push-pull of ``video``).
+    Returns:
+        ``(N, C, H, W)``: ``video`` where known (bit-exact), the fill in holes.
+    """
+    if video.ndim != 4 or holes.shape != (video.shape[0], 1, *video.shape[2:]) or far.shape != holes.shape:
+        raise ValueError(f"behind_fill: video {tuple(video.shape)} / holes {tuple(holes.shape)} / "
+                         f"far {tuple(far.shape)} mismatch")
+    if base is None:
+        base = push_pull_fill_holes(video, holes)
+    out = torch.where(holes, base, video)
+    flagged = holes & disocclusions(holes, far)
+    far = torch.nan_to_num(far.to(video.dtype), nan=float("-inf"))  # unknown order: never "behind"
+    for n in torch.nonzero(flagged.flatten(1).any(1)).flatten().tolist():
+        out[n] = _behind_frame(video[n], ~holes[n], far[n], flagged[n], tol, out[n])
+    return out
+
+
+def _behind_frame(video: torch.Tensor, known: torch.Tensor, far: torch.Tensor, flagged: torch.Tensor,
+                  tol: float, out: torch.Tensor) -> torch.Tensor:
+    """:func:`behind_fill` of one frame ``(C, H, W)`` at its ``flagged (1, H, W)`` pixels; the scans run
+    only over the rows and columns that hold a flagged pixel."""
+    rows = torch.nonzero(flagged[0].any(1)).flatten()
+    cols = torch.nonzero(flagged[0].any(0)).flatten()
+    C, H, W = video.shape
+    neg = torch.tensor(float("-inf"), dtype=video.dtype)
+    acc = torch.zeros(C, H, W, dtype=video.dtype)
+    wsum = torch.zeros(1, H, W, dtype=video.dtype)
+    f_hi = torch.full((1, H, W), float("-inf"), dtype=video.dtype)
+    cands = []
+    for c in _row_candidates(video[:, rows], known[:, rows], far[:, rows]):
+        cands.append(("r", c))
+    def t(x: torch.Tensor) -> torch.Tensor:  # columns as rows
+        return x.transpose(-1, -2).contiguous()
+
+    for c in _row_candidates(t(video[:, :, cols]), t(known[:, :, cols]), t(far[:, :, cols])):
+        cands.append(("c", tuple(t(x) for x in c)))
+    for kind, (_col, f, _dist, ok) in cands:
+        view = f_hi[:, rows] if kind == "r" else f_hi[:, :, cols]
+        view = torch.maximum(view, torch.where(ok, f, neg))
+        if kind == "r":
+            f_hi[:, rows] = view
+        else:
+            f_hi[:, :, cols] = view
+    for kind, (col, f, dist, ok) in cands:
+        sel = (slice(None), rows) if kind == "r" else (slice(None), slice(None), cols)
+        weight = (ok & (f >= f_hi[sel] - tol)).to(video.dtype) / dist
+        acc[sel] += col * weight
+        wsum[sel] += weight
+    use = flagged & (wsum > 0)
+    return torch.where(use, acc / wsum.clamp(min=1e-12), out)
+
+
+def _layered_frames(holes: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: frames where some hole borders two surfaces (a cheap test before :func:`disocclusions`)."""
+    known = ~holes
+    ring = _grow(holes, 1) & known & ~torch.isnan(far)
+    hi = torch.where(ring, far, torch.full_like(far, float("-inf"))).flatten(1).amax(1)
+    lo = torch.where(ring, far, torch.full_like(far, float("inf"))).flatten(1).amin(1)
+    out = ring.flatten(1).any(1) & (hi - lo > BEHIND_SPREAD)
+    maybe = torch.nonzero(ring.flatten(1).any(1) & (hi - lo > BEHIND_SPLIT) & ~out).flatten()
+    if maybe.numel():  # a jump needs a spread above the split: only those frames are scanned
+        out[maybe] = depth_jumps(holes[maybe], far[maybe]).flatten(1).any(1)
+    return out

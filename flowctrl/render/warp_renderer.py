@@ -4,7 +4,15 @@ Every output frame t is the reference image forward-splatted along the unified f
 softmax splatting (Niklaus & Liu, CVPR 2020): each source pixel lands on its four bilinear neighbours
 at ``p + F[:, t](p)`` and overlapping contributions are averaged with weights ``exp(Z)``, so the
 source with the larger importance ``Z`` wins. Pixels no source reaches are holes, filled afterwards
-(:mod:`flowctrl.render.fill`).
+(:mod:`flowctrl.render.fill`) from what lies behind them: the same splat carries every source's
+importance, so the fill knows which side of a hole is background.
+
+Sharpness: the bilinear splat blends up to four source pixels per output pixel, which halves the fine
+detail of every frame with a fractional shift. The splat therefore also carries each source's
+position; where those positions agree (one surface, no minification) the output pixel is sampled
+once from the reference image at their mean (bicubic, ``resample="bicubic"``, the default), so every
+frame is one resampling of the source and never a resampling of a resampled frame. The source under
+that mean position also gives the target's depth order for the hole fill.
 
 Importance ``Z`` (in [-alpha, 0], 0 = wins):
 
@@ -45,6 +53,13 @@ DEFAULT_ALPHA = 20.0
 COVERAGE_EPS = 1e-3
 # Importance of sources that must not be splatted (invalid flow): exp(-1e4) is exactly 0 in float32.
 INVALID_Z = -1e4
+# Sharp resampling: a covered pixel whose splatted sources' positions spread less than this (px^2,
+# x and y variance summed; 0.5 for a half-pixel shift, more under minification or where surfaces mix)
+# is re-sampled once from the source image at their mean position (bicubic) instead of keeping the
+# bilinear splat's blend, which softens every frame with a fractional shift.
+RESAMPLE_MAX_SPREAD = 1.0
+RESAMPLE_FRAMES = 8  # frames per auxiliary splat (bounds its memory)
+MAGNIFIED = 1 / 1.9  # inverse local scale below which a frame can have one-pixel splat gaps (> ~2x)
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -187,18 +202,21 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
                        w2c: Optional[torch.Tensor] = None, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA,
                        importance: Optional[torch.Tensor] = None,
                        callback: Optional[ProgressCallback] = None,
-                       points: Optional[torch.Tensor] = None) -> WarpRender:
+                       points: Optional[torch.Tensor] = None, resample: str = "bicubic") -> WarpRender:
     """:func:`render_warp` for any run of frames ``flow (1, n, 2, H, W)``, ``n >= 1``, without the size limits.
 
     Every output frame depends only on its own flow, validity and camera (importance, splat and fill
     are per frame), so a video rendered chunk by chunk (``flow[:, a:b]`` with ``w2c[:, a:b]``) equals
     the video rendered at once; :mod:`flowctrl.pipelines.streaming` relies on it. Arguments as
     :func:`render_warp`, plus ``points``: optional :func:`depth_points` of ``(depth, K)``, the same for
-    every chunk of a video.
+    every chunk of a video, and ``resample``: ``"bicubic"`` (default) | ``"bilinear"`` re-samples
+    single-surface pixels once from the source (module doc), ``"splat"`` keeps the splat's blend.
     """
     from flowctrl.flow.warp import splat
 
     fill = normalize_fill_mode(fill)
+    if resample not in ("bicubic", "bilinear", "splat"):
+        raise InputError.at(None, "resample", f"unknown mode {resample!r}", "use bicubic, bilinear or splat")
     T = flow.shape[1]
     H, W = image.shape[-2:]
     image = image.float()
@@ -215,6 +233,7 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
     timings["splat"] += time.perf_counter() - t0
     video = torch.empty(1, T, 3, H, W, dtype=image.dtype, device=image.device)
     holes = torch.zeros(1, T, 1, H, W, dtype=torch.bool, device=image.device)
+    far = torch.zeros(1, T, 1, H, W, dtype=image.dtype, device=image.device)  # -importance at every target
     chunk = max(1, CHUNK_PIXELS // (H * W))
     # The splat shifts Z by its per-frame max, so the weakest valid source contributes at least
     # exp(-alpha) per unit of bilinear coverage; invalid sources get INVALID_Z (weight exactly 0).
@@ -248,6 +267,8 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
                 video[0, start:stop][run] = out
             torch.le(norm, hole_eps, out=holes[0, start:stop][run]) if isinstance(run, slice) else \
                 holes[0, start:stop].index_put_((run,), norm <= hole_eps)
+            frames_idx = torch.arange(start, stop, device=flow.device)[run]
+            _resample_and_far(image, fm, Z, video[0], holes[0], far[0], frames_idx, resample)
         timings["splat"] += time.perf_counter() - t0
         if callback is not None:
             callback("splat", stop, T)
@@ -257,10 +278,169 @@ def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Option
         h = holes[0, start:stop]
         if bool(h.any()):
             view = video[0, start:stop]
-            filled = fill_holes(view, h, fill, inplace=True)
+            filled = fill_holes(view, h, fill, inplace=True, far=far[0, start:stop])
             if filled.data_ptr() != view.data_ptr():
                 view.copy_(filled)
         if callback is not None:
             callback("fill", stop, T)
     timings["fill"] = time.perf_counter() - t1
     return WarpRender(video=video, holes=holes, timings=timings)
+
+
+def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, video: torch.Tensor,
+                      holes: torch.Tensor, far: torch.Tensor, frames: torch.Tensor, resample: str) -> None:
+    """Splat each source's position along ``flow (m, 2, H, W)`` with weights ``Z``; at every target,
+    the source under the mean position gives ``far = -Z`` (written into ``far[frames]``) and, unless
+    ``resample == "splat"``, single-surface pixels of ``video[frames]`` are re-sampled once from
+    ``image (1, 3, H, W)`` there (module doc)."""
+    from flowctrl.flow.warp import splat
+
+    H, W = image.shape[-2:]
+    m = flow.shape[0]
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=image.dtype, device=image.device),
+                            torch.arange(W, dtype=image.dtype, device=image.device), indexing="ij")
+    # centred positions keep x^2 + y^2 small enough for a float32 variance
+    cx, cy = (W - 1) / 2.0, (H - 1) / 2.0
+    xs, ys = xs - cx, ys - cy
+    pos = torch.stack([xs, ys, xs * xs + ys * ys])[None]  # (1, 3, H, W), the same for every frame
+    for a in range(0, m, RESAMPLE_FRAMES):
+        b = min(m, a + RESAMPLE_FRAMES)
+        n = b - a
+        z = Z[a:b]
+        z = z.expand(n, 1, H, W) if z.shape[0] != n else z
+        fl = flow[a:b]
+        magnified = _magnified(fl)  # per frame: whether one-pixel splat gaps can occur
+        out = splat(pos.expand(n, 3, H, W), fl.contiguous(), weight=z.contiguous(), mode="softmax")
+        mx, my = out[:, 0:1], out[:, 1:2]
+        spread = out[:, 2:3] - mx * mx - my * my
+        single = spread < 1e-4
+        # the source nearest the mean position (flat index per target)
+        near = ((my + cy).round_().clamp_(0, H - 1) * W + (mx + cx).round().clamp_(0, W - 1)).long().reshape(n, 1, H * W)
+        if bool(single.any()):
+            # a target reached by one (magnified) source gets that source's integer position; the exact
+            # inverse is off by (target - landing) / local scale, looked up at that source
+            src_idx = near.expand(n, 2, H * W)
+            f_at = torch.gather(fl.reshape(n, 2, H * W), 2, src_idx).reshape(n, 2, H, W)
+            inv_at = torch.gather(_inverse_scale(fl).reshape(n, 2, H * W), 2, src_idx).reshape(n, 2, H, W)
+            mx = torch.where(single, mx + (xs - mx - f_at[:, 0:1]) * inv_at[:, 0:1], mx)
+            my = torch.where(single, my + (ys - my - f_at[:, 1:2]) * inv_at[:, 1:2], my)
+        idx = frames[a:b]
+        if int(idx[-1]) - int(idx[0]) == n - 1:  # consecutive frames: views instead of copies
+            idx = slice(int(idx[0]), int(idx[0]) + n)
+        grid = torch.cat([(mx + cx) / max(W - 1, 1), (my + cy) / max(H - 1, 1)], dim=1).mul_(2).sub_(1)
+        grid = grid.permute(0, 2, 3, 1)
+        # the source under the mean position gives the target's depth order: NaN where it was not
+        # splatted (invalid sources have no depth)
+        z_at = torch.gather(z.reshape(n, 1, H * W), 2, near).reshape(n, 1, H, W)
+        far[idx] = torch.where(z_at > INVALID_Z / 2, -z_at, torch.full_like(z_at, float("nan")))
+        if resample == "splat":
+            continue
+        # ... and whether a motion edge is near it
+        edge_at = torch.gather(_motion_edges(fl).reshape(n, 1, H * W), 2, near).reshape(n, 1, H, W)
+        # one surface only: positions agree, and the bicubic footprint holds no motion edge (it would
+        # pull in the other side of an occlusion boundary)
+        hole = holes[idx]
+        sharp = (spread < RESAMPLE_MAX_SPREAD) & (edge_at < 0.5) & ~hole
+        gap = _magnification_gaps(hole, sharp, grid, magnified)
+        if bool(gap.any()):
+            # one-pixel gaps between the sources of a magnified surface: sampled like their neighbours
+            sharp |= gap
+            holes[idx] = hole & ~gap
+            f = far[idx]
+            far[idx] = torch.where(gap, _neighbour_mean(f, gap), f)
+        if not bool(sharp.any()):
+            continue
+        sampled = F.grid_sample(image.expand(n, -1, -1, -1), grid, mode=resample, padding_mode="border",
+                                align_corners=True)
+        if resample == "bicubic":
+            sampled = sampled.clamp_(0, 1)
+        video[idx] = torch.where(sharp, sampled, video[idx])
+
+
+def _motion_edges(flow: torch.Tensor, reach: int = 3, jump: float = 0.5) -> torch.Tensor:
+    """``(n, 1, H, W)`` 1.0 at source pixels within ``reach`` px (x or y) of a flow discontinuity, else 0:
+    where a bicubic sample (2 px footprint, plus one for the nearest-source lookup at the mean
+    position) could mix two surfaces. A discontinuity is a change of the flow's neighbour difference
+    by more than ``jump`` px (a second difference, so a smooth zoom or pan is no edge)."""
+    dx = flow[..., :, 1:] - flow[..., :, :-1]
+    dy = flow[..., 1:, :] - flow[..., :-1, :]
+    jx = (dx[..., :, 1:] - dx[..., :, :-1]).abs_().amax(1, keepdim=True) > jump  # centred at x = 1..W-2
+    jy = (dy[..., 1:, :] - dy[..., :-1, :]).abs_().amax(1, keepdim=True) > jump
+    edge = torch.zeros(flow.shape[0], 1, *flow.shape[-2:], dtype=torch.bool, device=flow.device)
+    H, W = flow.shape[-2], flow.shape[-1]
+    for k in range(-reach, reach + 1):  # pixels x + k around a discontinuity at x
+        lo, hi = max(0, 1 + k), min(W, W - 1 + k)
+        edge[..., :, lo:hi] |= jx[..., :, lo - 1 - k:hi - 1 - k]
+        lo, hi = max(0, 1 + k), min(H, H - 1 + k)
+        edge[..., lo:hi, :] |= jy[..., lo - 1 - k:hi - 1 - k, :]
+    return edge.to(flow.dtype)
+
+
+def _magnified(flow: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` bool: frames whose map ``p -> p + F(p)`` stretches some neighbourhood by more than
+    1 / :data:`MAGNIFIED` along x or y (checked on 2-px differences of every other row / column)."""
+    gx = (flow[:, 0, ::2, 2:] - flow[:, 0, ::2, :-2]) / 2
+    gy = (flow[:, 1, 2:, ::2] - flow[:, 1, :-2, ::2]) / 2
+    limit = 1 / MAGNIFIED - 1
+    return (gx.flatten(1).amax(1) > limit) | (gy.flatten(1).amax(1) > limit)
+
+
+def _inverse_scale(flow: torch.Tensor) -> torch.Tensor:
+    """``(n, 2, H, W)`` 1 / (1 + dF_x/dx), 1 / (1 + dF_y/dy) of the map ``p -> p + F(p)`` (central
+    differences; clamped to [0.05, 1]: only magnification is corrected)."""
+    gx = torch.zeros_like(flow[:, :1])
+    gy = torch.zeros_like(flow[:, :1])
+    gx[..., :, 1:-1] = (flow[:, 0:1, :, 2:] - flow[:, 0:1, :, :-2]) / 2
+    gy[..., 1:-1, :] = (flow[:, 1:2, 2:, :] - flow[:, 1:2, :-2, :]) / 2
+    gx[..., :, :1], gx[..., :, -1:] = gx[..., :, 1:2], gx[..., :, -2:-1]
+    gy[..., :1, :], gy[..., -1:, :] = gy[..., 1:2, :], gy[..., -2:-1, :]
+    return torch.cat([(1 + gx).clamp(min=1.0).reciprocal(), (1 + gy).clamp(min=1.0).reciprocal()], dim=1).clamp(min=0.05)
+
+
+def _magnification_gaps(hole: torch.Tensor, sharp: torch.Tensor, grid: torch.Tensor,
+                        frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One-pixel holes between two single-surface pixels (left/right or above/below) whose source
+    positions are within 3 px of each other: the gaps a forward splat leaves when it magnifies more
+    than 2x. Their source position (the mean of the two, written into ``grid (n, H, W, 2)``, normalized
+    coordinates) is exact for a smooth surface. ``frames``: optional ``(n,)`` bool, the frames that
+    can have gaps (magnified ones); others are skipped. Returns ``(n, 1, H, W)`` bool."""
+    n, H, W, _ = grid.shape
+    if frames is not None:
+        gap = torch.zeros_like(hole)
+        sel = torch.nonzero(frames).flatten()
+        if sel.numel():
+            sub = grid[sel]
+            gap[sel] = _magnification_gaps(hole[sel], sharp[sel], sub)
+            grid[sel] = sub
+        return gap
+    scale = torch.tensor([(W - 1) / 2.0, (H - 1) / 2.0], dtype=grid.dtype)
+    gap = torch.zeros_like(hole)
+    pos = grid.clone()
+    for mask_dim, grid_dim in ((3, 2), (2, 1)):  # pairs along x, then along y
+        def part(t: torch.Tensor, dim: int, sl: slice) -> tuple:
+            index = [slice(None)] * t.dim()
+            index[dim] = sl
+            return tuple(index)
+
+        lo, hi, mid = slice(None, -2), slice(2, None), slice(1, -1)
+        cand = hole[part(hole, mask_dim, mid)] & sharp[part(sharp, mask_dim, lo)] & sharp[part(sharp, mask_dim, hi)]
+        if not bool(cand.any()):  # bool test first: the position arithmetic only where gaps exist
+            continue
+        pa, pb = grid[part(grid, grid_dim, lo)], grid[part(grid, grid_dim, hi)]
+        close = (((pa - pb) * scale).abs().amax(-1) < 3.0)[:, None]  # within 3 source px
+        ok = cand & close & ~gap[part(gap, mask_dim, mid)]
+        inner = part(pos, grid_dim, mid)
+        pos[inner] = torch.where(ok[:, 0, ..., None], (pa + pb) / 2, pos[inner])
+        gap[part(gap, mask_dim, mid)] |= ok
+    grid.copy_(pos)
+    return gap
+
+
+def _neighbour_mean(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Mean of the finite 4-neighbours of ``x (n, 1, H, W)`` outside ``where`` (for one-pixel gaps)."""
+    use = ~where & torch.isfinite(x)
+    padded = F.pad(torch.where(use, x, torch.zeros_like(x)), (1, 1, 1, 1))
+    weight = F.pad(use.to(x.dtype), (1, 1, 1, 1))
+    acc = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
+    cnt = weight[..., :-2, 1:-1] + weight[..., 2:, 1:-1] + weight[..., 1:-1, :-2] + weight[..., 1:-1, 2:]
+    return torch.where(cnt > 0, acc / cnt.clamp(min=1), torch.full_like(x, float("nan")))
