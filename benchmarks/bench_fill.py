@@ -37,15 +37,14 @@ def lap_var(frame: torch.Tensor, mask: torch.Tensor = None) -> float:
     return float(lap.var())
 
 
-def pan_left(size: int, frames: int, fill: str, crop_valid: bool):
+def pan_left(size: int, frames: int, fill: str, crop_valid: bool, sharp: bool = False):
     from flowctrl.controls import Controls, load_camera
     from flowctrl.pipelines import FlowCtrlPipeline
     from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
 
     image = _resize_image(load_image(REPO / "examples" / "astronaut.png"), (size, size))
     controls = Controls(camera=load_camera("pan-left"), image_size=(size, size))
-    pipe = FlowCtrlPipeline(backend="warp", fill=fill)
-    pipe = FlowCtrlPipeline(backend="warp", fill=fill, crop_valid=True) if crop_valid else pipe
+    pipe = FlowCtrlPipeline(backend="warp", fill=fill, crop_valid=crop_valid, sharp=sharp)
     t0 = time.perf_counter()
     out = pipe(image, controls=controls, num_frames=frames, height=size, width=size)
     seconds = time.perf_counter() - t0
@@ -53,7 +52,7 @@ def pan_left(size: int, frames: int, fill: str, crop_valid: bool):
     holes = out.masks["holes"][0, :, 0]
     last, mid = video.shape[0] - 1, video.shape[0] // 2
     v0 = lap_var(video[0])
-    return {"fill": fill + (" +crop" if crop_valid else ""), "hole %": 100 * float(holes[last].float().mean()),
+    return {"fill": fill + (" +sharp" if sharp else "") + (" +crop" if crop_valid else ""), "hole %": 100 * float(holes[last].float().mean()),
             "sharp last/0": lap_var(video[last]) / v0,
             "sharp last/0 covered": lap_var(video[last], ~holes[last]) / lap_var(video[0], ~holes[last]),
             "sharp mid/0": lap_var(video[mid]) / v0, "lapvar 0": v0, "lapvar last": lap_var(video[last]),
@@ -101,8 +100,9 @@ def main(argv=None) -> int:
     rows = []
     for fill in args.fill:
         rows.append(pan_left(args.size, args.frames, fill, False))
+        rows.append(pan_left(args.size, args.frames, fill, False, sharp=True))  # --sharp
         if args.crop_valid:
-            rows.append(pan_left(args.size, args.frames, fill, True))
+            rows.append(pan_left(args.size, args.frames, fill, True, sharp=True))
     keys = list(rows[0])
     print(f"pan-left, examples/astronaut.png, {args.size}x{args.size}, {args.frames} frames\n")
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))

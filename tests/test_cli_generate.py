@@ -176,3 +176,20 @@ def test_help_shows_an_example():
                  "--flow-guidance", "--preset", "--long-video", "--lora", "--lora-scale"):
         assert flag in text, flag
     assert "--backend diffusion --model" in text  # the diffusion flags have an example too
+
+
+def test_sharp_resampling_is_a_flag_that_keeps_frame_0_and_sharpens_later_frames(tmp_path):
+    """--sharp samples every frame once from the input (bicubic) where one surface lands: frame 0 is the
+    input either way, and later frames keep more fine detail (Laplacian variance) than the splat's blend."""
+    import cv2
+
+    assert _generate(tmp_path, "--size", "128x128", name="soft.mp4") == 0
+    assert _generate(tmp_path, "--size", "128x128", "--sharp", name="sharp.mp4") == 0
+    soft, _ = _decode(tmp_path / "soft.mp4")
+    sharp, _ = _decode(tmp_path / "sharp.mp4")
+    assert np.abs(soft[0].astype(int) - sharp[0].astype(int)).mean() < 1.0
+
+    def detail(frame):
+        return cv2.Laplacian(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()
+
+    assert detail(sharp[4]) > 1.1 * detail(soft[4])

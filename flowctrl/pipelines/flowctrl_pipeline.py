@@ -356,7 +356,7 @@ class FlowCtrlPipeline:
                                  densify=densify, callback=callback, plane_distance=plane_distance, segment=segment)
         return stream_warp_video(img.cpu(), plan, fill=self.backend.fill if fill is None else fill,
                                  alpha=self.backend.alpha, chunk_frames=chunk_frames or DEFAULT_CHUNK_FRAMES,
-                                 workers=workers, callback=callback)
+                                 workers=workers, callback=callback, resample=self.backend.resample)
 
 
 

@@ -52,7 +52,7 @@ def default_workers() -> int:
 
 def render_chunk(image: torch.Tensor, plan: Stage1Plan, start: int, stop: int, fill: str = "push-pull",
                  alpha: float = DEFAULT_ALPHA, points: Optional[torch.Tensor] = None,
-                 cpu_seconds: Optional[Dict[str, float]] = None) -> np.ndarray:
+                 cpu_seconds: Optional[Dict[str, float]] = None, resample: str = "bicubic") -> np.ndarray:
     """Frames ``start..stop-1`` of the warp-rendered video as ``(n, H, W, 3)`` uint8.
 
     Args:
@@ -68,7 +68,7 @@ def render_chunk(image: torch.Tensor, plan: Stage1Plan, start: int, stop: int, f
     depth = plan.depth
     result = render_warp_frames(image, flow, depth=depth, valid=valid, K=plan.K,
                                 w2c=plan.w2c[:, start:stop] if depth is not None and plan.w2c is not None else None,
-                                fill=fill, alpha=alpha, points=points)
+                                fill=fill, alpha=alpha, points=points, resample=resample)
     t2 = time.thread_time()
     frames = to_uint8_frames(result.video[0])
     if cpu_seconds is not None:
@@ -84,7 +84,8 @@ def render_chunk(image: torch.Tensor, plan: Stage1Plan, start: int, stop: int, f
 def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA,
                       chunk_frames: int = DEFAULT_CHUNK_FRAMES, workers: Optional[int] = None,
                       callback: Optional[ProgressCallback] = None,
-                      cpu_seconds: Optional[Dict[str, float]] = None) -> Iterator[np.ndarray]:
+                      cpu_seconds: Optional[Dict[str, float]] = None, resample: str = "bicubic"
+                      ) -> Iterator[np.ndarray]:
     """Render the warp video chunk by chunk; yields ``(n, H, W, 3)`` uint8 chunks in frame order.
 
     Args:
@@ -97,6 +98,7 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
             however long the video is.
         callback: ``callback("render", frames_done, T)`` as chunks complete, in order.
         cpu_seconds: optional dict collecting the workers' CPU seconds per stage (:func:`render_chunk`).
+        resample: as :func:`~flowctrl.render.render_warp_frames` (``"splat"``: keep the splat's blend).
 
     The frames equal :class:`~flowctrl.pipelines.FlowCtrlPipeline`'s warp output (to_uint8 of
     :func:`~flowctrl.render.render_warp` on :func:`~flowctrl.pipelines.stage1.compute_unified_flow`)
@@ -120,7 +122,7 @@ def stream_warp_video(image: torch.Tensor, plan: Stage1Plan, *, fill: str = "pus
         # parallel over chunks, not inside each op: one thread per compiled call also keeps every frame
         # on the splat's one-image-per-thread path, whose sums do not depend on the thread count
         with thread_limit(1):
-            frames = render_chunk(image, plan, start, stop, fill, alpha, points, mine)
+            frames = render_chunk(image, plan, start, stop, fill, alpha, points, mine, resample=resample)
         if mine:
             with lock:
                 for key, value in mine.items():

@@ -170,7 +170,7 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
                 valid: Optional[torch.Tensor] = None, K: Optional[torch.Tensor] = None,
                 w2c: Optional[torch.Tensor] = None, fill: str = "push-pull", alpha: float = DEFAULT_ALPHA,
                 importance: Optional[torch.Tensor] = None,
-                callback: Optional[ProgressCallback] = None) -> WarpRender:
+                callback: Optional[ProgressCallback] = None, resample: str = "bicubic") -> WarpRender:
     """Render a video by softmax-splatting ``image`` along every frame of ``flow``.
 
     Args:
@@ -194,7 +194,7 @@ def render_warp(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torc
                             "give (1, T, 2, H, W) at the image's size")
     check_render_size(image.shape[-2], image.shape[-1], flow.shape[1])
     return render_warp_frames(image, flow, depth=depth, valid=valid, K=K, w2c=w2c, fill=fill, alpha=alpha,
-                              importance=importance, callback=callback)
+                              importance=importance, callback=callback, resample=resample)
 
 
 def render_warp_frames(image: torch.Tensor, flow: torch.Tensor, *, depth: Optional[torch.Tensor] = None,
