@@ -32,6 +32,7 @@ from flowctrl.flow.compose import compose_with_visibility
 from flowctrl.flow.densify import default_sigma, densify_points
 from flowctrl.flow.sparse import sparse_flow_from_tracks, sparse_points_from_tracks
 from flowctrl.flow.strength import motion_strength, rescale_to_strength
+from flowctrl.flow.grid import pixel_grid
 
 if TYPE_CHECKING:  # controls import the flow math, not the other way round at import time
     from flowctrl.controls import Controls
@@ -299,7 +300,7 @@ class Stage1Plan:
             flow, valid = compose_with_visibility(local, cam, cam_valid, self.static)
         else:
             flow = local
-            ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
+            xs, ys = pixel_grid(H, W, dtype=flow.dtype)
             tx, ty = xs + flow[:, :, 0], ys + flow[:, :, 1]
             valid = ((tx > -0.5) & (tx < W - 0.5) & (ty > -0.5) & (ty < H - 0.5))[:, :, None]
         if start == 0:

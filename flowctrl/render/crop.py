@@ -14,6 +14,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from flowctrl.flow.grid import pixel_grid
+
 GRID_CELLS = 64  # coverage grid along the longer side
 MAX_ZOOM = 2.5
 
@@ -28,7 +30,7 @@ def coverage_grid(flow: torch.Tensor, valid: Optional[torch.Tensor], cells: int 
     cells = max(1, min(cells, max(H, W) // 4))  # cells of >= 4 px: every covered cell receives a source
     gw = cells if W >= H else max(1, round(cells * W / H))
     gh = cells if H >= W else max(1, round(cells * H / W))
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
+    xs, ys = pixel_grid(H, W, dtype=flow.dtype)
     every = torch.ones(gh * gw, dtype=torch.bool)
     for t in range(T):
         tx = xs + flow[0, t, 0]
@@ -108,7 +110,7 @@ def zoom_flow(flow: torch.Tensor, x0: float, y0: float, zoom: float) -> torch.Te
     _, _, _, H, W = flow.shape
     if zoom == 1.0 and x0 == 0.0 and y0 == 0.0:
         return flow
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=flow.dtype), torch.arange(W, dtype=flow.dtype), indexing="ij")
+    xs, ys = pixel_grid(H, W, dtype=flow.dtype)
     out = torch.empty_like(flow)
     out[:, :, 0] = (xs + flow[:, :, 0] - x0 + 0.5) * zoom - 0.5 - xs
     out[:, :, 1] = (ys + flow[:, :, 1] - y0 + 0.5) * zoom - 0.5 - ys

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from flowctrl.errors import InputError
 from flowctrl.render.fill import fill_holes, normalize_fill_mode
+from flowctrl.flow.grid import pixel_grid
 
 # Size limits (documented in docs/render.md). Larger inputs are refused with an InputError.
 MIN_SIDE = 8
@@ -92,8 +93,7 @@ def depth_points(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
         depth: ``(B, 1, H, W)`` z-depth; K: ``(B, 3, 3)`` intrinsics in pixels.
     """
     B, _, H, W = depth.shape
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=depth.device),
-                            torch.arange(W, dtype=torch.float32, device=depth.device), indexing="ij")
+    xs, ys = pixel_grid(H, W, device=depth.device)
     pix = torch.stack([xs, ys, torch.ones_like(xs)], 0).reshape(1, 3, H * W)  # (1,3,HW)
     rays = torch.linalg.solve(K.float(), pix.expand(B, 3, H * W))  # (B,3,HW), z-component 1
     return rays * depth.float().reshape(B, 1, H * W)
@@ -297,8 +297,7 @@ def _resample_and_far(image: torch.Tensor, flow: torch.Tensor, Z: torch.Tensor, 
 
     H, W = image.shape[-2:]
     m = flow.shape[0]
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=image.dtype, device=image.device),
-                            torch.arange(W, dtype=image.dtype, device=image.device), indexing="ij")
+    xs, ys = pixel_grid(H, W, dtype=image.dtype, device=image.device)
     # centred positions keep x^2 + y^2 small enough for a float32 variance
     cx, cy = (W - 1) / 2.0, (H - 1) / 2.0
     xs, ys = xs - cx, ys - cy
