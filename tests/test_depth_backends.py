@@ -67,15 +67,9 @@ def test_missing_depth_model_fails_fast_without_network(tmp_path):
 
 
 def test_tiny_depth_anything_from_a_local_folder(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    backbone = transformers.Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                                         image_size=28, patch_size=14,
-                                         out_features=["stage1", "stage2"], reshape_hidden_states=False)
-    config = transformers.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16,
-                                              reassemble_factors=[2, 1], neck_hidden_sizes=[8, 8],
-                                              fusion_hidden_size=8, head_hidden_size=4, patch_size=14)
-    torch.manual_seed(0)
-    transformers.DepthAnythingForDepthEstimation(config).save_pretrained(tmp_path / "tiny-da")
+    from test_depth_auto import _tiny_depth_anything  # the tiny random model, saved with save_pretrained
+
+    _tiny_depth_anything(tmp_path / "tiny-da")
     from flowctrl.depth.anything import DepthAnythingEstimator
 
     est = DepthAnythingEstimator.from_pretrained(tmp_path / "tiny-da", input_size=28)
