@@ -27,8 +27,8 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def set_epoch(self, epoch: int) -> None:  # same clips every epoch
-        pass
+    def set_epoch(self, epoch: int) -> None:
+        """The engine calls this every epoch; these clips are the same in every epoch."""
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         if i not in self.cache:
@@ -60,7 +60,7 @@ class TextureMotionDataset(torch.utils.data.Dataset):
         return self.n
 
     def set_epoch(self, epoch: int) -> None:
-        pass
+        """The engine calls this every epoch; these clips are the same in every epoch."""
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         from flowctrl.train.scenes import TEXTURES, _texture
@@ -111,7 +111,7 @@ class ShardVideoDataset(torch.utils.data.Dataset):
         return len(self.base)
 
     def set_epoch(self, epoch: int) -> None:
-        pass
+        """The engine calls this every epoch; these clips are the same in every epoch."""
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         item = self.base[i]
