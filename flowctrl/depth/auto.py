@@ -20,6 +20,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from flowctrl.hub import hub_cache_dir, hub_offline, is_hub_id
+
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 AUTO_NAMES = ("auto", "default")
 NONE_NAMES = ("none", "plane", "off")
@@ -28,35 +30,6 @@ CACHE_SIZE = 8
 
 _DEPTH_CACHE: "OrderedDict[Tuple[str, str], torch.Tensor]" = OrderedDict()
 _AUTO_FAILURE: dict = {}  # once "auto" could not be had in this process, do not ask the hub again
-
-
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` read now (the variable may be set after huggingface_hub was imported)."""
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    if value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - transformers depends on it
-        return True
-
-
-def hub_cache_dir() -> Optional[str]:
-    """The hub cache folder from the environment now (``HF_HUB_CACHE``, else ``HF_HOME/hub``), or None
-    for huggingface_hub's own default."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    return None
-
-
-def is_hub_id(name: str) -> bool:
-    """``owner/name`` that is not an existing local path."""
-    return (not Path(name).expanduser().exists() and not name.startswith((".", "/", "~"))
-            and name.count("/") == 1)
 
 
 def fetch_model(name: str) -> Path:

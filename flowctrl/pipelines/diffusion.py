@@ -35,6 +35,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.hub import is_hub_id
 from flowctrl.pipelines.backend_options import check_render_options
 from flowctrl.pipelines.backends import RenderResult
 from flowctrl.pipelines.flow_guidance import GuidanceConfig
@@ -539,7 +540,7 @@ def _resolve_folder(path_or_hub_id: Union[str, os.PathLike]) -> Path:
         return path
     if path.exists():
         raise MissingWeightsError.at(src, None, "is a file, not a checkpoint folder", WEIGHTS_HINT)
-    if src.count("/") == 1 and not src.startswith((".", "/")):
+    if is_hub_id(src):
         try:
             from huggingface_hub import snapshot_download
 

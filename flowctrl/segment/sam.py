@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from flowctrl.errors import MissingWeightsError
+from flowctrl.hub import hub_offline, is_hub_id
 
 DEFAULT_SAM = "facebook/sam-vit-base"  # Apache-2.0
 
@@ -31,7 +32,7 @@ def _missing(name: str, problem: str) -> MissingWeightsError:
 
 def is_local_folder(name: str) -> bool:
     """Whether ``name`` names a path on disk rather than a hub id."""
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+    return not is_hub_id(name)
 
 
 def sam_available(name: str = DEFAULT_SAM) -> bool:
@@ -65,8 +66,7 @@ class SamSegmenter:
             model = AutoModelForMaskGeneration.from_pretrained(name, use_safetensors=True, local_files_only=local_files_only)
             processor = AutoProcessor.from_pretrained(name, local_files_only=local_files_only)
         except (OSError, ValueError) as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-            why = "offline (HF_HUB_OFFLINE) and not cached" if offline else f"could not be loaded ({type(exc).__name__})"
+            why = "offline (HF_HUB_OFFLINE) and not cached" if hub_offline() else f"could not be loaded ({type(exc).__name__})"
             raise _missing(name, f"SAM weights {why}") from exc
         seg = cls(model, processor)
         if device is not None:

@@ -14,6 +14,8 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from flowctrl.errors import InputError, MissingWeightsError
+from flowctrl.hub import hub_offline, is_hub_id
+from flowctrl.io_safety import check_safetensors_folder
 from flowctrl.pipelines.denoisers.base import Conditioning, Denoiser
 from flowctrl.pipelines.denoisers.loop import check_clocks, dual_clock_denoise, run_steps
 
@@ -54,10 +56,6 @@ def denoiser_for(pipe: Any) -> Denoiser:
     return getattr(importlib.import_module(module), attr)(pipe)
 
 
-def _is_hub_id(src: str) -> bool:
-    return src.count("/") == 1 and not src.startswith((".", "/", "~")) and not Path(src).exists()
-
-
 def resolve_model_folder(model: Union[str, os.PathLike]) -> Path:
     """A local folder, or a hub id downloaded on request through diffusers / huggingface_hub (progress
     bars, cache, ``HF_HUB_OFFLINE``). Offline and not cached → :class:`MissingWeightsError`."""
@@ -68,11 +66,11 @@ def resolve_model_folder(model: Union[str, os.PathLike]) -> Path:
     if path.exists():
         raise MissingWeightsError.at(src, "--model", "is a file, not a pipeline folder",
                                      "give the folder written by the pipeline's save_pretrained (with model_index.json)")
-    if not _is_hub_id(src):
+    if not is_hub_id(src):
         raise MissingWeightsError.at(src, "--model", "no such folder", "give a pipeline folder or a hub id such as "
                                      "THUDM/CogVideoX-5b-I2V")
     name = src.split("/")[1]
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no", "off")
+    offline = hub_offline()
     try:
         if offline:  # the cache only, quietly (diffusers' download would log a connection warning first)
             from huggingface_hub import snapshot_download
@@ -113,10 +111,7 @@ def check_model_folder(root: Path) -> str:
         if not sub.is_dir():
             raise MissingWeightsError.at(root, name, "component folder is missing",
                                          "re-download the model or re-save it with save_pretrained")
-        weights = [p for p in sub.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
-        if weights and not any(p.suffix == ".safetensors" for p in weights):
-            raise MissingWeightsError.at(sub, None, "holds only pickle (.bin) weights; flowctrl loads safetensors only",
-                                         "re-save the pipeline with save_pretrained(..., safe_serialization=True)")
+        check_safetensors_folder(sub, "--model")
     return cls
 
 
