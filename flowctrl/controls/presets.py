@@ -32,6 +32,7 @@ import torch
 
 from flowctrl.controls._common import PathLike, err
 from flowctrl.controls.camera import CameraTrajectory
+from flowctrl.io_safety import write_text_atomic
 
 __all__ = ["PRESETS", "camera_preset", "is_preset_spec", "list_camera_presets", "parse_preset_spec",
            "preset_from_spec", "write_camera_preset_files", "irregular_progress"]
@@ -245,8 +246,6 @@ def write_camera_preset_files(folder: PathLike) -> List[Path]:
     written = []
     for name in preset_file_names():
         path = folder / f"{name}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(preset_json(name), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, preset_json(name))
         written.append(path)
     return written

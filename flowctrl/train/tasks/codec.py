@@ -2,8 +2,6 @@
 whole clips or random crops; the final folder is the codec's own ``save_pretrained`` layout."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -49,11 +47,10 @@ def crop_flow(flow: torch.Tensor, crop, generator: torch.Generator) -> torch.Ten
 
 def save_codec(codec: nn.Module, path: Path) -> Path:
     """The codec's ``save_pretrained`` folder at ``path`` (temporary folder + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    codec.save_pretrained(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    from flowctrl.io_safety import atomic_path
+
+    with atomic_path(path, folder=True, replace=True) as tmp:
+        codec.save_pretrained(str(tmp))
     return path
 
 
