@@ -53,16 +53,11 @@ def test_t_weak_0_empty_mask_equals_diffusers_pipeline(folders, fam):
     pipe = DiffusionPipeline.from_pretrained(str(folders[fam]), use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     image, _ = _inputs(fam)
-    kw = {"max_sequence_length": 8} if fam == "cogvideox" else {}
-    ref = pipe(image=_to_pil(image), prompt="a cat", negative_prompt="blurry", height=H, width=W, num_frames=T,
-               num_inference_steps=3, guidance_scale=3.0, latents=noise.clone(),
-               generator=torch.Generator().manual_seed(5), output_type="latent", **kw).frames
+    ref = _diffusers_latents(pipe, fam, image, steps=3, noise=noise)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
     if fam in ("cogvideox", "wan21"):  # decoded through the model's VAE like diffusers' postprocess
         video = _run(backend, fam, torch.zeros(1, T, 1, H, W), t_weak=0, t_strong=2, noise=noise, output_type="pt")
-        ref_video = pipe(image=_to_pil(image), prompt="a cat", negative_prompt="blurry", height=H, width=W,
-                         num_frames=T, num_inference_steps=3, guidance_scale=3.0, latents=noise.clone(),
-                         generator=torch.Generator().manual_seed(5), output_type="pt", **kw).frames
+        ref_video = _diffusers_latents(pipe, fam, image, steps=3, noise=noise, output_type="pt")
         torch.testing.assert_close(video, ref_video.float(), atol=1e-4, rtol=0)
 
 
@@ -110,6 +105,15 @@ def test_empty_mask_is_sdedit_from_t_weak(folders, fam, branches_per_call):
     torch.testing.assert_close(first.float(), expected.float(), atol=1e-5, rtol=0)
     later = _run(backend, fam, torch.zeros(1, T, 1, H, W), t_weak=k, t_strong=steps, steps=steps, noise=noise)
     torch.testing.assert_close(later, sdedit, atol=1e-6, rtol=0)
+
+
+def _diffusers_latents(pipe, fam, image, *, steps, noise, output_type="latent"):
+    """diffusers' own pipeline from the same start latents (the reference every adapter must equal)."""
+    H, W = tiny.SIZE[fam]
+    kw = {"max_sequence_length": 8} if fam == "cogvideox" else {}
+    return pipe(image=_to_pil(image), prompt="a cat", negative_prompt="blurry", height=H, width=W, num_frames=T,
+                num_inference_steps=steps, guidance_scale=3.0, latents=noise.clone(),
+                generator=torch.Generator().manual_seed(5), output_type=output_type, **kw).frames
 
 
 def test_wan22_switches_experts_at_the_boundary(folders):
@@ -209,10 +213,7 @@ def test_other_schedulers_match_diffusers_and_their_forward_process(fam, schedul
     noise = torch.randn(backend.denoiser.noise_shape(T, H, W), generator=torch.Generator().manual_seed(1))
     ours = _run(backend, fam, torch.zeros(1, T, 1, H, W), t_weak=0, t_strong=2, steps=4, noise=noise)
     image, warped = _inputs(fam)
-    kw = {"max_sequence_length": 8} if fam == "cogvideox" else {}
-    ref = pipe(image=_to_pil(image), prompt="a cat", negative_prompt="blurry", height=H, width=W, num_frames=T,
-               num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(),
-               generator=torch.Generator().manual_seed(5), output_type="latent", **kw).frames
+    ref = _diffusers_latents(pipe, fam, image, steps=4, noise=noise)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
     den = backend.denoiser
     z = den.encode_video(warped)
