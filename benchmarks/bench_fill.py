@@ -40,9 +40,9 @@ def lap_var(frame: torch.Tensor, mask: torch.Tensor = None) -> float:
 def pan_left(size: int, frames: int, fill: str, crop_valid: bool, sharp: bool = False):
     from flowctrl.controls import Controls, load_camera
     from flowctrl.pipelines import FlowCtrlPipeline
-    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
+    from flowctrl.pipelines.flowctrl_pipeline import resize_image, load_image
 
-    image = _resize_image(load_image(REPO / "examples" / "astronaut.png"), (size, size))
+    image = resize_image(load_image(REPO / "examples" / "astronaut.png"), (size, size))
     controls = Controls(camera=load_camera("pan-left"), image_size=(size, size))
     pipe = FlowCtrlPipeline(backend="warp", fill=fill, crop_valid=crop_valid, sharp=sharp)
     t0 = time.perf_counter()

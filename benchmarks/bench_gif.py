@@ -45,7 +45,7 @@ def quickstart_side_by_side(frames: int = 49) -> np.ndarray:
     from flowctrl import FlowCtrlPipeline
     from flowctrl.commands.generate import side_by_side
     from flowctrl.controls import Controls
-    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image, resolve_size
+    from flowctrl.pipelines.flowctrl_pipeline import resize_image, load_image, resolve_size
     from flowctrl.video_io import to_uint8_frames
 
     image = load_image(REPO / "examples/astronaut.png")
@@ -56,7 +56,7 @@ def quickstart_side_by_side(frames: int = 49) -> np.ndarray:
         warnings.simplefilter("ignore")  # the flat-depth note
         out = FlowCtrlPipeline()(image, controls=controls, num_frames=frames, height=H, width=W,
                                  generator=torch.Generator().manual_seed(0))
-    video = side_by_side(_resize_image(image, (H, W)), controls.resized(H, W), out.flow, out.video[0])
+    video = side_by_side(resize_image(image, (H, W)), controls.resized(H, W), out.flow, out.video[0])
     return to_uint8_frames(video)
 
 

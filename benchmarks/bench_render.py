@@ -44,12 +44,12 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 def _parse(image_path: Path, arrows: Path, camera: Path, size: int):
     """The 'parse' stage: the image at the working size and the controls read from their files."""
     from flowctrl.controls import Controls
-    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
+    from flowctrl.pipelines.flowctrl_pipeline import resize_image, load_image
 
     image = load_image(image_path)
     h0, w0 = image.shape[-2:]
     controls = Controls.from_files(arrows=arrows, camera=camera, image_size=(h0, w0)).resized(size, size)
-    return _resize_image(image, (size, size)), controls
+    return resize_image(image, (size, size)), controls
 
 
 def run_stages(image_path: Path, arrows: Path, camera: Path, size: int, frames: int, out: Path) -> Dict[str, float]:
@@ -118,13 +118,13 @@ def splat_vs_grid_sample(image_path: Path, arrows: Path, camera: Path, size: int
 
     from flowctrl.controls import Controls
     from flowctrl.flow.warp import implementation, splat
-    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
+    from flowctrl.pipelines.flowctrl_pipeline import resize_image, load_image
     from flowctrl.pipelines.stage1 import compute_unified_flow
     from flowctrl.render import importance_from_depth
 
     image = load_image(image_path)
     controls = Controls.from_files(arrows=arrows, camera=camera, image_size=tuple(image.shape[-2:])).resized(size, size)
-    image = _resize_image(image, (size, size))
+    image = resize_image(image, (size, size))
     uf = compute_unified_flow(image, controls, frames)
     flow = uf.flow[0].contiguous()  # (T,2,H,W)
     src = image.expand(frames, -1, -1, -1).contiguous()

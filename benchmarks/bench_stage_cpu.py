@@ -29,7 +29,7 @@ from bench_render import add_input_args  # noqa: E402  (sibling script: the same
 
 def one_run(image_path: Path, arrows: Path, camera: Path, size: int, frames: int, out: Path) -> Dict[str, float]:
     from flowctrl.controls import Controls
-    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image
+    from flowctrl.pipelines.flowctrl_pipeline import resize_image, load_image
     from flowctrl.pipelines.stage1 import compute_unified_flow
     from flowctrl.render import render_warp
     from flowctrl.video_io import write_video
@@ -39,7 +39,7 @@ def one_run(image_path: Path, arrows: Path, camera: Path, size: int, frames: int
     a = cpu()
     image = load_image(image_path)
     controls = Controls.from_files(arrows=arrows, camera=camera, image_size=tuple(image.shape[-2:])).resized(size, size)
-    image = _resize_image(image, (size, size))
+    image = resize_image(image, (size, size))
     t["parse"] = cpu() - a
     a = cpu()
     uf = compute_unified_flow(image, controls, frames)

@@ -38,6 +38,7 @@ MAX_CONTROL_BYTES = 16 * 1024 * 1024  # control files (JSON / txt / YAML): the l
 MAX_IMAGE_PIXELS = 8192 * 8192        # images and masks: 268 MB as float32 RGB, far above any working size
 
 __all__ = [
+    "current_umask",
     "MAX_CONTROL_BYTES", "MAX_IMAGE_PIXELS", "InputLog", "Terminated", "atomic_path", "check_outputs",
     "check_safetensors_folder",
     "check_regular", "cleanup_pending", "install_signal_handlers", "note_input", "open_image",
@@ -319,7 +320,8 @@ def cleanup_pending() -> None:
 atexit.register(cleanup_pending)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -362,7 +364,7 @@ def atomic_path(path: PathLike, *, flag: Optional[str] = None, folder: bool = Fa
         yield tmp
         old = None
         if folder:
-            os.chmod(tmp, (0o777 if mode is None else mode) & ~_umask())
+            os.chmod(tmp, (0o777 if mode is None else mode) & ~current_umask())
             if path.is_dir() and not path.is_symlink():
                 if replace and any(path.iterdir()):
                     old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=parent))
@@ -371,7 +373,7 @@ def atomic_path(path: PathLike, *, flag: Optional[str] = None, folder: bool = Fa
                 else:
                     path.rmdir()  # only an empty folder: check_outputs refused a non-empty one
         else:
-            os.chmod(tmp, (0o666 if mode is None else mode) & ~_umask())  # mkstemp makes 0600
+            os.chmod(tmp, (0o666 if mode is None else mode) & ~current_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

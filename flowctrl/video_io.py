@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from flowctrl.errors import InputError
+from flowctrl.io_safety import current_umask
 from flowctrl_cuda import to_uint8_hwc
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -241,11 +242,11 @@ class VideoWriter:
             elif self.kind == "gif":
                 _write_gif(self._tmp, np.stack(self._gif_frames), self.fps)
             if self.kind == "png_dir":
-                os.chmod(self._tmp, 0o777 & ~_umask())
+                os.chmod(self._tmp, 0o777 & ~current_umask())
                 if self.path.exists():
                     self.path.rmdir()
             else:
-                os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+                os.chmod(self._tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
             os.replace(self._tmp, self.path)
             from flowctrl.io_safety import unregister_temp
 
@@ -281,12 +282,6 @@ class VideoWriter:
             unregister_temp(self._tmp)
         self._tmp = None
         self._gif_frames = []
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _container_format(path: Path) -> str:

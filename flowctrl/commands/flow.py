@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from flowctrl.depth.plane import FlatDepthWarning
     from flowctrl.flow.io import save_flow
     from flowctrl.flow.viz import draw_controls, flow_video
-    from flowctrl.pipelines.flowctrl_pipeline import _resize_image, load_image, resolve_size
+    from flowctrl.pipelines.flowctrl_pipeline import resize_image, load_image, resolve_size
     from flowctrl.pipelines.stage1 import compute_unified_flow
 
     from flowctrl.io_safety import check_outputs, recording_inputs
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         check_render_size(H, W, args.frames, source="--size" if size else str(args.image), field=None)
         controls = _controls(args, image_size)
         check_outputs(list(outputs.items()), inputs.values(), log=log)
-    work = _resize_image(image, (H, W))
+    work = resize_image(image, (H, W))
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlatDepthWarning)

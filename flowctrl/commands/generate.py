@@ -527,11 +527,11 @@ def _run(args: argparse.Namespace, progress: StageProgress) -> int:
     plan = _validate(args)
     import torch
 
-    from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline, _resize_image
+    from flowctrl.pipelines.flowctrl_pipeline import FlowCtrlPipeline, resize_image
 
     H, W = plan.size
     controls = plan.controls
-    image = _resize_image(plan.image, (H, W))  # (1,3,H,W) at the working size, for overlays
+    image = resize_image(plan.image, (H, W))  # (1,3,H,W) at the working size, for overlays
     if plan.preview is not None:
         from flowctrl.flow.viz import draw_controls
 

@@ -144,7 +144,8 @@ def load_image(image: ImageInput, source: Optional[str] = None) -> torch.Tensor:
     return t.clamp(0, 1)
 
 
-def _resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``(B, 3, h, w)`` in [0, 1] → ``(B, 3, H, W)`` for ``size = (H, W)`` (bilinear, antialiased; as is when equal)."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
@@ -231,7 +232,7 @@ class FlowCtrlPipeline:
         h0, w0 = img.shape[-2:]
         H, W = resolve_size((h0, w0), height, width)
         check_render_size(H, W, int(num_frames))
-        img = _resize_image(img, (H, W)).to(self.device)
+        img = resize_image(img, (H, W)).to(self.device)
         controls = _controls_for(controls, (h0, w0)).resized(H, W)
         ref = getattr(controls, "ref_video", None)
         if ref is not None and not isinstance(ref, torch.Tensor):
